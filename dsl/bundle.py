@@ -1,0 +1,288 @@
+"""A bundle directory: `bundle.toml` (id, rev, feature schema, clamps, params) plus `*.rule` files.
+
+Validation of the manifest uses pydantic so that a bad field is reported with its path; every
+problem becomes an E3xx diagnostic pointing into `bundle.toml`. Imports nothing outside `dsl`.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dsl.checker import check
+from dsl.compiler import CompiledRuleset, compile_ruleset
+from dsl.errors import Diagnostic, DslError, Severity, sort_and_cap
+from dsl.nodes import Module
+from dsl.parser import parse
+from dsl.schema import Bounds, Clamp, FeatureSpec, Schema
+from dsl.source import Source, Span
+from dsl.suggest import did_you_mean
+
+MANIFEST = "bundle.toml"
+RESERVED_WORDS = frozenset(
+    ["let", "rule", "when", "then", "priority", "and", "or", "not", "in", "true", "false", "skip_entry", "size_mult", "tp_mult", "sl_mult"]
+)
+FUNCTION_NAMES = frozenset(["abs", "min", "max", "clamp", "log", "sqrt", "between", "has"])
+_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"
+
+ParamScalar = int | float | bool | str
+ParamValue = ParamScalar | list[ParamScalar]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class BoundsModel(_Strict):
+    min: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    max: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BoundsModel:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class ClampModel(_Strict):
+    size_mult: BoundsModel = BoundsModel(min=0.25, max=2.0)
+    tp_mult: BoundsModel = BoundsModel(min=0.5, max=2.0)
+    sl_mult: BoundsModel = BoundsModel(min=0.5, max=2.0)
+
+
+class FeatureModel(_Strict):
+    type: Literal["number", "int", "string", "bool", "enum"]
+    optional: bool = False
+    values: list[Annotated[str, Field(min_length=1)]] | None = None
+    doc: str = ""
+    unit: str = ""
+
+    @model_validator(mode="after")
+    def _enum_values(self) -> FeatureModel:
+        if self.type == "enum" and not self.values:
+            raise ValueError("an enum feature needs a non-empty 'values' list")
+        if self.type != "enum" and self.values is not None:
+            raise ValueError(f"'values' is only for enum features, not {self.type}")
+        if self.values and len(set(self.values)) != len(self.values):
+            raise ValueError("enum values must be distinct")
+        return self
+
+
+class ManifestModel(BaseModel):
+    """The part of `bundle.toml` the DSL reads. Other top-level tables belong to the engine."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    bundle_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    rev: Annotated[int, Field(ge=0, strict=True)]
+    description: str = ""
+    clamp: ClampModel = ClampModel()
+    features: dict[str, FeatureModel]
+    params: dict[str, ParamValue] = {}
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        # `mid = "number"` is shorthand for `mid = { type = "number" }`.
+        if isinstance(v, dict):
+            return {k: {"type": t} if isinstance(t, str) else t for k, t in v.items()}
+        return v
+
+    @field_validator("features")
+    @classmethod
+    def _feature_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            _check_name(name, "feature")
+        if not v:
+            raise ValueError("a bundle declares at least one feature")
+        return v
+
+    @field_validator("params")
+    @classmethod
+    def _param_values(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name, value in v.items():
+            _check_name(name, "param")
+            if (isinstance(value, float) and value != value) or value in (float("inf"), float("-inf")):
+                raise ValueError(f"param '{name}' must be finite")
+            if isinstance(value, list) and len({type(x) for x in value}) > 1:
+                raise ValueError(f"param '{name}' mixes types in its list")
+        return v
+
+
+def _check_name(name: str, kind: str) -> None:
+    if not re.match(_NAME, name):
+        raise ValueError(f"{kind} name '{name}' must be letters, digits and '_', starting with a letter")
+    if name in RESERVED_WORDS or name in FUNCTION_NAMES:
+        raise ValueError(f"{kind} name '{name}' is a reserved word of the language")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    bundle_id: str
+    rev: int
+    description: str
+    schema: Schema
+    clamp: Clamp
+    params: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadedBundle:
+    """A bundle read from disk: its manifest, parsed modules and the sources behind them."""
+
+    root: str
+    manifest: Manifest | None
+    modules: tuple[Module, ...]
+    texts: dict[str, str]
+    diagnostics: tuple[Diagnostic, ...]
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.is_error for d in self.diagnostics)
+
+
+def _key_span(path: str, text: str, loc: tuple[Any, ...]) -> Span:
+    """Best-effort position of a manifest key: the line that names the deepest key of ``loc``."""
+    keys = [str(k) for k in loc if isinstance(k, str)]
+    for key in reversed(keys):
+        m = re.search(rf"^[ \t]*(\[+[^\]\n]*\b{re.escape(key)}\b[^\]\n]*\]+|{re.escape(key)}[ \t]*=)", text, re.M)
+        if m is None:
+            m = re.search(rf"\b{re.escape(key)}\b", text)
+        if m is not None:
+            line = text.count("\n", 0, m.start()) + 1
+            col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+            col += len(m.group(0)) - len(m.group(0).lstrip())
+            return Span(path, line, col, line, col + len(key))
+    return Span(path, 1, 1, 1, 2)
+
+
+def parse_manifest(
+    path: str, text: str, *, known_sections: Iterable[str] = ()
+) -> tuple[Manifest | None, list[Diagnostic]]:
+    """Validate `bundle.toml` text. Unknown top-level keys are warnings unless ``known_sections`` has them."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        line, col = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)).lower()
+        return None, [Diagnostic("E302", f"invalid TOML: {msg}", Span(path, line, col, line, col + 1))]
+    try:
+        model = ManifestModel.model_validate(raw)
+    except ValidationError as exc:
+        diags = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(err["loc"])
+            where = ".".join(str(p) for p in loc) or "(top level)"
+            msg = err["msg"][0].lower() + err["msg"][1:]
+            if msg.startswith("value error, "):
+                msg = msg[len("value error, ") :]
+            diags.append(Diagnostic("E303", f"{where}: {msg}", _key_span(path, text, loc)))
+        return None, diags
+    diags: list[Diagnostic] = []
+    known = {"bundle_id", "rev", "description", "clamp", "features", "params", *known_sections}
+    for key in raw:
+        if key not in known:
+            diags.append(Diagnostic(
+                "W301", f"unknown section '{key}' in {MANIFEST}", _key_span(path, text, (key,)),
+                did_you_mean(key, known), Severity.WARNING,
+            ))
+    features: dict[str, FeatureSpec] = {}
+    for name, fm in model.features.items():
+        features[name] = FeatureSpec(name, fm.type, fm.optional, tuple(fm.values or ()), fm.doc)
+    for name in model.params:
+        if name in features:
+            diags.append(Diagnostic(
+                "E305", f"param '{name}' has the name of a feature", _key_span(path, text, ("params", name)),
+                "rename the param; rules could not tell the two apart",
+            ))
+    clamp = Clamp(*(Bounds(b.min, b.max) for b in (model.clamp.size_mult, model.clamp.tp_mult, model.clamp.sl_mult)))
+    extra = {k: v for k, v in raw.items() if k not in ("bundle_id", "rev", "description", "clamp", "features", "params")}
+    manifest = Manifest(model.bundle_id, model.rev, model.description, Schema(features), clamp,
+                        dict(model.params), extra, raw)
+    return manifest, diags
+
+
+def rule_files(root: Path) -> list[Path]:
+    """The bundle's rule files in evaluation order: sorted by their path relative to the root."""
+    return sorted((p for p in root.rglob("*.rule") if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
+
+
+def load_bundle(path: str | Path, *, known_sections: Iterable[str] = ()) -> LoadedBundle:
+    """Read and parse a bundle directory, collecting every diagnostic instead of stopping at one.
+
+    Args:
+        path: the bundle directory (holding `bundle.toml` and `*.rule` files).
+        known_sections: top-level manifest tables owned by the caller (no W301 for them).
+    """
+    root = Path(path)
+    display_root = str(path).rstrip("/")
+    diags: list[Diagnostic] = []
+    texts: dict[str, str] = {}
+    manifest_path = root / MANIFEST
+    manifest: Manifest | None = None
+    if not root.is_dir():
+        return LoadedBundle(display_root, None, (), {}, (Diagnostic("E301", f"bundle directory '{display_root}' not found", None),))
+    if not manifest_path.is_file():
+        diags.append(Diagnostic("E301", f"'{display_root}' has no {MANIFEST}", None, "a bundle directory holds bundle.toml and *.rule files"))
+    else:
+        mpath = f"{display_root}/{MANIFEST}"
+        text = manifest_path.read_bytes().decode("utf-8", errors="replace")
+        texts[mpath] = text
+        manifest, mdiags = parse_manifest(mpath, text, known_sections=known_sections)
+        diags.extend(mdiags)
+    files = rule_files(root)
+    if not files:
+        diags.append(Diagnostic("E304", f"'{display_root}' has no *.rule files", None))
+    modules = []
+    for f in files:
+        display = f"{display_root}/{f.relative_to(root).as_posix()}"
+        source = Source.from_path(f, display=display)
+        texts[display] = source.text
+        try:
+            modules.append(parse(source))
+        except DslError as exc:
+            diags.extend(exc.diagnostics)
+    return LoadedBundle(display_root, manifest, tuple(modules), texts, tuple(diags))
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """A bundle taken through every stage: the compiled ruleset, or why there is none."""
+
+    ruleset: CompiledRuleset | None
+    manifest: Manifest | None
+    diagnostics: tuple[Diagnostic, ...]
+    texts: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return self.ruleset is not None and not any(d.is_error for d in self.diagnostics)
+
+
+def build_bundle(path: str | Path, *, known_sections: Iterable[str] = ()) -> BuildResult:
+    """Load, check and compile a bundle directory, collecting every diagnostic on the way."""
+    loaded = load_bundle(path, known_sections=known_sections)
+    diags = list(loaded.diagnostics)
+    manifest = loaded.manifest
+    if manifest is None:
+        # Without a schema every name is unknown; report syntax problems only.
+        return BuildResult(None, None, tuple(sort_and_cap(diags)), loaded.texts)
+    try:
+        checked = check(loaded.modules, schema=manifest.schema, params=manifest.params,
+                        clamp=manifest.clamp, texts=loaded.texts)
+    except DslError as exc:
+        return BuildResult(None, manifest, tuple(sort_and_cap([*diags, *exc.diagnostics])), loaded.texts)
+    diags.extend(checked.warnings)
+    if any(d.is_error for d in diags):
+        return BuildResult(None, manifest, tuple(sort_and_cap(diags)), loaded.texts)
+    ruleset = compile_ruleset(checked, revision=manifest.rev, bundle_id=manifest.bundle_id)
+    return BuildResult(ruleset, manifest, tuple(sort_and_cap(diags)), loaded.texts)

@@ -1,0 +1,183 @@
+"""What evaluation produces, and the only helpers generated code may call.
+
+Faults (division by zero, log of a non-positive number, a bad factor, a missing feature) are
+exceptions inside a rule; the evaluator records them and the rule does not fire. Nothing here
+imports the rest of the project.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from dsl.schema import OUTPUTS, Clamp
+
+INF = math.inf
+
+
+class RuleFault(Exception):
+    """A fault the language defines (E4xx): raised by helpers, recorded by the evaluator."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def log(x: float) -> float:
+    if x <= 0:
+        raise RuleFault("E402", f"log of a non-positive number ({x!r})")
+    return math.log(x)
+
+
+def sqrt(x: float) -> float:
+    if x < 0:
+        raise RuleFault("E403", f"sqrt of a negative number ({x!r})")
+    return math.sqrt(x)
+
+
+def clamp(x: float, lo: float, hi: float) -> float:
+    if lo > hi:
+        raise RuleFault("E408", f"clamp bounds are inverted ({lo!r} > {hi!r})")
+    return min(max(x, lo), hi)
+
+
+def between(x: float, lo: float, hi: float) -> bool:
+    return lo <= x <= hi
+
+
+def factor(target: str, value: float) -> float:
+    """A dynamic factor as a float; a factor that is not positive and finite is a fault (E405)."""
+    try:
+        v = float(value)
+    except OverflowError:
+        raise RuleFault("E405", f"factor of {target} is too large ({value!r})") from None
+    if not 0.0 < v < INF:
+        raise RuleFault("E405", f"factor of {target} must be positive and finite, found {v!r}")
+    return v
+
+
+HELPERS: dict[str, object] = {
+    "_abs": abs,
+    "_min": min,
+    "_max": max,
+    "_clamp": clamp,
+    "_log": log,
+    "_sqrt": sqrt,
+    "_between": between,
+    "_factor": factor,
+}
+"""The whole vocabulary of generated code besides the feature snapshot ``f``."""
+
+
+def fault_of(exc: BaseException) -> tuple[str, str]:
+    """The (code, message) recorded for an exception raised while evaluating a rule."""
+    if isinstance(exc, RuleFault):
+        return exc.code, exc.message
+    if isinstance(exc, ZeroDivisionError):
+        return "E401", "division by zero"
+    if isinstance(exc, KeyError):
+        return "E404", f"feature {exc.args[0]!r} is missing"
+    if isinstance(exc, OverflowError):
+        return "E406", "numeric overflow"
+    if isinstance(exc, TypeError):
+        return "E407", f"a value of the wrong type: {exc}"
+    return "E499", f"unexpected {type(exc).__name__}: {exc}"
+
+
+class Fault(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    rule_id: str
+    code: str
+    message: str
+    where: str
+
+
+class TraceStep(msgspec.Struct, frozen=True):
+    """One clause of one rule: its text, where it is, its value, or ``evaluated=False``."""
+
+    rule_id: str
+    depth: int
+    text: str
+    where: str
+    evaluated: bool
+    value: bool | int | float | str | None = None
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """The L1 result of a bundle on one feature snapshot (spec §2 L1)."""
+
+    revision: int
+    fired: tuple[str, ...]
+    factors: dict[str, dict[str, float]]
+    raw: dict[str, float]
+    clamped: dict[str, float]
+    veto: str | None
+    vetoes: tuple[str, ...]
+    faults: tuple[Fault, ...]
+    trace: tuple[TraceStep, ...] | None = None
+
+    @property
+    def size_mult(self) -> float:
+        return self.clamped["size_mult"]
+
+    @property
+    def tp_mult(self) -> float:
+        return self.clamped["tp_mult"]
+
+    @property
+    def sl_mult(self) -> float:
+        return self.clamped["sl_mult"]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleInfo:
+    """What the outcome needs to know of a rule without evaluating it."""
+
+    rule_id: str
+    skip: bool
+    where: str
+    constant_factors: tuple[tuple[str, float], ...]
+
+
+Raw = tuple[list[int], list[tuple[int, BaseException]], list[tuple[int, str, float]], float, float, float]
+"""What an evaluator returns: fired indexes, faults, dynamic factors, and the three products."""
+
+
+def build_outcome(
+    raw: Raw, rules: Sequence[RuleInfo], clamp_bounds: Clamp, revision: int,
+    trace: tuple[TraceStep, ...] | None = None,
+) -> Outcome:
+    fired, faults, dyn, sm, tm, lm = raw
+    factors: dict[str, dict[str, float]] = {}
+    for i in fired:
+        per: dict[str, float] = {}
+        for target, value in rules[i].constant_factors:
+            per[target] = per.get(target, 1.0) * value
+        factors[rules[i].rule_id] = per
+    for i, target, value in dyn:
+        per = factors[rules[i].rule_id]
+        per[target] = per.get(target, 1.0) * value
+    products = {"size_mult": sm, "tp_mult": tm, "sl_mult": lm}
+    clamped = {}
+    for out in OUTPUTS:
+        b = clamp_bounds.bounds(out)
+        clamped[out] = min(max(products[out], b.min), b.max)
+    vetoes = tuple(rules[i].rule_id for i in fired if rules[i].skip)
+    recorded = []
+    for i, exc in faults:
+        code, message = fault_of(exc)
+        recorded.append(Fault(rules[i].rule_id, code, message, rules[i].where))
+    return Outcome(
+        revision,
+        tuple(rules[i].rule_id for i in fired),
+        factors,
+        products,
+        clamped,
+        vetoes[0] if vetoes else None,
+        vetoes,
+        tuple(recorded),
+        trace,
+    )

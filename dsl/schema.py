@@ -1,0 +1,106 @@
+"""The feature schema and the output clamps a bundle declares, and snapshot validation against them.
+
+Pure data; imports nothing outside `dsl`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+OUTPUTS = ("size_mult", "tp_mult", "sl_mult")
+"""The outputs a rule may scale (spec §2 L1), in the order they are reported."""
+
+FEATURE_TYPES = ("number", "int", "string", "bool", "enum")
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """One declared feature: its type, whether it may be absent, and the members of an enum."""
+
+    name: str
+    type: str
+    optional: bool = False
+    values: tuple[str, ...] = ()
+    doc: str = ""
+
+    def describe(self) -> str:
+        if self.type == "enum":
+            return "enum: " + ", ".join(self.values)
+        return self.type
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    min: float
+    max: float
+
+
+@dataclass(frozen=True, slots=True)
+class Clamp:
+    """Bounds applied to the product of the fired rules' factors, per output."""
+
+    size_mult: Bounds = Bounds(0.25, 2.0)
+    tp_mult: Bounds = Bounds(0.5, 2.0)
+    sl_mult: Bounds = Bounds(0.5, 2.0)
+
+    def bounds(self, output: str) -> Bounds:
+        b: Bounds = getattr(self, output)
+        return b
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotProblem:
+    """Why a feature snapshot cannot be evaluated: a missing, mistyped or out-of-range value."""
+
+    feature: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Schema:
+    features: Mapping[str, FeatureSpec] = field(default_factory=dict)
+
+    def validate(self, snapshot: Mapping[str, object]) -> tuple[dict[str, object], list[SnapshotProblem]]:
+        """Check a snapshot against the schema.
+
+        Returns the normalised snapshot (declared features only, ``None`` of an optional feature
+        dropped, ints of number features kept as they are) and every problem found. Unknown keys are
+        ignored: feature events carry more fields than a bundle reads.
+        """
+        out: dict[str, object] = {}
+        problems: list[SnapshotProblem] = []
+        for name, spec in self.features.items():
+            value = snapshot.get(name)
+            if value is None:
+                if not spec.optional:
+                    problems.append(SnapshotProblem(name, "E410", f"required feature '{name}' is missing"))
+                continue
+            problem = _type_problem(spec, value)
+            if problem:
+                problems.append(SnapshotProblem(name, "E411", problem))
+            else:
+                out[name] = value
+        return out, problems
+
+
+def _type_problem(spec: FeatureSpec, value: object) -> str | None:
+    shown = repr(value)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    if spec.type in ("number", "int"):
+        ok = isinstance(value, int) if spec.type == "int" else isinstance(value, int | float)
+        if not ok or isinstance(value, bool):
+            return f"feature '{spec.name}' must be {'an int' if spec.type == 'int' else 'a number'}, found {shown}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"feature '{spec.name}' must be finite, found {shown}"
+        return None
+    if spec.type == "bool":
+        return None if isinstance(value, bool) else f"feature '{spec.name}' must be true or false, found {shown}"
+    if not isinstance(value, str):
+        return f"feature '{spec.name}' must be a string, found {shown}"
+    if spec.type == "enum" and value not in spec.values:
+        return f"feature '{spec.name}' must be one of {', '.join(spec.values)}, found {shown}"
+    return None

@@ -1,0 +1,275 @@
+"""The `s3 rules` subcommands: thin wrappers that call `dsl` and print for people or machines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from dsl import BuildResult, Diagnostic, DslError, Source, build_bundle, format_module, parse
+from dsl.bundle import MANIFEST
+from dsl.cases import case_files, load_cases, run_case
+from dsl.errors import sort_and_cap
+from dsl.runtime import Outcome
+from dsl.schema import OUTPUTS
+
+ENGINE_SECTIONS: tuple[str, ...] = ()
+"""Top-level bundle.toml tables the engine owns (validated by `s3.config`, not by the DSL)."""
+
+
+class UsageError(Exception):
+    """A command line that names something that does not exist or cannot be read."""
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _bundle_root(path: Path) -> Path | None:
+    for p in [path, *path.parents] if path.is_dir() else list(path.parents):
+        if (p / MANIFEST).is_file():
+            return p
+    return None
+
+
+def _build(path: str) -> BuildResult:
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"'{path}' does not exist")
+    return build_bundle(path, known_sections=ENGINE_SECTIONS)
+
+
+def _lint_one(path: str) -> tuple[list[Diagnostic], dict[str, str], str]:
+    """Diagnostics for one PATH: a whole bundle, or a lone .rule file (syntax only without a bundle)."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"'{path}' does not exist")
+    root = _bundle_root(p)
+    if p.is_dir() and root == p:
+        result = _build(path)
+        summary = _summary(path, result)
+        return list(result.diagnostics), result.texts, summary
+    if root is not None:
+        result = build_bundle(root, known_sections=ENGINE_SECTIONS)
+        mine = [d for d in result.diagnostics if d.span is None or Path(d.span.path).resolve() == p.resolve()]
+        return mine, result.texts, f"{path}: checked as part of the bundle in {root}"
+    if p.is_dir():
+        files = sorted(p.rglob("*.rule"))
+        if not files:
+            raise UsageError(f"'{path}' holds no {MANIFEST} and no .rule files")
+    else:
+        files = [p]
+    diags: list[Diagnostic] = []
+    texts: dict[str, str] = {}
+    for f in files:
+        source = Source.from_path(f)
+        texts[source.path] = source.text
+        try:
+            parse(source)
+        except DslError as exc:
+            diags.extend(exc.diagnostics)
+    return diags, texts, f"{path}: no {MANIFEST} found, so only the syntax was checked"
+
+
+def _summary(path: str, result: BuildResult) -> str:
+    errors = sum(d.is_error for d in result.diagnostics)
+    warnings = len(result.diagnostics) - errors
+    if result.ruleset is None:
+        return f"{path}: {errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+    rs = result.ruleset
+    return (f"{path}: bundle {rs.bundle_id} rev {rs.revision}, {len(rs.rules)} rules, "
+            f"{len(rs.checked.lets)} lets, {errors} errors, {warnings} warning{'s' * (warnings != 1)}; "
+            f"evaluation cost at most {rs.cost} nodes per snapshot")
+
+
+def lint(args: argparse.Namespace) -> int:
+    all_diags: list[Diagnostic] = []
+    texts: dict[str, str] = {}
+    summaries = []
+    for path in args.paths:
+        diags, t, summary = _lint_one(path)
+        all_diags.extend(diags)
+        texts.update(t)
+        summaries.append(summary)
+    all_diags = sort_and_cap(all_diags)
+    failed = any(d.is_error for d in all_diags) or (args.strict and bool(all_diags))
+    if args.format == "json":
+        _out(json.dumps([d.to_json() for d in all_diags], indent=2))
+        return 1 if failed else 0
+    for d in all_diags:
+        _out(d.render(texts))
+    for s in summaries:
+        _out(s)
+    return 1 if failed else 0
+
+
+def fmt(args: argparse.Namespace) -> int:
+    files: list[Path] = []
+    for path in args.paths:
+        p = Path(path)
+        if not p.exists():
+            raise UsageError(f"'{path}' does not exist")
+        files.extend(sorted(p.rglob("*.rule")) if p.is_dir() else [p])
+    changed, broken = [], 0
+    for f in files:
+        source = Source.from_path(f)
+        try:
+            module = parse(source)
+        except DslError as exc:
+            broken += 1
+            for d in exc.diagnostics:
+                _out(d.render({source.path: source.text}))
+            continue
+        text = format_module(module)
+        if text != source.text:
+            changed.append(f)
+            if not args.check:
+                f.write_text(text, encoding="utf-8")
+    verb = "would reformat" if args.check else "reformatted"
+    for f in changed:
+        _out(f"{verb} {f}")
+    _out(f"{len(files)} file{'s' * (len(files) != 1)}: {len(changed)} {verb}, {broken} with syntax errors")
+    return 1 if broken or (args.check and changed) else 0
+
+
+def _load_features(spec: str) -> dict[str, Any]:
+    text = spec
+    if not spec.lstrip().startswith("{"):
+        p = Path(spec)
+        if not p.is_file():
+            raise UsageError(f"--features: '{spec}' is neither a JSON object nor a file")
+        text = p.read_text(encoding="utf-8")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--features: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise UsageError("--features: expected a JSON object of feature values")
+    return value
+
+
+def _fail_build(result: BuildResult) -> int:
+    for d in result.diagnostics:
+        _out(d.render(result.texts))
+    _out("the bundle has errors; run `s3 rules lint` on it")
+    return 1
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return str(v)
+
+
+def explain(args: argparse.Namespace) -> int:
+    result = _build(args.bundle)
+    features = _load_features(args.features)
+    if result.ruleset is None:
+        return _fail_build(result)
+    rs = result.ruleset
+    snapshot, problems = rs.schema.validate(features)
+    if problems:
+        for p in problems:
+            _out(f"features: {p.code} {p.message}")
+        return 1
+    outcome = rs.evaluate(snapshot, trace=True)
+    if args.format == "json":
+        _out(msgspec.json.encode(outcome).decode())
+        return 0
+    render_outcome(rs.bundle_id, outcome, rs.clamp, only=set(args.rule or ()), titles=_titles(result))
+    return 0
+
+
+def _titles(result: BuildResult) -> dict[str, tuple[str | None, int, str]]:
+    assert result.ruleset is not None
+    return {r.rule_id: (r.rule.title, r.rule.priority, str(r.rule.span)) for r in result.ruleset.rules}
+
+
+def render_outcome(bundle_id: str, o: Outcome, clamp: Any, *, only: set[str], titles: dict[str, Any]) -> None:
+    _out(f"bundle {bundle_id} rev {o.revision}")
+    if o.veto:
+        title = titles[o.veto][0]
+        _out(f"decision: skip_entry by {o.veto}" + (f' "{title}"' if title else ""))
+    else:
+        _out("decision: no veto")
+    _out("fired: " + (", ".join(o.fired) if o.fired else "(none)"))
+    for out in OUTPUTS:
+        b = clamp.bounds(out)
+        note = " (clamped)" if o.raw[out] != o.clamped[out] else ""
+        _out(f"{out}: {o.clamped[out]:.6g}  product {o.raw[out]:.6g}, bounds [{b.min:g}, {b.max:g}]{note}")
+    for f in o.faults:
+        _out(f"fault: {f.rule_id} {f.code} {f.message} ({f.where})")
+    _out("")
+    _out("trace:")
+    fired, faulted = set(o.fired), {f.rule_id: f for f in o.faults}
+    current = None
+    for step in o.trace or ():
+        if only and step.rule_id not in only:
+            continue
+        if step.rule_id != current:
+            current = step.rule_id
+            title, priority, where = titles[current]
+            if current in faulted:
+                state = f"FAULT {faulted[current].code} {faulted[current].message}"
+            elif current in fired:
+                factors = o.factors.get(current, {})
+                state = "FIRED" + ("  " + ", ".join(f"{k} x{v:.6g}" for k, v in factors.items()) if factors else "")
+                if current in o.vetoes:
+                    state += "  skip_entry"
+            else:
+                state = "not fired"
+            head = current + (f' "{title}"' if title else "") + (f" priority {priority}" if priority else "")
+            _out(f"  {head}  [{where}]  {state}")
+        text = step.text if len(step.text) <= 70 else step.text[:67] + "..."
+        value = _value(step.value) if step.evaluated else "(not evaluated)"
+        indent = "    " + "  " * step.depth
+        _out(f"{indent}{text:<{max(8, 76 - len(indent))}} {value}")
+
+
+def test(args: argparse.Namespace) -> int:
+    result = _build(args.bundle)
+    if result.ruleset is None:
+        return _fail_build(result)
+    rs = result.ruleset
+    paths: list[Path] = []
+    for spec in args.cases or [str(Path(args.bundle) / "cases")]:
+        p = Path(spec)
+        if not p.exists():
+            raise UsageError(f"'{spec}' does not exist")
+        paths.extend(sorted(p.glob("*.toml")) if p.is_dir() else [p])
+    cases, diags = load_cases(paths)
+    for d in diags:
+        _out(d.render())
+    if not cases and not diags:
+        raise UsageError(f"no case files found for {args.bundle}")
+    results = [run_case(rs, c) for c in cases]
+    hit = {rid for r in results if r.outcome for rid in (*r.outcome.fired,)}
+    never = [rid for rid in rs.rule_ids if rid not in hit]
+    failed = [r for r in results if not r.passed]
+    if args.format == "json":
+        _out(json.dumps({
+            "cases": [{"name": r.case.name, "where": str(r.case.where), "passed": r.passed,
+                       "failures": list(r.failures)} for r in results],
+            "passed": len(results) - len(failed), "failed": len(failed), "errors": len(diags),
+            "never_fired": never, "coverage": (len(hit & set(rs.rule_ids)) / len(rs.rule_ids)) if rs.rule_ids else 1.0,
+        }, indent=2))
+        return 1 if failed or diags else 0
+    for r in failed:
+        _out(f"FAIL {r.case.where} {r.case.name}")
+        for why in r.failures:
+            _out(f"     {why}")
+    covered = len(rs.rule_ids) - len(never)
+    _out(f"{len(results)} cases: {len(results) - len(failed)} passed, {len(failed)} failed"
+         + (f", {len(diags)} case file errors" if diags else ""))
+    _out(f"rule coverage: {covered}/{len(rs.rule_ids)} rules fired by at least one case")
+    if never:
+        _out("never fired: " + ", ".join(never))
+    return 1 if failed or diags else 0
