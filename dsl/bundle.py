@@ -26,7 +26,23 @@ from dsl.suggest import did_you_mean
 
 MANIFEST = "bundle.toml"
 RESERVED_WORDS = frozenset(
-    ["let", "rule", "when", "then", "priority", "and", "or", "not", "in", "true", "false", "skip_entry", "size_mult", "tp_mult", "sl_mult"]
+    [
+        "let",
+        "rule",
+        "when",
+        "then",
+        "priority",
+        "and",
+        "or",
+        "not",
+        "in",
+        "true",
+        "false",
+        "skip_entry",
+        "size_mult",
+        "tp_mult",
+        "sl_mult",
+    ]
 )
 FUNCTION_NAMES = frozenset(["abs", "min", "max", "clamp", "log", "sqrt", "between", "has"])
 _NAME = r"^[A-Za-z][A-Za-z0-9_]*$"
@@ -108,7 +124,10 @@ class ManifestModel(BaseModel):
     def _param_values(cls, v: dict[str, Any]) -> dict[str, Any]:
         for name, value in v.items():
             _check_name(name, "param")
-            if (isinstance(value, float) and value != value) or value in (float("inf"), float("-inf")):
+            if (isinstance(value, float) and value != value) or value in (
+                float("inf"),
+                float("-inf"),
+            ):
                 raise ValueError(f"param '{name}' must be finite")
             if isinstance(value, list) and len({type(x) for x in value}) > 1:
                 raise ValueError(f"param '{name}' mixes types in its list")
@@ -117,7 +136,9 @@ class ManifestModel(BaseModel):
 
 def _check_name(name: str, kind: str) -> None:
     if not re.match(_NAME, name):
-        raise ValueError(f"{kind} name '{name}' must be letters, digits and '_', starting with a letter")
+        raise ValueError(
+            f"{kind} name '{name}' must be letters, digits and '_', starting with a letter"
+        )
     if name in RESERVED_WORDS or name in FUNCTION_NAMES:
         raise ValueError(f"{kind} name '{name}' is a reserved word of the language")
 
@@ -153,7 +174,11 @@ def _key_span(path: str, text: str, loc: tuple[Any, ...]) -> Span:
     """Best-effort position of a manifest key: the line that names the deepest key of ``loc``."""
     keys = [str(k) for k in loc if isinstance(k, str)]
     for key in reversed(keys):
-        m = re.search(rf"^[ \t]*(\[+[^\]\n]*\b{re.escape(key)}\b[^\]\n]*\]+|{re.escape(key)}[ \t]*=)", text, re.M)
+        m = re.search(
+            rf"^[ \t]*(\[+[^\]\n]*\b{re.escape(key)}\b[^\]\n]*\]+|{re.escape(key)}[ \t]*=)",
+            text,
+            re.M,
+        )
         if m is None:
             m = re.search(rf"\b{re.escape(key)}\b", text)
         if m is not None:
@@ -174,46 +199,77 @@ def parse_manifest(
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
         line, col = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)).lower()
-        return None, [Diagnostic("E302", f"invalid TOML: {msg}", Span(path, line, col, line, col + 1))]
+        return None, [
+            Diagnostic("E302", f"invalid TOML: {msg}", Span(path, line, col, line, col + 1))
+        ]
     try:
         model = ManifestModel.model_validate(raw)
     except ValidationError as exc:
-        diags = []
+        errors: list[Diagnostic] = []
         for err in exc.errors(include_url=False):
             loc = tuple(err["loc"])
             where = ".".join(str(p) for p in loc) or "(top level)"
             msg = err["msg"][0].lower() + err["msg"][1:]
             if msg.startswith("value error, "):
                 msg = msg[len("value error, ") :]
-            diags.append(Diagnostic("E303", f"{where}: {msg}", _key_span(path, text, loc)))
-        return None, diags
+            errors.append(Diagnostic("E303", f"{where}: {msg}", _key_span(path, text, loc)))
+        return None, errors
     diags: list[Diagnostic] = []
     known = {"bundle_id", "rev", "description", "clamp", "features", "params", *known_sections}
     for key in raw:
         if key not in known:
-            diags.append(Diagnostic(
-                "W301", f"unknown section '{key}' in {MANIFEST}", _key_span(path, text, (key,)),
-                did_you_mean(key, known), Severity.WARNING,
-            ))
+            diags.append(
+                Diagnostic(
+                    "W301",
+                    f"unknown section '{key}' in {MANIFEST}",
+                    _key_span(path, text, (key,)),
+                    did_you_mean(key, known),
+                    Severity.WARNING,
+                )
+            )
     features: dict[str, FeatureSpec] = {}
     for name, fm in model.features.items():
         features[name] = FeatureSpec(name, fm.type, fm.optional, tuple(fm.values or ()), fm.doc)
     for name in model.params:
         if name in features:
-            diags.append(Diagnostic(
-                "E305", f"param '{name}' has the name of a feature", _key_span(path, text, ("params", name)),
-                "rename the param; rules could not tell the two apart",
-            ))
-    clamp = Clamp(*(Bounds(b.min, b.max) for b in (model.clamp.size_mult, model.clamp.tp_mult, model.clamp.sl_mult)))
-    extra = {k: v for k, v in raw.items() if k not in ("bundle_id", "rev", "description", "clamp", "features", "params")}
-    manifest = Manifest(model.bundle_id, model.rev, model.description, Schema(features), clamp,
-                        dict(model.params), extra, raw)
+            diags.append(
+                Diagnostic(
+                    "E305",
+                    f"param '{name}' has the name of a feature",
+                    _key_span(path, text, ("params", name)),
+                    "rename the param; rules could not tell the two apart",
+                )
+            )
+    clamp = Clamp(
+        *(
+            Bounds(b.min, b.max)
+            for b in (model.clamp.size_mult, model.clamp.tp_mult, model.clamp.sl_mult)
+        )
+    )
+    extra = {
+        k: v
+        for k, v in raw.items()
+        if k not in ("bundle_id", "rev", "description", "clamp", "features", "params")
+    }
+    manifest = Manifest(
+        model.bundle_id,
+        model.rev,
+        model.description,
+        Schema(features),
+        clamp,
+        dict(model.params),
+        extra,
+        raw,
+    )
     return manifest, diags
 
 
 def rule_files(root: Path) -> list[Path]:
     """The bundle's rule files in evaluation order: sorted by their path relative to the root."""
-    return sorted((p for p in root.rglob("*.rule") if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
+    return sorted(
+        (p for p in root.rglob("*.rule") if p.is_file()),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
 
 
 def load_bundle(path: str | Path, *, known_sections: Iterable[str] = ()) -> LoadedBundle:
@@ -230,9 +286,22 @@ def load_bundle(path: str | Path, *, known_sections: Iterable[str] = ()) -> Load
     manifest_path = root / MANIFEST
     manifest: Manifest | None = None
     if not root.is_dir():
-        return LoadedBundle(display_root, None, (), {}, (Diagnostic("E301", f"bundle directory '{display_root}' not found", None),))
+        return LoadedBundle(
+            display_root,
+            None,
+            (),
+            {},
+            (Diagnostic("E301", f"bundle directory '{display_root}' not found", None),),
+        )
     if not manifest_path.is_file():
-        diags.append(Diagnostic("E301", f"'{display_root}' has no {MANIFEST}", None, "a bundle directory holds bundle.toml and *.rule files"))
+        diags.append(
+            Diagnostic(
+                "E301",
+                f"'{display_root}' has no {MANIFEST}",
+                None,
+                "a bundle directory holds bundle.toml and *.rule files",
+            )
+        )
     else:
         mpath = f"{display_root}/{MANIFEST}"
         text = manifest_path.read_bytes().decode("utf-8", errors="replace")
@@ -277,10 +346,17 @@ def build_bundle(path: str | Path, *, known_sections: Iterable[str] = ()) -> Bui
         # Without a schema every name is unknown; report syntax problems only.
         return BuildResult(None, None, tuple(sort_and_cap(diags)), loaded.texts)
     try:
-        checked = check(loaded.modules, schema=manifest.schema, params=manifest.params,
-                        clamp=manifest.clamp, texts=loaded.texts)
+        checked = check(
+            loaded.modules,
+            schema=manifest.schema,
+            params=manifest.params,
+            clamp=manifest.clamp,
+            texts=loaded.texts,
+        )
     except DslError as exc:
-        return BuildResult(None, manifest, tuple(sort_and_cap([*diags, *exc.diagnostics])), loaded.texts)
+        return BuildResult(
+            None, manifest, tuple(sort_and_cap([*diags, *exc.diagnostics])), loaded.texts
+        )
     diags.extend(checked.warnings)
     if any(d.is_error for d in diags):
         return BuildResult(None, manifest, tuple(sort_and_cap(diags)), loaded.texts)

@@ -70,7 +70,9 @@ class CaseResult:
         return not self.failures
 
 
-def load_cases(paths: Sequence[Path], display: dict[Path, str] | None = None) -> tuple[list[Case], list[Diagnostic]]:
+def load_cases(
+    paths: Sequence[Path], display: dict[Path, str] | None = None
+) -> tuple[list[Case], list[Diagnostic]]:
     """Read case files; a malformed file is an E307 diagnostic, the other files still load."""
     cases: list[Case] = []
     diags: list[Diagnostic] = []
@@ -81,12 +83,16 @@ def load_cases(paths: Sequence[Path], display: dict[Path, str] | None = None) ->
             raw = tomllib.loads(text)
             model = _CaseFile.model_validate(raw)
         except tomllib.TOMLDecodeError as exc:
-            diags.append(Diagnostic("E307", f"invalid TOML in case file: {exc}", Span(shown, 1, 1, 1, 2)))
+            diags.append(
+                Diagnostic("E307", f"invalid TOML in case file: {exc}", Span(shown, 1, 1, 1, 2))
+            )
             continue
         except ValidationError as exc:
             for err in exc.errors(include_url=False):
                 where = ".".join(str(p) for p in err["loc"])
-                diags.append(Diagnostic("E307", f"{where}: {err['msg'].lower()}", Span(shown, 1, 1, 1, 2)))
+                diags.append(
+                    Diagnostic("E307", f"{where}: {err['msg'].lower()}", Span(shown, 1, 1, 1, 2))
+                )
             continue
         starts = [m.start() for m in re.finditer(r"^\s*\[\[case\]\]", text, re.M)]
         for i, c in enumerate(model.case):

@@ -43,7 +43,9 @@ class Type:
         return self.kind in ("string", "enum", "error")
 
 
-NUMBER, INT, STRING, BOOL, LIST, ERROR = (Type(k) for k in ("number", "int", "string", "bool", "list", "error"))
+NUMBER, INT, STRING, BOOL, LIST, ERROR = (
+    Type(k) for k in ("number", "int", "string", "bool", "list", "error")
+)
 
 # Capabilities as data (as OPA does): name -> (min args, max args or None).
 FUNCTIONS: Mapping[str, tuple[int, int | None]] = {
@@ -95,8 +97,12 @@ class CheckedBundle:
     def rule_infos(self) -> tuple[RuleInfo, ...]:
         """Per rule, what an `Outcome` needs without evaluating: id, veto, constant factors, place."""
         return tuple(
-            RuleInfo(r.rule_id, r.skip, str(r.rule.span),
-                     tuple((t, float(c)) for t, e in r.scales if (c := constant_number(e)) is not None))
+            RuleInfo(
+                r.rule_id,
+                r.skip,
+                str(r.rule.span),
+                tuple((t, float(c)) for t, e in r.scales if (c := constant_number(e)) is not None),
+            )
             for r in self.rules
         )
 
@@ -195,7 +201,12 @@ class _Checker:
             case n.Neg(operand=o):
                 o2, t, ug = self.expr(o, facts)
                 if not t.is_numeric:
-                    self.error("E205", f"cannot negate {self.describe(o2, t)}", e.span, "'-' applies to numbers")
+                    self.error(
+                        "E205",
+                        f"cannot negate {self.describe(o2, t)}",
+                        e.span,
+                        "'-' applies to numbers",
+                    )
                     t = ERROR
                 return n.Neg(o2, e.span), t, ug
             case n.Not(operand=o):
@@ -223,8 +234,12 @@ class _Checker:
 
     def need_bool(self, e: n.Expr, t: Type, what: str) -> None:
         if t.kind not in ("bool", "error"):
-            self.error("E214", f"{what} needs true/false operands, found {self.describe(e, t)}", e.span,
-                       "compare the value, e.g. x > 0")
+            self.error(
+                "E214",
+                f"{what} needs true/false operands, found {self.describe(e, t)}",
+                e.span,
+                "compare the value, e.g. x > 0",
+            )
 
     def name(self, e: n.Name, facts: frozenset[str]) -> tuple[n.Expr, Type, _Unguarded]:
         name = e.name
@@ -243,15 +258,29 @@ class _Checker:
         if name in self.params:
             return param_literal(self.params[name], e.span, name)
         if name in FUNCTIONS:
-            self.error("E201", f"'{name}' is a function and needs arguments", e.span, f"call it as {name}(...)")
+            self.error(
+                "E201",
+                f"'{name}' is a function and needs arguments",
+                e.span,
+                f"call it as {name}(...)",
+            )
             return e, ERROR, {}
         if name in OUTPUTS:
-            self.error("E201", f"'{name}' is an output, not a value a condition can read", e.span,
-                       f"outputs are set in 'then', e.g. {name} *= 1.2")
+            self.error(
+                "E201",
+                f"'{name}' is an output, not a value a condition can read",
+                e.span,
+                f"outputs are set in 'then', e.g. {name} *= 1.2",
+            )
             return e, ERROR, {}
         known = [*self.schema.features, *self.let_defs, *self.params]
-        self.error("E201", f"unknown name '{name}'", e.span,
-                   did_you_mean(name, known) or "declare it in bundle.toml [features] or [params], or with 'let'")
+        self.error(
+            "E201",
+            f"unknown name '{name}'",
+            e.span,
+            did_you_mean(name, known)
+            or "declare it in bundle.toml [features] or [params], or with 'let'",
+        )
         return e, ERROR, {}
 
     def binop(self, e: n.BinOp, facts: frozenset[str]) -> tuple[n.Expr, Type, _Unguarded]:
@@ -260,8 +289,12 @@ class _Checker:
         t: Type = INT if lt == INT and rt == INT and e.op != "/" else NUMBER
         for side, st in ((left, lt), (right, rt)):
             if not st.is_numeric:
-                self.error("E205", f"cannot apply '{e.op}' to {self.describe(side, st)}", side.span,
-                           "arithmetic applies to numbers")
+                self.error(
+                    "E205",
+                    f"cannot apply '{e.op}' to {self.describe(side, st)}",
+                    side.span,
+                    "arithmetic applies to numbers",
+                )
                 t = ERROR
         return n.BinOp(e.op, left, right, e.span), t, {**lug, **rug}
 
@@ -282,21 +315,38 @@ class _Checker:
             not ordering and ((at.is_stringy and bt.is_stringy) or (at == BOOL and bt == BOOL))
         )
         if not ok:
-            hint = "only numbers can be ordered" if ordering and at.is_stringy and bt.is_stringy else None
-            self.error("E204", f"cannot compare {self.describe(a, at)} with {self.describe(b, bt)}",
-                       _join(a.span, b.span), hint)
+            hint = (
+                "only numbers can be ordered"
+                if ordering and at.is_stringy and bt.is_stringy
+                else None
+            )
+            self.error(
+                "E204",
+                f"cannot compare {self.describe(a, at)} with {self.describe(b, bt)}",
+                _join(a.span, b.span),
+                hint,
+            )
             return
         for x, xt, y in ((a, at, b), (b, bt, a)):
             if xt.kind == "enum" and isinstance(y, n.String):
                 self.enum_member(x, xt, y)
         if at.kind == "enum" and bt.kind == "enum" and not set(at.values) & set(bt.values):
-            self.error("E204", f"cannot compare {self.describe(a, at)} with {self.describe(b, bt)}: "
-                       "the enums share no value", _join(a.span, b.span))
+            self.error(
+                "E204",
+                f"cannot compare {self.describe(a, at)} with {self.describe(b, bt)}: "
+                "the enums share no value",
+                _join(a.span, b.span),
+            )
 
     def enum_member(self, x: n.Expr, xt: Type, lit: n.String) -> None:
         if lit.value not in xt.values:
-            self.error("E206", f"{quote_value(lit.value)} is not a value of {to_source(x)} "
-                       f"(enum: {', '.join(xt.values)})", lit.span, did_you_mean(lit.value, xt.values))
+            self.error(
+                "E206",
+                f"{quote_value(lit.value)} is not a value of {to_source(x)} "
+                f"(enum: {', '.join(xt.values)})",
+                lit.span,
+                did_you_mean(lit.value, xt.values),
+            )
 
     def member(self, e: n.Member, facts: frozenset[str]) -> tuple[n.Expr, Type, _Unguarded]:
         value, vt, ug = self.expr(e.value, facts)
@@ -304,22 +354,40 @@ class _Checker:
         if isinstance(container, n.Name) and container.name in self.params:
             param = self.params[container.name]
             if not isinstance(param, list):
-                self.error("E217", f"'in' needs a list, found param {container.name} ({_param_kind(param)})",
-                           container.span)
+                self.error(
+                    "E217",
+                    f"'in' needs a list, found param {container.name} ({_param_kind(param)})",
+                    container.span,
+                )
                 return n.Member(value, container, e.negated, e.span), BOOL, ug
-            container = n.ListLit(tuple(param_literal(x, container.span)[0] for x in param), container.span)
+            container = n.ListLit(
+                tuple(param_literal(x, container.span)[0] for x in param), container.span
+            )
         elif not isinstance(container, n.ListLit):
-            self.error("E217", f"'in' needs a list of literals or a list param, found {to_source(container)}",
-                       container.span, 'write e.g. symbol in ["BTCUSDT", "ETHUSDT"]')
+            self.error(
+                "E217",
+                f"'in' needs a list of literals or a list param, found {to_source(container)}",
+                container.span,
+                'write e.g. symbol in ["BTCUSDT", "ETHUSDT"]',
+            )
             return n.Member(value, container, e.negated, e.span), BOOL, ug
         items = []
         for item in container.items:
             lit = self.literal(item)
             if lit is None:
-                self.error("E217", f"list items must be literals, found {to_source(item)}", item.span)
+                self.error(
+                    "E217", f"list items must be literals, found {to_source(item)}", item.span
+                )
                 continue
-            lt = INT if isinstance(lit, n.Number) and isinstance(lit.value, int) else \
-                NUMBER if isinstance(lit, n.Number) else STRING if isinstance(lit, n.String) else BOOL
+            lt = (
+                INT
+                if isinstance(lit, n.Number) and isinstance(lit.value, int)
+                else NUMBER
+                if isinstance(lit, n.Number)
+                else STRING
+                if isinstance(lit, n.String)
+                else BOOL
+            )
             self.compare_pair("==", value, vt, lit, lt)
             items.append(lit)
         return n.Member(value, n.ListLit(tuple(items), container.span), e.negated, e.span), BOOL, ug
@@ -330,7 +398,9 @@ class _Checker:
                 return e
             case n.Neg(operand=n.Number(value=v, text=text)):
                 return n.Number(-v, "-" + text, e.span)
-            case n.Name(name=name) if name in self.params and not isinstance(self.params[name], list):
+            case n.Name(name=name) if name in self.params and not isinstance(
+                self.params[name], list
+            ):
                 lit = param_literal(self.params[name], e.span)[0]
                 assert isinstance(lit, n.Number | n.String | n.Bool)
                 return lit
@@ -338,29 +408,54 @@ class _Checker:
 
     def call(self, e: n.Call, facts: frozenset[str]) -> tuple[n.Expr, Type, _Unguarded]:
         if e.func not in FUNCTIONS:
-            self.error("E202", f"unknown function '{e.func}'", e.func_span,
-                       did_you_mean(e.func, FUNCTIONS) or "the functions are " + ", ".join(FUNCTIONS))
+            self.error(
+                "E202",
+                f"unknown function '{e.func}'",
+                e.func_span,
+                did_you_mean(e.func, FUNCTIONS) or "the functions are " + ", ".join(FUNCTIONS),
+            )
             for a in e.args:  # still check the arguments, for their own errors
                 self.expr(a, facts)
             return e, ERROR, {}
         lo, hi = FUNCTIONS[e.func]
         if len(e.args) < lo or (hi is not None and len(e.args) > hi):
             want = f"{lo}" if lo == hi else f"at least {lo}"
-            self.error("E203", f"{e.func}() takes {want} argument{'s' if lo != 1 else ''}, found {len(e.args)}",
-                       e.span)
+            self.error(
+                "E203",
+                f"{e.func}() takes {want} argument{'s' if lo != 1 else ''}, found {len(e.args)}",
+                e.span,
+            )
             return e, ERROR, {}
         if e.func == "has":
             arg = e.args[0]
             spec = self.schema.features.get(arg.name) if isinstance(arg, n.Name) else None
             if spec is None:
-                hint = did_you_mean(arg.name, self.schema.features) if isinstance(arg, n.Name) else None
-                self.error("E215", f"has() takes the name of a declared feature, found {to_source(arg)}",
-                           arg.span, hint)
+                hint = (
+                    did_you_mean(arg.name, self.schema.features)
+                    if isinstance(arg, n.Name)
+                    else None
+                )
+                self.error(
+                    "E215",
+                    f"has() takes the name of a declared feature, found {to_source(arg)}",
+                    arg.span,
+                    hint,
+                )
                 return e, ERROR, {}
             if not spec.optional:
-                self.warn("W206", f"has({spec.name}) is always true: '{spec.name}' is a required feature",
-                          e.span, "declare it optional = true in bundle.toml, or drop the guard")
-            return n.Call("has", (n.FeatureRef(spec.name, spec.optional, arg.span),), e.span, e.func_span), BOOL, {}
+                self.warn(
+                    "W206",
+                    f"has({spec.name}) is always true: '{spec.name}' is a required feature",
+                    e.span,
+                    "declare it optional = true in bundle.toml, or drop the guard",
+                )
+            return (
+                n.Call(
+                    "has", (n.FeatureRef(spec.name, spec.optional, arg.span),), e.span, e.func_span
+                ),
+                BOOL,
+                {},
+            )
         args, ug = [], {}
         all_int = True
         for a in e.args:
@@ -368,7 +463,9 @@ class _Checker:
             ug.update(u)
             args.append(a2)
             if not t.is_numeric:
-                self.error("E205", f"{e.func}() takes numbers, found {self.describe(a2, t)}", a2.span)
+                self.error(
+                    "E205", f"{e.func}() takes numbers, found {self.describe(a2, t)}", a2.span
+                )
             all_int = all_int and t == INT
         call = n.Call(e.func, tuple(args), e.span, e.func_span)
         if e.func == "between":
@@ -382,15 +479,25 @@ class _Checker:
     def report_unguarded(self, ug: _Unguarded, where: str) -> None:
         for feature, (span, via) in sorted(ug.items(), key=lambda kv: kv[1][0].sort_key()):
             through = f" through let '{via}'" if via else ""
-            self.error("E210", f"optional feature '{feature}' is read{through} without a has({feature}) guard "
-                       f"{where}", span, f"write has({feature}) and ... (or not has({feature}) or ...)")
+            self.error(
+                "E210",
+                f"optional feature '{feature}' is read{through} without a has({feature}) guard "
+                f"{where}",
+                span,
+                f"write has({feature}) and ... (or not has({feature}) or ...)",
+            )
 
     def check_let(self, d: n.LetDef) -> None:
         self.context = f" in let {d.name}"
         expr, t, ug = self.expr(d.expr, frozenset())
         self.lets[d.name] = _LetInfo(
-            expr, t, {f: s for f, (s, _) in ug.items()}, self.pos(expr), self.neg(expr),
-            *self.inlined_measure(expr), features=self.features_of(expr),
+            expr,
+            t,
+            {f: s for f, (s, _) in ug.items()},
+            self.pos(expr),
+            self.neg(expr),
+            *self.inlined_measure(expr),
+            features=self.features_of(expr),
         )
 
     def inlined_measure(self, e: n.Expr) -> tuple[int, int]:
@@ -423,8 +530,12 @@ class _Checker:
         self.context = f" in rule {r.rule_id}"
         when, t, ug = self.expr(r.when, frozenset())
         if t.kind not in ("bool", "error"):
-            self.error("E214", f"the condition must be true or false, found {self.describe(when, t)}", when.span,
-                       "compare the value, e.g. x > 0")
+            self.error(
+                "E214",
+                f"the condition must be true or false, found {self.describe(when, t)}",
+                when.span,
+                "compare the value, e.g. x > 0",
+            )
         self.report_unguarded(ug, f"in rule {r.rule_id}")
         fired_facts = self.pos(when)
         scales: list[tuple[str, n.Expr]] = []
@@ -434,11 +545,18 @@ class _Checker:
                 if a.name == "skip_entry":
                     skip = True
                 else:
-                    self.error("E208", f"unknown action '{a.name}'", a.span,
-                               did_you_mean(a.name, ACTIONS) or "the actions are " + ", ".join(ACTIONS))
+                    self.error(
+                        "E208",
+                        f"unknown action '{a.name}'",
+                        a.span,
+                        did_you_mean(a.name, ACTIONS) or "the actions are " + ", ".join(ACTIONS),
+                    )
                 continue
             if a.target not in OUTPUTS:
-                hint = did_you_mean(a.target, OUTPUTS) or "only " + ", ".join(OUTPUTS) + " can be scaled"
+                hint = (
+                    did_you_mean(a.target, OUTPUTS)
+                    or "only " + ", ".join(OUTPUTS) + " can be scaled"
+                )
                 if a.target == "skip_entry":
                     hint = "skip_entry is written alone, without '*='"
                 self.error("E208", f"unknown action '{a.target} *='", a.target_span, hint)
@@ -446,24 +564,39 @@ class _Checker:
             factor, ft, fug = self.expr(a.factor, fired_facts)
             self.report_unguarded(fug, f"in rule {r.rule_id}")
             if not ft.is_numeric:
-                self.error("E209", f"the factor of {a.target} must be a number, found {self.describe(factor, ft)}",
-                           factor.span)
+                self.error(
+                    "E209",
+                    f"the factor of {a.target} must be a number, found {self.describe(factor, ft)}",
+                    factor.span,
+                )
                 continue
             const = constant_number(factor)
             if const is not None and not (0 < const < float("inf")):
-                self.error("E209", f"the factor of {a.target} must be positive, found {to_source(factor)}",
-                           factor.span, "use a factor below 1 to scale down, e.g. size_mult *= 0.5")
+                self.error(
+                    "E209",
+                    f"the factor of {a.target} must be positive, found {to_source(factor)}",
+                    factor.span,
+                    "use a factor below 1 to scale down, e.g. size_mult *= 0.5",
+                )
             scales.append((a.target, factor))
         if skip and len(r.actions) > 1:
-            self.error("E216", "skip_entry cannot be combined with other actions", r.span,
-                       "a vetoed entry has no size to scale; split it into two rules")
+            self.error(
+                "E216",
+                "skip_entry cannot be combined with other actions",
+                r.span,
+                "a vetoed entry has no size to scale; split it into two rules",
+            )
         depth, nodes = self.inlined_measure(when)
         for _, f in scales:
             d2, n2 = self.inlined_measure(f)
             depth, nodes = max(depth, d2), nodes + n2
         if depth > MAX_INLINED_DEPTH or nodes > MAX_INLINED_NODES:
-            self.error("E109", f"the rule expands to {nodes} nodes {depth} levels deep once lets are substituted "
-                       f"(limits: {MAX_INLINED_NODES} nodes, {MAX_INLINED_DEPTH} levels)", r.id_span)
+            self.error(
+                "E109",
+                f"the rule expands to {nodes} nodes {depth} levels deep once lets are substituted "
+                f"(limits: {MAX_INLINED_NODES} nodes, {MAX_INLINED_DEPTH} levels)",
+                r.id_span,
+            )
         feats = self.features_of(when)
         for _, f in scales:
             feats |= self.features_of(f)
@@ -481,10 +614,18 @@ def quote_value(value: str) -> str:
 
 
 def _param_kind(value: object) -> str:
-    return "bool" if isinstance(value, bool) else "number" if isinstance(value, int | float) else "string"
+    return (
+        "bool"
+        if isinstance(value, bool)
+        else "number"
+        if isinstance(value, int | float)
+        else "string"
+    )
 
 
-def param_literal(value: Any, span: Span, name: str | None = None) -> tuple[n.Expr, Type, _Unguarded]:
+def param_literal(
+    value: Any, span: Span, name: str | None = None
+) -> tuple[n.Expr, Type, _Unguarded]:
     """A param's value as the literal node that replaces its name (a number keeps the name as its text)."""
     if isinstance(value, bool):
         return n.Bool(value, span), BOOL, {}
@@ -542,7 +683,7 @@ def _let_order(defs: Mapping[str, n.LetDef]) -> tuple[list[str], list[list[str]]
                 stack2.append((name, i + 1))
                 dep = deps[name][i]
                 if state.get(dep) == 1:
-                    cycles.append([*path[path.index(dep):], dep])
+                    cycles.append([*path[path.index(dep) :], dep])
                 elif not state.get(dep):
                     stack2.append((dep, 0))
             else:
@@ -584,13 +725,27 @@ def check(
             if isinstance(item, n.LetDef):
                 if item.name in c.let_defs:
                     first = c.let_defs[item.name]
-                    c.error("E212", f"let '{item.name}' is defined twice", item.name_span,
-                            f"first defined at {first.name_span}")
+                    c.error(
+                        "E212",
+                        f"let '{item.name}' is defined twice",
+                        item.name_span,
+                        f"first defined at {first.name_span}",
+                    )
                     continue
                 if item.name in schema.features or item.name in c.params or item.name in FUNCTIONS:
-                    kind = "feature" if item.name in schema.features else "param" if item.name in c.params else "function"
-                    c.error("E213", f"let '{item.name}' has the name of a {kind}", item.name_span,
-                            "choose another name")
+                    kind = (
+                        "feature"
+                        if item.name in schema.features
+                        else "param"
+                        if item.name in c.params
+                        else "function"
+                    )
+                    c.error(
+                        "E213",
+                        f"let '{item.name}' has the name of a {kind}",
+                        item.name_span,
+                        "choose another name",
+                    )
                     continue
                 c.let_defs[item.name] = item
     order, cycles = _let_order(c.let_defs)
@@ -598,14 +753,23 @@ def check(
     for cyc in cycles:
         d = c.let_defs[cyc[0]]
         loop = " -> ".join(cyc)
-        c.error("E211", f"let '{cyc[0]}' refers to itself ({loop})", d.name_span, "lets cannot be recursive")
+        c.error(
+            "E211",
+            f"let '{cyc[0]}' refers to itself ({loop})",
+            d.name_span,
+            "lets cannot be recursive",
+        )
     for name in order:
         if name not in in_cycle:
             c.check_let(c.let_defs[name])
             info = c.lets[name]
             if info.depth > MAX_INLINED_DEPTH or info.nodes > MAX_INLINED_NODES:
-                c.error("E109", f"let '{name}' expands to {info.nodes} nodes {info.depth} levels deep "
-                        f"(limits: {MAX_INLINED_NODES} nodes, {MAX_INLINED_DEPTH} levels)", c.let_defs[name].name_span)
+                c.error(
+                    "E109",
+                    f"let '{name}' expands to {info.nodes} nodes {info.depth} levels deep "
+                    f"(limits: {MAX_INLINED_NODES} nodes, {MAX_INLINED_DEPTH} levels)",
+                    c.let_defs[name].name_span,
+                )
     rules: list[tuple[int, int, CheckedRule]] = []
     seen: dict[str, n.Rule] = {}
     position = 0
@@ -614,14 +778,21 @@ def check(
             if not isinstance(item, n.Rule):
                 continue
             if item.rule_id in seen:
-                c.error("E207", f"rule id '{item.rule_id}' is used twice", item.id_span,
-                        f"first used at {seen[item.rule_id].id_span}")
+                c.error(
+                    "E207",
+                    f"rule id '{item.rule_id}' is used twice",
+                    item.id_span,
+                    f"first used at {seen[item.rule_id].id_span}",
+                )
             seen.setdefault(item.rule_id, item)
             rules.append((-item.priority, position, c.check_rule(item, position)))
             position += 1
     c.context = ""
     ordered = [r for _, _, r in sorted(rules, key=lambda t: (t[0], t[1]))]
-    ordered = [CheckedRule(r.rule, r.when, r.scales, r.skip, i, r.features, r.cost) for i, r in enumerate(ordered)]
+    ordered = [
+        CheckedRule(r.rule, r.when, r.scales, r.skip, i, r.features, r.cost)
+        for i, r in enumerate(ordered)
+    ]
     for name, d in c.let_defs.items():
         if name not in c.used_lets:
             c.warn("W207", f"let '{name}' is never used", d.name_span)

@@ -68,19 +68,25 @@ class _Gen:
             case n.BoolOp(op=op, operands=ops):
                 return w(e, d, lambda dd: "(" + f" {op} ".join(self.expr(o, dd) for o in ops) + ")")
             case n.Compare(operands=ops, ops=cmp):
+
                 def chain(dd: int) -> str:
                     parts = [self.expr(ops[0], dd)]
                     for op, o in zip(cmp, ops[1:], strict=True):
                         parts += [op, self.expr(o, dd)]
                     return "(" + " ".join(parts) + ")"
+
                 return w(e, d, chain)
             case n.Member(value=v, container=n.ListLit(items=items), negated=neg):
                 literal = "{" + ", ".join(self.expr(i) for i in items) + "}" if items else "()"
-                return w(e, d, lambda dd: f"({self.expr(v, dd)} {'not in' if neg else 'in'} {literal})")
+                return w(
+                    e, d, lambda dd: f"({self.expr(v, dd)} {'not in' if neg else 'in'} {literal})"
+                )
             case n.Call(func="has", args=(n.FeatureRef(name=name),)):
                 return w(e, d, lambda _: f"({name!r} in f)")
             case n.Call(func=func, args=args):
-                return w(e, d, lambda dd: f"_{func}(" + ", ".join(self.expr(a, dd) for a in args) + ")")
+                return w(
+                    e, d, lambda dd: f"_{func}(" + ", ".join(self.expr(a, dd) for a in args) + ")"
+                )
         raise TypeError(f"cannot compile {e!r}")
 
     def rule(self, r: CheckedRule) -> list[str]:
@@ -107,9 +113,18 @@ class _Gen:
         return lines
 
 
-def _function(name: str, rules: tuple[CheckedRule, ...], gen: _Gen, params: str) -> tuple[str, dict[str, str]]:
-    lines = [f"def {name}({params}):", "    fired = []", "    faults = []", "    dyn = []",
-             "    _sm = 1.0", "    _tm = 1.0", "    _lm = 1.0"]
+def _function(
+    name: str, rules: tuple[CheckedRule, ...], gen: _Gen, params: str
+) -> tuple[str, dict[str, str]]:
+    lines = [
+        f"def {name}({params}):",
+        "    fired = []",
+        "    faults = []",
+        "    dyn = []",
+        "    _sm = 1.0",
+        "    _tm = 1.0",
+        "    _lm = 1.0",
+    ]
     per_rule: dict[str, str] = {}
     for r in rules:
         chunk = gen.rule(r)
@@ -167,14 +182,24 @@ class CompiledRuleset:
             if t.label:
                 text = f"{t.label} {text}"
             value = values.get(k)
-            steps.append(TraceStep(rule.rule_id, t.depth, text, str(t.node.span), k in values,
-                                   value if isinstance(value, bool | int | float | str) else None))
+            steps.append(
+                TraceStep(
+                    rule.rule_id,
+                    t.depth,
+                    text,
+                    str(t.node.span),
+                    k in values,
+                    value if isinstance(value, bool | int | float | str) else None,
+                )
+            )
         order = {r.rule_id: r.index for r in self.rules}
         steps.sort(key=lambda s: order[s.rule_id])  # stable: keeps pre-order within a rule
         return build_outcome(raw, self.infos, self.clamp, self.revision, tuple(steps))
 
 
-def compile_ruleset(checked: CheckedBundle, *, revision: int = 0, bundle_id: str = "bundle") -> CompiledRuleset:
+def compile_ruleset(
+    checked: CheckedBundle, *, revision: int = 0, bundle_id: str = "bundle"
+) -> CompiledRuleset:
     """Compile a checked bundle into one evaluator function (and a traced twin for `explain`).
 
     Args:
@@ -188,10 +213,23 @@ def compile_ruleset(checked: CheckedBundle, *, revision: int = 0, bundle_id: str
     traced_src, _ = _function("_evaluate_traced", checked.rules, traced_gen, "f, _w")
     filename = f"<bundle {bundle_id} rev {revision}>"
     namespace: dict[str, Any] = {"__builtins__": {}, "_Exception": Exception, **HELPERS}
-    exec(compile(fast_src + "\n" + traced_src, filename, "exec"), namespace)  # our generated code only
+    exec(
+        compile(fast_src + "\n" + traced_src, filename, "exec"), namespace
+    )  # our generated code only
     infos = checked.rule_infos()
     assert all(t in OUTPUTS for r in checked.rules for t, _ in r.scales)
     return CompiledRuleset(
-        revision, bundle_id, checked.rules, infos, checked.clamp, checked.schema, fast_src, checked.cost,
-        checked, namespace["_evaluate"], namespace["_evaluate_traced"], tuple(traced_gen.table), per_rule,
+        revision,
+        bundle_id,
+        checked.rules,
+        infos,
+        checked.clamp,
+        checked.schema,
+        fast_src,
+        checked.cost,
+        checked,
+        namespace["_evaluate"],
+        namespace["_evaluate_traced"],
+        tuple(traced_gen.table),
+        per_rule,
     )

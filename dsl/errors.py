@@ -69,7 +69,9 @@ class Diagnostic:
         else:
             col = self.span.col
         width = (
-            self.span.end_col - self.span.col if self.span.end_line == self.span.line else len(text) - col + 1
+            self.span.end_col - self.span.col
+            if self.span.end_line == self.span.line
+            else len(text) - col + 1
         )
         width = max(1, min(width, len(text) - col + 1))
         gutter = f"{self.span.line:>5}"
@@ -90,7 +92,9 @@ def sort_and_cap(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
 class DslError(Exception):
     """Raised by a front-end stage with *all* the error diagnostics it found (never only the first)."""
 
-    def __init__(self, diagnostics: Iterable[Diagnostic], *, texts: Mapping[str, str] | None = None):
+    def __init__(
+        self, diagnostics: Iterable[Diagnostic], *, texts: Mapping[str, str] | None = None
+    ):
         self.diagnostics: tuple[Diagnostic, ...] = tuple(sort_and_cap(diagnostics))
         self.texts = dict(texts or {})
         super().__init__(self.render())

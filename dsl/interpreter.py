@@ -15,10 +15,18 @@ from dsl.checker import CheckedBundle, constant_number
 from dsl.runtime import HELPERS, Outcome, Raw, build_outcome, factor
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
 }
 _ARITH: dict[str, Callable[[Any, Any], Any]] = {
-    "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
 }
 
 
@@ -81,7 +89,9 @@ def run(checked: CheckedBundle, features: Mapping[str, Any]) -> Raw:
                 if const is not None:
                     values.append((target, float(const), False))
                 else:
-                    values.append((target, factor(target, eval_expr(fexpr, features, checked.lets)), True))
+                    values.append(
+                        (target, factor(target, eval_expr(fexpr, features, checked.lets)), True)
+                    )
         except Exception as exc:  # a fault of this rule: recorded, and the rule does not fire
             faults.append((r.index, exc))
             continue

@@ -17,11 +17,12 @@ from dsl.interpreter import eval_expr
 from dsl.printer import to_source
 from dsl.runtime import fault_of
 from dsl.schema import OUTPUTS, Clamp
+from dsl.source import Span
 
 _FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 
 
-def _warn(code: str, message: str, span: n.Span, hint: str | None = None) -> Diagnostic:
+def _warn(code: str, message: str, span: Span, hint: str | None = None) -> Diagnostic:
     return Diagnostic(code, message, span, hint, Severity.WARNING)
 
 
@@ -134,7 +135,9 @@ def _contradiction(rule: CheckedRule, lets: Mapping[str, n.Expr]) -> str | None:
                     bd.lower(lo_c, False, text)
                 if hi_c is not None:
                     bd.upper(hi_c, False, text)
-            case n.Member(value=n.FeatureRef(name=name), container=n.ListLit(items=items), negated=neg):
+            case n.Member(
+                value=n.FeatureRef(name=name), container=n.ListLit(items=items), negated=neg
+            ):
                 values = frozenset(v for i in items if (v := _const(i)) is not None)
                 bd = bounds.setdefault(name, _Bounds())
                 if neg:
@@ -166,8 +169,12 @@ def _duplicates(rule: CheckedRule) -> Iterator[Diagnostic]:
             seen: list[n.Expr] = []
             for o in node.operands:
                 if o in seen:
-                    yield _warn("W203", f"the condition '{to_source(o)}' appears twice in rule {rule.rule_id}",
-                                o.span, "remove the repeated clause")
+                    yield _warn(
+                        "W203",
+                        f"the condition '{to_source(o)}' appears twice in rule {rule.rule_id}",
+                        o.span,
+                        "remove the repeated clause",
+                    )
                 seen.append(o)
         stack.extend(n.children(node))
 
@@ -196,14 +203,24 @@ def _clamp_hits(rules: Sequence[CheckedRule], clamp: Clamp) -> Iterator[Diagnost
                 low *= min(x, 1.0)
                 high *= max(x, 1.0)
             if low > b.max:
-                yield _warn("W205", f"{out} *= {c:g} in rule {r.rule_id} always hits the clamp: the product is at "
-                            f"least {low:g} when it fires, above the bound {b.max:g}", r.rule.id_span)
+                yield _warn(
+                    "W205",
+                    f"{out} *= {c:g} in rule {r.rule_id} always hits the clamp: the product is at "
+                    f"least {low:g} when it fires, above the bound {b.max:g}",
+                    r.rule.id_span,
+                )
             elif high < b.min:
-                yield _warn("W205", f"{out} *= {c:g} in rule {r.rule_id} always hits the clamp: the product is at "
-                            f"most {high:g} when it fires, below the bound {b.min:g}", r.rule.id_span)
+                yield _warn(
+                    "W205",
+                    f"{out} *= {c:g} in rule {r.rule_id} always hits the clamp: the product is at "
+                    f"most {high:g} when it fires, below the bound {b.min:g}",
+                    r.rule.id_span,
+                )
 
 
-def lint_bundle(rules: Sequence[CheckedRule], lets: Mapping[str, n.Expr], clamp: Clamp) -> list[Diagnostic]:
+def lint_bundle(
+    rules: Sequence[CheckedRule], lets: Mapping[str, n.Expr], clamp: Clamp
+) -> list[Diagnostic]:
     """Every warning for a bundle whose rules type-checked."""
     out: list[Diagnostic] = []
     first_with: dict[n.Expr, CheckedRule] = {}
@@ -214,15 +231,32 @@ def lint_bundle(rules: Sequence[CheckedRule], lets: Mapping[str, n.Expr], clamp:
                 value = eval_expr(r.when, {}, lets)
             except Exception as exc:
                 code, message = fault_of(exc)
-                out.append(_warn("W201", f"rule {r.rule_id} can never fire: its condition always faults "
-                                 f"({code} {message})", span))
+                out.append(
+                    _warn(
+                        "W201",
+                        f"rule {r.rule_id} can never fire: its condition always faults "
+                        f"({code} {message})",
+                        span,
+                    )
+                )
             else:
                 if value:
-                    out.append(_warn("W202", f"the condition of rule {r.rule_id} is always true", span,
-                                     "a rule that always fires belongs in the bundle's base parameters"))
+                    out.append(
+                        _warn(
+                            "W202",
+                            f"the condition of rule {r.rule_id} is always true",
+                            span,
+                            "a rule that always fires belongs in the bundle's base parameters",
+                        )
+                    )
                 else:
-                    out.append(_warn("W201", f"rule {r.rule_id} can never fire: its condition is always false",
-                                     span))
+                    out.append(
+                        _warn(
+                            "W201",
+                            f"rule {r.rule_id} can never fire: its condition is always false",
+                            span,
+                        )
+                    )
         else:
             why = _contradiction(r, lets)
             if why:
@@ -233,8 +267,14 @@ def lint_bundle(rules: Sequence[CheckedRule], lets: Mapping[str, n.Expr], clamp:
         except TypeError:  # unhashable literal inside; cannot happen with frozen nodes, but be safe
             earlier = None
         if earlier is not None:
-            out.append(_warn("W204", f"rule {r.rule_id} has the same condition as rule {earlier.rule_id}", span,
-                             f"{earlier.rule_id} is at {earlier.rule.span}; merge the two"))
+            out.append(
+                _warn(
+                    "W204",
+                    f"rule {r.rule_id} has the same condition as rule {earlier.rule_id}",
+                    span,
+                    f"{earlier.rule_id} is at {earlier.rule.span}; merge the two",
+                )
+            )
         else:
             first_with[r.when] = r
     out.extend(_clamp_hits(rules, clamp))

@@ -15,7 +15,7 @@ NO_SPAN = Span("<none>", 0, 0, 0, 0)
 
 
 def _span() -> Span:
-    return field(default=NO_SPAN, compare=False, repr=False)  # type: ignore[no-any-return]
+    return field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +116,22 @@ class Call:
     func_span: Span = _span()
 
 
-Expr: TypeAlias = Number | String | Bool | ListLit | Name | FeatureRef | LetRef | Neg | Not | BinOp | BoolOp | Compare | Member | Call
+Expr: TypeAlias = (
+    Number
+    | String
+    | Bool
+    | ListLit
+    | Name
+    | FeatureRef
+    | LetRef
+    | Neg
+    | Not
+    | BinOp
+    | BoolOp
+    | Compare
+    | Member
+    | Call
+)
 
 
 @dataclass(frozen=True, slots=True)

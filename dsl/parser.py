@@ -48,7 +48,35 @@ _TERMINAL_WORDS = {
     "$END": "end of file",
 }
 _FOREIGN_WORDS = frozenset(
-    ["import", "from", "lambda", "for", "while", "def", "class", "return", "if", "else", "elif", "exec", "eval", "open", "print", "with", "yield", "global", "nonlocal", "del", "assert", "try", "except", "raise", "async", "await", "is"]
+    [
+        "import",
+        "from",
+        "lambda",
+        "for",
+        "while",
+        "def",
+        "class",
+        "return",
+        "if",
+        "else",
+        "elif",
+        "exec",
+        "eval",
+        "open",
+        "print",
+        "with",
+        "yield",
+        "global",
+        "nonlocal",
+        "del",
+        "assert",
+        "try",
+        "except",
+        "raise",
+        "async",
+        "await",
+        "is",
+    ]
 )
 _ITEM_START = re.compile(
     r"^[ \t]*(rule|let|" + "|".join(sorted(_FOREIGN_WORDS)) + r")\b", re.MULTILINE
@@ -114,28 +142,35 @@ def _item_context(text: str, offset: int) -> str:
 def _syntax_diagnostic(source: Source, text: str, exc: LarkError) -> tuple[Diagnostic, int]:
     """Turn a Lark exception into a diagnostic and the offset where it happened."""
     if isinstance(exc, UnexpectedCharacters):
-        offset = exc.pos_in_stream
+        offset = exc.pos_in_stream or 0
         span = source.span_at(exc.line, exc.column)
         ctx = _item_context(text, offset)
         char = exc.char
         if char == ".":
             return Diagnostic(
-                "E105", f"attribute access with '.' is not part of the language{ctx}", span,
+                "E105",
+                f"attribute access with '.' is not part of the language{ctx}",
+                span,
                 "rules can only read features, lets and params by name",
             ), offset
         if char == "_":
             return Diagnostic(
-                "E102", f"names cannot start with '_'{ctx}", span,
+                "E102",
+                f"names cannot start with '_'{ctx}",
+                span,
                 "names are letters, digits and '_', starting with a letter",
             ), offset
         if char == '"':
             return Diagnostic(
-                "E106", f"unterminated string or bad escape{ctx}", span,
+                "E106",
+                f"unterminated string or bad escape{ctx}",
+                span,
                 'strings are on one line; the escapes are \\" \\\\ \\n \\t',
             ), offset
         shown = char if char.isprintable() and not char.isspace() else repr(char)
         return Diagnostic(
-            "E102", f"unexpected character '{shown}'{ctx}, expected {_expected(set(exc.allowed or ()))}",
+            "E102",
+            f"unexpected character '{shown}'{ctx}, expected {_expected(set(exc.allowed or ()))}",
             span,
         ), offset
     if isinstance(exc, UnexpectedEOF):
@@ -152,14 +187,20 @@ def _syntax_diagnostic(source: Source, text: str, exc: LarkError) -> tuple[Diagn
         span = source.span_at(len(lines), len(lines[-1]) + 1)
         offset = len(text)
         ctx = _item_context(text, max(offset - 1, 0))
-        return Diagnostic("E103", f"unexpected end of file{ctx}, expected {_expected(accepts)}", span), offset
+        return Diagnostic(
+            "E103", f"unexpected end of file{ctx}, expected {_expected(accepts)}", span
+        ), offset
     offset = token.start_pos or 0
-    span = Span(source.path, token.line or 1, token.column or 1, token.end_line or 1, token.end_column or 2)
+    span = Span(
+        source.path, token.line or 1, token.column or 1, token.end_line or 1, token.end_column or 2
+    )
     ctx = _item_context(text, offset)
     if token.type == "EQUAL" and ("SCALE_OP" in accepts or "COMP_OP" in accepts):
         if "SCALE_OP" in accepts:
             return Diagnostic(
-                "E104", f"an action scales an output with '*=', found '='{ctx}", span,
+                "E104",
+                f"an action scales an output with '*=', found '='{ctx}",
+                span,
                 "write e.g. size_mult *= 1.2",
             ), offset
         return Diagnostic(
@@ -171,15 +212,21 @@ def _syntax_diagnostic(source: Source, text: str, exc: LarkError) -> tuple[Diagn
         ), offset
     if token.type == "LSQB" and "COMP_OP" in accepts:
         return Diagnostic(
-            "E105", f"indexing with '[' is not part of the language{ctx}", span,
+            "E105",
+            f"indexing with '[' is not part of the language{ctx}",
+            span,
             "rules can only read features, lets and params by name",
         ), offset
     if token.type == "NAME" and str(token) in _FOREIGN_WORDS:
         return Diagnostic(
-            "E111", f"'{token}' is not part of the language{ctx}", span,
+            "E111",
+            f"'{token}' is not part of the language{ctx}",
+            span,
             "a rule file holds only 'let' definitions and 'rule' blocks",
         ), offset
-    return Diagnostic("E101", f"expected {_expected(accepts)}, found {_found(token)}{ctx}", span), offset
+    return Diagnostic(
+        "E101", f"expected {_expected(accepts)}, found {_found(token)}{ctx}", span
+    ), offset
 
 
 def _blank_item_at(text: str, offset: int) -> str | None:
@@ -216,7 +263,9 @@ class _Build(Transformer_NonRecursive):  # type: ignore[type-arg]
         )
 
     def _tok_span(self, tok: Token) -> Span:
-        return Span(self.source.path, tok.line or 1, tok.column or 1, tok.end_line or 1, tok.end_column or 2)
+        return Span(
+            self.source.path, tok.line or 1, tok.column or 1, tok.end_line or 1, tok.end_column or 2
+        )
 
     @v_args(meta=True)
     def start(self, meta: object, items: list[n.Item]) -> tuple[n.Item, ...]:
@@ -230,31 +279,53 @@ class _Build(Transformer_NonRecursive):  # type: ignore[type-arg]
 
     @v_args(meta=True)
     def rule_def(self, meta: object, c: list[object]) -> n.Rule:
-        (rule_id, id_span), title, prio, when, actions = c
+        head, title, prio, when, actions = c
+        assert isinstance(head, tuple)
+        rule_id: str = head[0]
+        id_span: Span = head[1]
         return n.Rule(
-            rule_id, self.string([title]).value if isinstance(title, Token) else None, prio if prio is not None else 0, when, actions,  # type: ignore[arg-type]
-            self._span(meta), id_span,
+            rule_id,
+            self.string([title]).value if isinstance(title, Token) else None,
+            prio if isinstance(prio, int) else 0,
+            when,  # type: ignore[arg-type]
+            actions,  # type: ignore[arg-type]
+            self._span(meta),
+            id_span,
         )
 
     def rule_id(self, c: list[Token]) -> tuple[str, Span]:
         first, last = c[0], c[-1]
-        span = Span(self.source.path, first.line or 1, first.column or 1, last.end_line or 1, last.end_column or 2)
+        span = Span(
+            self.source.path,
+            first.line or 1,
+            first.column or 1,
+            last.end_line or 1,
+            last.end_column or 2,
+        )
         for prev, tok in itertools.pairwise(c):
             if tok.start_pos != prev.end_pos:
-                self.diags.append(Diagnostic(
-                    "E110", "a rule id is written without spaces", span,
-                    f"write '{''.join(str(t) for t in c)}'",
-                ))
+                self.diags.append(
+                    Diagnostic(
+                        "E110",
+                        "a rule id is written without spaces",
+                        span,
+                        f"write '{''.join(str(t) for t in c)}'",
+                    )
+                )
                 break
         text = "".join(str(t) for t in c)
         if len(text) > MAX_RULE_ID_CHARS:
-            self.diags.append(Diagnostic("E108", f"rule id longer than {MAX_RULE_ID_CHARS} characters", span))
+            self.diags.append(
+                Diagnostic("E108", f"rule id longer than {MAX_RULE_ID_CHARS} characters", span)
+            )
         return text, span
 
     def priority(self, c: list[Token]) -> int:
         tok = c[0]
         if len(str(tok).lstrip("+-")) > 9:
-            self.diags.append(Diagnostic("E108", "priority out of range (at most 9 digits)", self._tok_span(tok)))
+            self.diags.append(
+                Diagnostic("E108", "priority out of range (at most 9 digits)", self._tok_span(tok))
+            )
             return 0
         return int(str(tok))
 
@@ -312,13 +383,19 @@ class _Build(Transformer_NonRecursive):  # type: ignore[type-arg]
         span = self._tok_span(tok)
         digits = text.replace("_", "")
         if len(text) > MAX_NUMBER_CHARS:
-            self.diags.append(Diagnostic("E108", f"number literal longer than {MAX_NUMBER_CHARS} characters", span))
+            self.diags.append(
+                Diagnostic(
+                    "E108", f"number literal longer than {MAX_NUMBER_CHARS} characters", span
+                )
+            )
             return n.Number(0, text, span)
         if any(ch in digits for ch in ".eE"):
             value: float | int = float(digits)
             mantissa = digits.lower().split("e")[0]
             if value == float("inf") or (value == 0.0 and mantissa.strip("0.") != ""):
-                self.diags.append(Diagnostic("E108", f"number {text} is out of range for a float", span))
+                self.diags.append(
+                    Diagnostic("E108", f"number {text} is out of range for a float", span)
+                )
                 return n.Number(0, text, span)
         else:
             value = int(digits)
@@ -329,7 +406,11 @@ class _Build(Transformer_NonRecursive):  # type: ignore[type-arg]
         raw = str(tok)[1:-1]
         span = self._tok_span(tok)
         if len(raw) > MAX_STRING_CHARS:
-            self.diags.append(Diagnostic("E108", f"string literal longer than {MAX_STRING_CHARS} characters", span))
+            self.diags.append(
+                Diagnostic(
+                    "E108", f"string literal longer than {MAX_STRING_CHARS} characters", span
+                )
+            )
             raw = raw[:MAX_STRING_CHARS]
         value = re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), raw)
         return n.String(value, span)
@@ -361,15 +442,23 @@ def _check_limits(items: tuple[n.Item, ...], path: str) -> list[Diagnostic]:
     diags = []
     for item in items:
         if n.size(item) > MAX_ITEM_NODES:
-            diags.append(Diagnostic(
-                "E109", f"{_item_name(item)} is too large (more than {MAX_ITEM_NODES} nodes)", item.span,
-                "split it into lets or several rules",
-            ))
+            diags.append(
+                Diagnostic(
+                    "E109",
+                    f"{_item_name(item)} is too large (more than {MAX_ITEM_NODES} nodes)",
+                    item.span,
+                    "split it into lets or several rules",
+                )
+            )
         elif n.depth(item) > MAX_DEPTH:
-            diags.append(Diagnostic(
-                "E109", f"{_item_name(item)} is nested too deeply (more than {MAX_DEPTH} levels)", item.span,
-                "name parts of the expression with 'let'",
-            ))
+            diags.append(
+                Diagnostic(
+                    "E109",
+                    f"{_item_name(item)} is nested too deeply (more than {MAX_DEPTH} levels)",
+                    item.span,
+                    "name parts of the expression with 'let'",
+                )
+            )
     return diags
 
 
@@ -393,7 +482,11 @@ def parse(source: Source) -> n.Module:
     texts = {source.path: source.text}
     if len(source.text.encode("utf-8", errors="replace")) > MAX_SOURCE_BYTES:
         raise DslSyntaxError(
-            [Diagnostic("E107", f"rule file larger than {MAX_SOURCE_BYTES // (1024 * 1024)} MiB", None)],
+            [
+                Diagnostic(
+                    "E107", f"rule file larger than {MAX_SOURCE_BYTES // (1024 * 1024)} MiB", None
+                )
+            ],
             texts=texts,
         )
     text = source.text
@@ -419,8 +512,10 @@ def parse(source: Source) -> n.Module:
     try:
         items = builder.transform(tree)
     except VisitError as exc:  # a builder bug, not the user's: still report it as a diagnostic
-        raise DslSyntaxError([*diags, Diagnostic("E101", f"could not build the tree: {exc.orig_exc}", None)],
-                             texts=texts) from None
+        raise DslSyntaxError(
+            [*diags, Diagnostic("E101", f"could not build the tree: {exc.orig_exc}", None)],
+            texts=texts,
+        ) from None
     diags.extend(builder.diags)
     diags.extend(_check_limits(items, source.path))
     if diags:

@@ -11,7 +11,9 @@ from dsl import nodes as n
 LINE_WIDTH = 88
 """A `when` longer than this is broken before each top-level `and`/`or`."""
 
-_PREC_OR, _PREC_AND, _PREC_NOT, _PREC_CMP, _PREC_SUM, _PREC_PROD, _PREC_NEG, _PREC_ATOM = range(1, 9)
+_PREC_OR, _PREC_AND, _PREC_NOT, _PREC_CMP, _PREC_SUM, _PREC_PROD, _PREC_NEG, _PREC_ATOM = range(
+    1, 9
+)
 
 
 def _prec(e: n.Expr) -> int:
@@ -35,7 +37,9 @@ def _prec(e: n.Expr) -> int:
 
 
 def quote(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    escaped = (
+        value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    )
     return f'"{escaped}"'
 
 
@@ -74,7 +78,9 @@ def _bare(e: n.Expr) -> str:
                 parts += [op, to_source(o, _PREC_SUM)]
             return " ".join(parts)
         case n.Member(value=v, container=c, negated=neg):
-            return f"{to_source(v, _PREC_SUM)} {'not in' if neg else 'in'} {to_source(c, _PREC_ATOM)}"
+            return (
+                f"{to_source(v, _PREC_SUM)} {'not in' if neg else 'in'} {to_source(c, _PREC_ATOM)}"
+            )
         case n.Call(func=func, args=args):
             return f"{func}(" + ", ".join(to_source(a) for a in args) + ")"
     raise TypeError(f"not an expression node: {e!r}")
@@ -115,7 +121,9 @@ def format_module(module: n.Module) -> str:
     for item in module.items:
         leading = [text for line, text in pending if line <= item.span.end_line]
         pending = [(line, text) for line, text in pending if line > item.span.end_line]
-        if prev is not None and not (isinstance(prev, n.LetDef) and isinstance(item, n.LetDef) and not leading):
+        if prev is not None and not (
+            isinstance(prev, n.LetDef) and isinstance(item, n.LetDef) and not leading
+        ):
             out.append("")
         out.extend(t.rstrip() for t in leading)
         out.append(item_source(item))

@@ -142,12 +142,17 @@ class RuleInfo:
     constant_factors: tuple[tuple[str, float], ...]
 
 
-Raw = tuple[list[int], list[tuple[int, BaseException]], list[tuple[int, str, float]], float, float, float]
+Raw = tuple[
+    list[int], list[tuple[int, BaseException]], list[tuple[int, str, float]], float, float, float
+]
 """What an evaluator returns: fired indexes, faults, dynamic factors, and the three products."""
 
 
 def build_outcome(
-    raw: Raw, rules: Sequence[RuleInfo], clamp_bounds: Clamp, revision: int,
+    raw: Raw,
+    rules: Sequence[RuleInfo],
+    clamp_bounds: Clamp,
+    revision: int,
     trace: tuple[TraceStep, ...] | None = None,
 ) -> Outcome:
     fired, faults, dyn, sm, tm, lm = raw

@@ -63,7 +63,9 @@ class SnapshotProblem:
 class Schema:
     features: Mapping[str, FeatureSpec] = field(default_factory=dict)
 
-    def validate(self, snapshot: Mapping[str, object]) -> tuple[dict[str, object], list[SnapshotProblem]]:
+    def validate(
+        self, snapshot: Mapping[str, object]
+    ) -> tuple[dict[str, object], list[SnapshotProblem]]:
         """Check a snapshot against the schema.
 
         Returns the normalised snapshot (declared features only, ``None`` of an optional feature
@@ -76,7 +78,9 @@ class Schema:
             value = snapshot.get(name)
             if value is None:
                 if not spec.optional:
-                    problems.append(SnapshotProblem(name, "E410", f"required feature '{name}' is missing"))
+                    problems.append(
+                        SnapshotProblem(name, "E410", f"required feature '{name}' is missing")
+                    )
                 continue
             problem = _type_problem(spec, value)
             if problem:
@@ -98,7 +102,11 @@ def _type_problem(spec: FeatureSpec, value: object) -> str | None:
             return f"feature '{spec.name}' must be finite, found {shown}"
         return None
     if spec.type == "bool":
-        return None if isinstance(value, bool) else f"feature '{spec.name}' must be true or false, found {shown}"
+        return (
+            None
+            if isinstance(value, bool)
+            else f"feature '{spec.name}' must be true or false, found {shown}"
+        )
     if not isinstance(value, str):
         return f"feature '{spec.name}' must be a string, found {shown}"
     if spec.type == "enum" and value not in spec.values:

@@ -32,21 +32,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt = rsub.add_parser("fmt", help="rewrite .rule files in canonical form")
     fmt.add_argument("paths", nargs="+", metavar="PATH", help=".rule files or directories")
-    fmt.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file would change")
+    fmt.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 if a file would change"
+    )
     fmt.set_defaults(func=rules_cli.fmt)
 
-    explain = rsub.add_parser("explain", help="evaluate a bundle on one snapshot and show the trace")
+    explain = rsub.add_parser(
+        "explain", help="evaluate a bundle on one snapshot and show the trace"
+    )
     explain.add_argument("bundle", metavar="BUNDLE")
-    explain.add_argument("--features", required=True, metavar="FILE_OR_JSON",
-                         help="a JSON object, or a .json file holding one")
+    explain.add_argument(
+        "--features",
+        required=True,
+        metavar="FILE_OR_JSON",
+        help="a JSON object, or a .json file holding one",
+    )
     explain.add_argument("--format", choices=("human", "json"), default="human")
-    explain.add_argument("--rule", action="append", metavar="RULE_ID", help="show only these rules in the trace")
+    explain.add_argument(
+        "--rule", action="append", metavar="RULE_ID", help="show only these rules in the trace"
+    )
     explain.set_defaults(func=rules_cli.explain)
 
     test = rsub.add_parser("test", help="run a bundle's case files and report rule coverage")
     test.add_argument("bundle", metavar="BUNDLE")
-    test.add_argument("--cases", action="append", metavar="PATH",
-                      help="case files or directories (default: BUNDLE/cases)")
+    test.add_argument(
+        "--cases",
+        action="append",
+        metavar="PATH",
+        help="case files or directories (default: BUNDLE/cases)",
+    )
     test.add_argument("--format", choices=("human", "json"), default="human")
     test.set_defaults(func=rules_cli.test)
     return parser

@@ -12,7 +12,7 @@ import msgspec
 
 from dsl import BuildResult, Diagnostic, DslError, Source, build_bundle, format_module, parse
 from dsl.bundle import MANIFEST
-from dsl.cases import case_files, load_cases, run_case
+from dsl.cases import load_cases, run_case
 from dsl.errors import sort_and_cap
 from dsl.runtime import Outcome
 from dsl.schema import OUTPUTS
@@ -55,7 +55,11 @@ def _lint_one(path: str) -> tuple[list[Diagnostic], dict[str, str], str]:
         return list(result.diagnostics), result.texts, summary
     if root is not None:
         result = build_bundle(root, known_sections=ENGINE_SECTIONS)
-        mine = [d for d in result.diagnostics if d.span is None or Path(d.span.path).resolve() == p.resolve()]
+        mine = [
+            d
+            for d in result.diagnostics
+            if d.span is None or Path(d.span.path).resolve() == p.resolve()
+        ]
         return mine, result.texts, f"{path}: checked as part of the bundle in {root}"
     if p.is_dir():
         files = sorted(p.rglob("*.rule"))
@@ -81,9 +85,11 @@ def _summary(path: str, result: BuildResult) -> str:
     if result.ruleset is None:
         return f"{path}: {errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
     rs = result.ruleset
-    return (f"{path}: bundle {rs.bundle_id} rev {rs.revision}, {len(rs.rules)} rules, "
-            f"{len(rs.checked.lets)} lets, {errors} errors, {warnings} warning{'s' * (warnings != 1)}; "
-            f"evaluation cost at most {rs.cost} nodes per snapshot")
+    return (
+        f"{path}: bundle {rs.bundle_id} rev {rs.revision}, {len(rs.rules)} rules, "
+        f"{len(rs.checked.lets)} lets, {errors} errors, {warnings} warning{'s' * (warnings != 1)}; "
+        f"evaluation cost at most {rs.cost} nodes per snapshot"
+    )
 
 
 def lint(args: argparse.Namespace) -> int:
@@ -132,7 +138,9 @@ def fmt(args: argparse.Namespace) -> int:
     verb = "would reformat" if args.check else "reformatted"
     for f in changed:
         _out(f"{verb} {f}")
-    _out(f"{len(files)} file{'s' * (len(files) != 1)}: {len(changed)} {verb}, {broken} with syntax errors")
+    _out(
+        f"{len(files)} file{'s' * (len(files) != 1)}: {len(changed)} {verb}, {broken} with syntax errors"
+    )
     return 1 if broken or (args.check and changed) else 0
 
 
@@ -146,7 +154,9 @@ def _load_features(spec: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"--features: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        raise UsageError(
+            f"--features: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
     if not isinstance(value, dict):
         raise UsageError("--features: expected a JSON object of feature values")
     return value
@@ -184,16 +194,22 @@ def explain(args: argparse.Namespace) -> int:
     if args.format == "json":
         _out(msgspec.json.encode(outcome).decode())
         return 0
-    render_outcome(rs.bundle_id, outcome, rs.clamp, only=set(args.rule or ()), titles=_titles(result))
+    render_outcome(
+        rs.bundle_id, outcome, rs.clamp, only=set(args.rule or ()), titles=_titles(result)
+    )
     return 0
 
 
 def _titles(result: BuildResult) -> dict[str, tuple[str | None, int, str]]:
     assert result.ruleset is not None
-    return {r.rule_id: (r.rule.title, r.rule.priority, str(r.rule.span)) for r in result.ruleset.rules}
+    return {
+        r.rule_id: (r.rule.title, r.rule.priority, str(r.rule.span)) for r in result.ruleset.rules
+    }
 
 
-def render_outcome(bundle_id: str, o: Outcome, clamp: Any, *, only: set[str], titles: dict[str, Any]) -> None:
+def render_outcome(
+    bundle_id: str, o: Outcome, clamp: Any, *, only: set[str], titles: dict[str, Any]
+) -> None:
     _out(f"bundle {bundle_id} rev {o.revision}")
     if o.veto:
         title = titles[o.veto][0]
@@ -204,7 +220,9 @@ def render_outcome(bundle_id: str, o: Outcome, clamp: Any, *, only: set[str], ti
     for out in OUTPUTS:
         b = clamp.bounds(out)
         note = " (clamped)" if o.raw[out] != o.clamped[out] else ""
-        _out(f"{out}: {o.clamped[out]:.6g}  product {o.raw[out]:.6g}, bounds [{b.min:g}, {b.max:g}]{note}")
+        _out(
+            f"{out}: {o.clamped[out]:.6g}  product {o.raw[out]:.6g}, bounds [{b.min:g}, {b.max:g}]{note}"
+        )
     for f in o.faults:
         _out(f"fault: {f.rule_id} {f.code} {f.message} ({f.where})")
     _out("")
@@ -221,12 +239,18 @@ def render_outcome(bundle_id: str, o: Outcome, clamp: Any, *, only: set[str], ti
                 state = f"FAULT {faulted[current].code} {faulted[current].message}"
             elif current in fired:
                 factors = o.factors.get(current, {})
-                state = "FIRED" + ("  " + ", ".join(f"{k} x{v:.6g}" for k, v in factors.items()) if factors else "")
+                state = "FIRED" + (
+                    "  " + ", ".join(f"{k} x{v:.6g}" for k, v in factors.items()) if factors else ""
+                )
                 if current in o.vetoes:
                     state += "  skip_entry"
             else:
                 state = "not fired"
-            head = current + (f' "{title}"' if title else "") + (f" priority {priority}" if priority else "")
+            head = (
+                current
+                + (f' "{title}"' if title else "")
+                + (f" priority {priority}" if priority else "")
+            )
             _out(f"  {head}  [{where}]  {state}")
         text = step.text if len(step.text) <= 70 else step.text[:67] + "..."
         value = _value(step.value) if step.evaluated else "(not evaluated)"
@@ -255,20 +279,39 @@ def test(args: argparse.Namespace) -> int:
     never = [rid for rid in rs.rule_ids if rid not in hit]
     failed = [r for r in results if not r.passed]
     if args.format == "json":
-        _out(json.dumps({
-            "cases": [{"name": r.case.name, "where": str(r.case.where), "passed": r.passed,
-                       "failures": list(r.failures)} for r in results],
-            "passed": len(results) - len(failed), "failed": len(failed), "errors": len(diags),
-            "never_fired": never, "coverage": (len(hit & set(rs.rule_ids)) / len(rs.rule_ids)) if rs.rule_ids else 1.0,
-        }, indent=2))
+        _out(
+            json.dumps(
+                {
+                    "cases": [
+                        {
+                            "name": r.case.name,
+                            "where": str(r.case.where),
+                            "passed": r.passed,
+                            "failures": list(r.failures),
+                        }
+                        for r in results
+                    ],
+                    "passed": len(results) - len(failed),
+                    "failed": len(failed),
+                    "errors": len(diags),
+                    "never_fired": never,
+                    "coverage": (len(hit & set(rs.rule_ids)) / len(rs.rule_ids))
+                    if rs.rule_ids
+                    else 1.0,
+                },
+                indent=2,
+            )
+        )
         return 1 if failed or diags else 0
     for r in failed:
         _out(f"FAIL {r.case.where} {r.case.name}")
         for why in r.failures:
             _out(f"     {why}")
     covered = len(rs.rule_ids) - len(never)
-    _out(f"{len(results)} cases: {len(results) - len(failed)} passed, {len(failed)} failed"
-         + (f", {len(diags)} case file errors" if diags else ""))
+    _out(
+        f"{len(results)} cases: {len(results) - len(failed)} passed, {len(failed)} failed"
+        + (f", {len(diags)} case file errors" if diags else "")
+    )
     _out(f"rule coverage: {covered}/{len(rs.rule_ids)} rules fired by at least one case")
     if never:
         _out("never fired: " + ", ".join(never))

@@ -1,0 +1,35 @@
+# Quick start: `make demo` (set up, then run the main job) and `make test` (set up, then the whole suite).
+# Everything lives in .venv; the first run creates it, later runs reuse it while pyproject.toml is unchanged.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/s3 rules lint rulesets/default
+	$(BIN)/s3 rules test rulesets/default
+	$(BIN)/s3 rules explain rulesets/default --features rulesets/default/examples/btc_long_tight.json
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check dsl s3 tests
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python -m tests.bench.bench_dsl
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info
