@@ -307,9 +307,13 @@ class _Checker:
             self.compare_pair(op, a, at, b, bt)
         return n.Compare(tuple(c[0] for c in checked), e.ops, e.span), BOOL, ug
 
-    def compare_pair(self, op: str, a: n.Expr, at: Type, b: n.Expr, bt: Type) -> None:
+    def compare_pair(
+        self, op: str, a: n.Expr, at: Type, b: n.Expr, bt: Type, span: Span | None = None
+    ) -> None:
+        """Check ``a op b``; ``span`` overrides where a mismatch is reported (a list item)."""
         if ERROR in (at, bt):
             return
+        where = span or _join(a.span, b.span)
         ordering = op in ("<", "<=", ">", ">=")
         ok = (at.is_numeric and bt.is_numeric) or (
             not ordering and ((at.is_stringy and bt.is_stringy) or (at == BOOL and bt == BOOL))
@@ -323,7 +327,7 @@ class _Checker:
             self.error(
                 "E204",
                 f"cannot compare {self.describe(a, at)} with {self.describe(b, bt)}",
-                _join(a.span, b.span),
+                where,
                 hint,
             )
             return
@@ -335,7 +339,7 @@ class _Checker:
                 "E204",
                 f"cannot compare {self.describe(a, at)} with {self.describe(b, bt)}: "
                 "the enums share no value",
-                _join(a.span, b.span),
+                where,
             )
 
     def enum_member(self, x: n.Expr, xt: Type, lit: n.String) -> None:
@@ -388,7 +392,7 @@ class _Checker:
                 if isinstance(lit, n.String)
                 else BOOL
             )
-            self.compare_pair("==", value, vt, lit, lt)
+            self.compare_pair("==", value, vt, lit, lt, lit.span)
             items.append(lit)
         return n.Member(value, n.ListLit(tuple(items), container.span), e.negated, e.span), BOOL, ug
 
@@ -476,13 +480,12 @@ class _Checker:
 
     # -- items ------------------------------------------------------------------------------------
 
-    def report_unguarded(self, ug: _Unguarded, where: str) -> None:
+    def report_unguarded(self, ug: _Unguarded) -> None:
         for feature, (span, via) in sorted(ug.items(), key=lambda kv: kv[1][0].sort_key()):
             through = f" through let '{via}'" if via else ""
             self.error(
                 "E210",
-                f"optional feature '{feature}' is read{through} without a has({feature}) guard "
-                f"{where}",
+                f"optional feature '{feature}' is read{through} without a has({feature}) guard",
                 span,
                 f"write has({feature}) and ... (or not has({feature}) or ...)",
             )
@@ -536,7 +539,7 @@ class _Checker:
                 when.span,
                 "compare the value, e.g. x > 0",
             )
-        self.report_unguarded(ug, f"in rule {r.rule_id}")
+        self.report_unguarded(ug)
         fired_facts = self.pos(when)
         scales: list[tuple[str, n.Expr]] = []
         skip = False
@@ -562,7 +565,7 @@ class _Checker:
                 self.error("E208", f"unknown action '{a.target} *='", a.target_span, hint)
                 continue
             factor, ft, fug = self.expr(a.factor, fired_facts)
-            self.report_unguarded(fug, f"in rule {r.rule_id}")
+            self.report_unguarded(fug)
             if not ft.is_numeric:
                 self.error(
                     "E209",
@@ -794,7 +797,7 @@ def check(
         for i, r in enumerate(ordered)
     ]
     for name, d in c.let_defs.items():
-        if name not in c.used_lets:
+        if name not in c.used_lets and name not in in_cycle:
             c.warn("W207", f"let '{name}' is never used", d.name_span)
     lets = {name: info.expr for name, info in c.lets.items()}
     if not any(d.is_error for d in c.diags):

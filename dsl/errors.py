@@ -34,10 +34,11 @@ class Diagnostic:
     def is_error(self) -> bool:
         return self.severity is Severity.ERROR
 
-    def sort_key(self) -> tuple[str, int, int, str]:
+    def sort_key(self) -> tuple[str, int, int, int, int, str, str]:
         if self.span is None:
-            return ("", 0, 0, self.code)
-        return (*self.span.sort_key(), self.code)
+            return ("", 0, 0, 0, 0, self.code, self.message)
+        s = self.span
+        return (s.path, s.line, s.col, s.end_line, s.end_col, self.code, self.message)
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -82,7 +82,7 @@ class _Bounds:
         if self.lo and self.hi:
             (lv, ls, lt), (hv, hs, ht) = self.lo, self.hi
             if lv > hv or (lv == hv and (ls or hs)):
-                return f"{lt} and {ht} cannot both hold"
+                return f"{lt} cannot hold" if lt == ht else f"{lt} and {ht} cannot both hold"
         if self.allowed is not None:
             values, text = self.allowed
             left = {v for v in values if v not in self.banned}

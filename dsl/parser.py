@@ -114,12 +114,23 @@ def _describe(terminal: str) -> str:
     return f"'{pattern.value}'" if pattern.type == "str" else terminal.lower()
 
 
+_OPERATORS = frozenset({"COMP_OP", "ADD_OP", "MUL_OP", "AND", "OR", "IN", "NOT"})
+_OPERANDS = frozenset({"NAME", "NUMBER", "STRING", "LPAR", "LSQB", "MINUS", "TRUE", "FALSE"})
+
+
 def _expected(names: set[str]) -> str:
-    words = sorted({_describe(t) for t in names if t not in ("WS", "COMMENT")})
+    """The expected set in words, with operators and operands summarised as such."""
+    names = {t for t in names if t not in ("WS", "COMMENT")}
+    words = []
+    if len(names & _OPERATORS) >= 3:
+        words.append("an operator")
+        names -= _OPERATORS
+    if len(names & _OPERANDS) >= 3:
+        words.append("a value")
+        names -= _OPERANDS | {"NOT"}
+    words += sorted({_describe(t) for t in names})
     if not words:
         return "nothing more"
-    if len(words) > 6:
-        words = [*words[:6], "..."]
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
@@ -167,10 +178,10 @@ def _syntax_diagnostic(source: Source, text: str, exc: LarkError) -> tuple[Diagn
                 span,
                 'strings are on one line; the escapes are \\" \\\\ \\n \\t',
             ), offset
-        shown = char if char.isprintable() and not char.isspace() else repr(char)
+        shown = f"'{char}'" if char.isprintable() and not char.isspace() else repr(char)
         return Diagnostic(
             "E102",
-            f"unexpected character '{shown}'{ctx}, expected {_expected(set(exc.allowed or ()))}",
+            f"unexpected character {shown}{ctx}, expected {_expected(set(exc.allowed or ()))}",
             span,
         ), offset
     if isinstance(exc, UnexpectedEOF):
@@ -216,6 +227,18 @@ def _syntax_diagnostic(source: Source, text: str, exc: LarkError) -> tuple[Diagn
             f"indexing with '[' is not part of the language{ctx}",
             span,
             "rules can only read features, lets and params by name",
+        ), offset
+    before = re.search(r"([A-Za-z_]+)\s*$", text[:offset])
+    if before and before.group(1) in _FOREIGN_WORDS:
+        start = before.start(1)
+        word = before.group(1)
+        return Diagnostic(
+            "E111", f"'{word}' is not part of the language{ctx}", source.span_of_offset(start, len(word)),
+            "a rule file holds only 'let' definitions and 'rule' blocks",
+        ), offset
+    if token.type == "MUL_OP" and text[offset - 1 : offset] == "*":
+        return Diagnostic(
+            "E101", f"there is no power operator '**'{ctx}", span, "multiply explicitly, e.g. x * x"
         ), offset
     if token.type == "NAME" and str(token) in _FOREIGN_WORDS:
         return Diagnostic(
@@ -446,7 +469,7 @@ def _check_limits(items: tuple[n.Item, ...], path: str) -> list[Diagnostic]:
                 Diagnostic(
                     "E109",
                     f"{_item_name(item)} is too large (more than {MAX_ITEM_NODES} nodes)",
-                    item.span,
+                    _item_span(item),
                     "split it into lets or several rules",
                 )
             )
@@ -455,11 +478,15 @@ def _check_limits(items: tuple[n.Item, ...], path: str) -> list[Diagnostic]:
                 Diagnostic(
                     "E109",
                     f"{_item_name(item)} is nested too deeply (more than {MAX_DEPTH} levels)",
-                    item.span,
+                    _item_span(item),
                     "name parts of the expression with 'let'",
                 )
             )
     return diags
+
+
+def _item_span(item: n.Item) -> Span:
+    return item.id_span if isinstance(item, n.Rule) else item.name_span
 
 
 def _item_name(item: n.Item) -> str:
