@@ -78,6 +78,9 @@ _FOREIGN_WORDS = frozenset(
         "is",
     ]
 )
+KEYWORDS = frozenset("let rule when then priority and or not in true false".split())
+"""Reserved words: never a feature, let, function, action or rule id."""
+
 _ITEM_START = re.compile(
     r"^[ \t]*(rule|let|" + "|".join(sorted(_FOREIGN_WORDS)) + r")\b", re.MULTILINE
 )
@@ -233,7 +236,9 @@ def _syntax_diagnostic(source: Source, text: str, exc: LarkError) -> tuple[Diagn
         start = before.start(1)
         word = before.group(1)
         return Diagnostic(
-            "E111", f"'{word}' is not part of the language{ctx}", source.span_of_offset(start, len(word)),
+            "E111",
+            f"'{word}' is not part of the language{ctx}",
+            source.span_of_offset(start, len(word)),
             "a rule file holds only 'let' definitions and 'rule' blocks",
         ), offset
     if token.type == "MUL_OP" and text[offset - 1 : offset] == "*":
@@ -285,6 +290,23 @@ class _Build(Transformer_NonRecursive):  # type: ignore[type-arg]
             getattr(meta, "end_column", 2),
         )
 
+    def _word(self, tok: Token) -> str:
+        """A NAME token's text; a reserved word in a name's place is reported (the contextual
+        lexer lets `and` through as a NAME where no operator can follow)."""
+        word = str(tok)
+        if word in KEYWORDS:
+            self.diags.append(
+                Diagnostic(
+                    "E112",
+                    f"'{word}' is a reserved word and cannot be a name{self._context(tok)}",
+                    self._tok_span(tok),
+                )
+            )
+        return word
+
+    def _context(self, tok: Token) -> str:
+        return _item_context(self.source.text, tok.start_pos or 0)
+
     def _tok_span(self, tok: Token) -> Span:
         return Span(
             self.source.path, tok.line or 1, tok.column or 1, tok.end_line or 1, tok.end_column or 2
@@ -298,7 +320,7 @@ class _Build(Transformer_NonRecursive):  # type: ignore[type-arg]
     def let_def(self, meta: object, c: list[object]) -> n.LetDef:
         name, expr = c
         assert isinstance(name, Token)
-        return n.LetDef(str(name), expr, self._span(meta), self._tok_span(name))  # type: ignore[arg-type]
+        return n.LetDef(self._word(name), expr, self._span(meta), self._tok_span(name))  # type: ignore[arg-type]
 
     @v_args(meta=True)
     def rule_def(self, meta: object, c: list[object]) -> n.Rule:
@@ -336,6 +358,7 @@ class _Build(Transformer_NonRecursive):  # type: ignore[type-arg]
                     )
                 )
                 break
+        self._word(c[0])
         text = "".join(str(t) for t in c)
         if len(text) > MAX_RULE_ID_CHARS:
             self.diags.append(
@@ -359,11 +382,11 @@ class _Build(Transformer_NonRecursive):  # type: ignore[type-arg]
     def scale(self, meta: object, c: list[object]) -> n.Scale:
         target, _op, factor = c
         assert isinstance(target, Token)
-        return n.Scale(str(target), factor, self._span(meta), self._tok_span(target))  # type: ignore[arg-type]
+        return n.Scale(self._word(target), factor, self._span(meta), self._tok_span(target))  # type: ignore[arg-type]
 
     @v_args(meta=True)
     def flag(self, meta: object, c: list[Token]) -> n.Flag:
-        return n.Flag(str(c[0]), self._span(meta))
+        return n.Flag(self._word(c[0]), self._span(meta))
 
     @v_args(meta=True)
     def or_op(self, meta: object, c: list[n.Expr]) -> n.BoolOp:
@@ -451,37 +474,28 @@ class _Build(Transformer_NonRecursive):  # type: ignore[type-arg]
         func = c[0]
         assert isinstance(func, Token)
         args = tuple(a for a in c[1:] if a is not None)
-        return n.Call(str(func), args, self._span(meta), self._tok_span(func))  # type: ignore[arg-type]
+        return n.Call(self._word(func), args, self._span(meta), self._tok_span(func))  # type: ignore[arg-type]
 
     def name(self, c: list[Token]) -> n.Name:
-        return n.Name(str(c[0]), self._tok_span(c[0]))
+        return n.Name(self._word(c[0]), self._tok_span(c[0]))
 
     @v_args(meta=True)
     def list(self, meta: object, c: list[object]) -> n.ListLit:
         return n.ListLit(tuple(x for x in c if x is not None), self._span(meta))  # type: ignore[misc]
 
 
-def _check_limits(items: tuple[n.Item, ...], path: str) -> list[Diagnostic]:
+def _check_limits(items: tuple[n.Item, ...]) -> list[Diagnostic]:
     diags = []
     for item in items:
-        if n.size(item) > MAX_ITEM_NODES:
-            diags.append(
-                Diagnostic(
-                    "E109",
-                    f"{_item_name(item)} is too large (more than {MAX_ITEM_NODES} nodes)",
-                    _item_span(item),
-                    "split it into lets or several rules",
-                )
-            )
-        elif n.depth(item) > MAX_DEPTH:
-            diags.append(
-                Diagnostic(
-                    "E109",
-                    f"{_item_name(item)} is nested too deeply (more than {MAX_DEPTH} levels)",
-                    _item_span(item),
-                    "name parts of the expression with 'let'",
-                )
-            )
+        if n.depth(item) > MAX_DEPTH:
+            message = f"{_item_name(item)} is nested too deeply (more than {MAX_DEPTH} levels)"
+            hint = "name parts of the expression with 'let'"
+        elif n.size(item) > MAX_ITEM_NODES:
+            message = f"{_item_name(item)} is too large (more than {MAX_ITEM_NODES} nodes)"
+            hint = "split it into lets or several rules"
+        else:
+            continue
+        diags.append(Diagnostic("E109", message, _item_span(item), hint))
     return diags
 
 
@@ -544,7 +558,7 @@ def parse(source: Source) -> n.Module:
             texts=texts,
         ) from None
     diags.extend(builder.diags)
-    diags.extend(_check_limits(items, source.path))
+    diags.extend(_check_limits(items))
     if diags:
         raise DslSyntaxError(diags, texts=texts)
     return n.Module(source.path, items, tuple(comments))
