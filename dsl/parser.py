@@ -78,7 +78,9 @@ _FOREIGN_WORDS = frozenset(
         "is",
     ]
 )
-KEYWORDS = frozenset("let rule when then priority and or not in true false".split())
+KEYWORDS = frozenset(
+    ["let", "rule", "when", "then", "priority", "and", "or", "not", "in", "true", "false"]
+)
 """Reserved words: never a feature, let, function, action or rule id."""
 
 _ITEM_START = re.compile(

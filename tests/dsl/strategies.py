@@ -25,14 +25,18 @@ k = 1.5
 names = ["x", "y"]
 """
 
-NUMBER_LITERALS = st.sampled_from(["0", "1", "2", "0.5", "1.5", "3", "1e3", "2.5e-1", "1_000", "100", "k"])
+NUMBER_LITERALS = st.sampled_from(
+    ["0", "1", "2", "0.5", "1.5", "3", "1e3", "2.5e-1", "1_000", "100", "k"]
+)
 POSITIVE_LITERALS = st.sampled_from(["0.5", "0.9", "1.1", "1.2", "2", "3", "k"])
 NUM_LEAVES = st.one_of(st.sampled_from(["a", "b", "c"]), NUMBER_LITERALS)
 
 
 def _num(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     return st.one_of(
-        st.tuples(inner, st.sampled_from(["+", "-", "*", "/"]), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        st.tuples(inner, st.sampled_from(["+", "-", "*", "/"]), inner).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"
+        ),
         inner.map(lambda x: f"-{x}"),
         st.tuples(st.sampled_from(["abs", "log", "sqrt"]), inner).map(lambda t: f"{t[0]}({t[1]})"),
         st.tuples(st.sampled_from(["min", "max"]), st.lists(inner, min_size=2, max_size=3)).map(
@@ -52,7 +56,9 @@ def _bool_leaves() -> st.SearchStrategy[str]:
         st.tuples(NUM, st.sampled_from(["<", "<="]), NUM, st.sampled_from(["<", "<="]), NUM).map(
             lambda t: " ".join(t)
         ),
-        st.sampled_from(['s == "x"', 's != "z"', "s in names", 's not in ["y"]', "flag", "true", "false"]),
+        st.sampled_from(
+            ['s == "x"', 's != "z"', "s in names", 's not in ["y"]', "flag", "true", "false"]
+        ),
         st.tuples(NUM, NUM, NUM).map(lambda t: f"between({t[0]}, {t[1]}, {t[2]})"),
         st.tuples(st.sampled_from(["and", "or"]), NUM).map(
             lambda t: f"(has(o) and o > {t[1]})" if t[0] == "and" else f"(not has(o) or o < {t[1]})"
@@ -63,13 +69,17 @@ def _bool_leaves() -> st.SearchStrategy[str]:
 
 def _bool(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     return st.one_of(
-        st.tuples(inner, st.sampled_from(["and", "or"]), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        st.tuples(inner, st.sampled_from(["and", "or"]), inner).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"
+        ),
         inner.map(lambda x: f"not ({x})"),
     )
 
 
 BOOL = st.recursive(_bool_leaves(), _bool, max_leaves=6)
-FACTOR = st.one_of(POSITIVE_LITERALS, NUM.map(lambda x: f"({x}) * 1"), NUM.map(lambda x: f"abs({x}) + 0.5"))
+FACTOR = st.one_of(
+    POSITIVE_LITERALS, NUM.map(lambda x: f"({x}) * 1"), NUM.map(lambda x: f"abs({x}) + 0.5")
+)
 
 
 @st.composite
@@ -82,12 +92,18 @@ def rule_sources(draw: st.DrawFn, max_rules: int = 6) -> str:
     for i in range(draw(st.integers(1, max_rules))):
         cond = draw(BOOL)
         if n_lets and draw(st.booleans()):
-            cond = f"{cond} {draw(st.sampled_from(['and', 'or']))} l{draw(st.integers(0, n_lets - 1))}"
+            cond = (
+                f"{cond} {draw(st.sampled_from(['and', 'or']))} l{draw(st.integers(0, n_lets - 1))}"
+            )
         prio = draw(st.sampled_from(["", " priority 5", " priority -2", " priority 5"]))
         if draw(st.integers(0, 4)) == 0:
             actions = "skip_entry"
         else:
-            targets = draw(st.lists(st.sampled_from(["size_mult", "tp_mult", "sl_mult"]), min_size=1, max_size=3))
+            targets = draw(
+                st.lists(
+                    st.sampled_from(["size_mult", "tp_mult", "sl_mult"]), min_size=1, max_size=3
+                )
+            )
             actions = ", ".join(f"{t} *= {draw(FACTOR)}" for t in targets)
         lines.append(f'rule R-{i:03d} "r{i}"{prio}\n  when {cond}\n  then {actions}')
     return "\n\n".join(lines) + "\n"

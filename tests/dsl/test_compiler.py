@@ -8,7 +8,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dsl import CompiledRuleset, DslError, build_bundle, check, compile_ruleset, interpret, parse_text
+from dsl import (
+    CompiledRuleset,
+    DslError,
+    build_bundle,
+    check,
+    compile_ruleset,
+    interpret,
+    parse_text,
+)
 from dsl.schema import Schema
 from tests.conftest import SNAPSHOT, BundleFactory
 from tests.dsl.strategies import SCHEMA_TOML, rule_sources, snapshots
@@ -44,7 +52,10 @@ def test_factors_multiply_per_output_then_clamp(make_bundle: BundleFactory) -> N
     )
     out = rs.evaluate(SNAPSHOT)
     assert out.fired == ("R-1", "R-2")
-    assert out.factors == {"R-1": {"size_mult": 1.5, "tp_mult": 1.2}, "R-2": {"size_mult": 1.5, "sl_mult": 0.5}}
+    assert out.factors == {
+        "R-1": {"size_mult": 1.5, "tp_mult": 1.2},
+        "R-2": {"size_mult": 1.5, "sl_mult": 0.5},
+    }
     assert out.raw == {"size_mult": 2.25, "tp_mult": 1.2, "sl_mult": 0.5}
     assert out.clamped == {"size_mult": 2.0, "tp_mult": 1.2, "sl_mult": 0.6}
     assert out.veto is None and out.faults == ()
@@ -64,7 +75,11 @@ def test_runtime_faults_are_recorded_never_raised(make_bundle: BundleFactory) ->
     out = rs.evaluate(SNAPSHOT)
     assert out.fired == ("R-6",)
     assert [(f.rule_id, f.code) for f in out.faults] == [
-        ("R-1", "E401"), ("R-2", "E402"), ("R-3", "E403"), ("R-4", "E405"), ("R-5", "E408"),
+        ("R-1", "E401"),
+        ("R-2", "E402"),
+        ("R-3", "E403"),
+        ("R-4", "E405"),
+        ("R-5", "E408"),
     ]
     assert out.faults[1].message == "log of a non-positive number (-0.9999)"
     assert out.faults[0].where.endswith("main.rule:1:1")
@@ -121,17 +136,21 @@ def test_source_of_rule(make_bundle: BundleFactory) -> None:
 
 def test_generated_code_has_no_builtins(make_bundle: BundleFactory) -> None:
     rs = compiled(make_bundle, "rule R-1 when mid > 1 then size_mult *= 1.1\n")
-    assert rs._fast.__globals__["__builtins"+"__"] == {}
+    assert rs._fast.__globals__["__builtins" + "__"] == {}
 
 
 def test_cost_is_reported(make_bundle: BundleFactory) -> None:
-    rs = compiled(make_bundle, "let t = mid > 1 and mid < 5\nrule R-1 when t and t then size_mult *= 1.1\n")
+    rs = compiled(
+        make_bundle, "let t = mid > 1 and mid < 5\nrule R-1 when t and t then size_mult *= 1.1\n"
+    )
     # Each use of a let counts its whole body: the bound is on evaluated nodes.
     assert rs.cost == 1 + 2 * 7 + 1  # the and, twice the let body, the factor
 
 
 def test_check_raises_all_errors_at_once() -> None:
-    module = parse_text("rule R-1 when zz > 1 then skip_entry\nrule R-2 when yy > 1 then skip_entry\n", "m.rule")
+    module = parse_text(
+        "rule R-1 when zz > 1 then skip_entry\nrule R-2 when yy > 1 then skip_entry\n", "m.rule"
+    )
     with pytest.raises(DslError) as info:
         check([module], schema=Schema({}))
     assert [d.code for d in info.value.diagnostics] == ["E201", "E201"]
@@ -149,10 +168,14 @@ def prop_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(source=rule_sources(), snaps=st.lists(snapshots(), min_size=1, max_size=5))
-def test_compiled_equals_interpreter(prop_dir: Path, source: str, snaps: list[dict[str, object]]) -> None:
+def test_compiled_equals_interpreter(
+    prop_dir: Path, source: str, snaps: list[dict[str, object]]
+) -> None:
     (prop_dir / "gen.rule").write_text(source)
     result = build_bundle(prop_dir)
-    assert result.ruleset is not None, source + "\n".join(d.render(result.texts) for d in result.diagnostics)
+    assert result.ruleset is not None, source + "\n".join(
+        d.render(result.texts) for d in result.diagnostics
+    )
     rs = result.ruleset
     again = compile_ruleset(rs.checked, revision=rs.revision, bundle_id=rs.bundle_id)
     for snap in snaps:

@@ -61,8 +61,15 @@ def test_idempotent_and_keeps_every_comment() -> None:
 
 
 def test_nested_parentheses_survive() -> None:
-    for src in ["let v = a and (b and c)", "let v = (a or b) and c", "let v = -(-a)", "let v = (a < b) == true",
-                "let v = not (a in [1, 2])", "let v = (a - b) - (c - d)", "let v = a / (b * c)"]:
+    for src in [
+        "let v = a and (b and c)",
+        "let v = (a or b) and c",
+        "let v = -(-a)",
+        "let v = (a < b) == true",
+        "let v = not (a in [1, 2])",
+        "let v = (a - b) - (c - d)",
+        "let v = a / (b * c)",
+    ]:
         assert parse_text(fmt(src)) == parse_text(src), src
 
 
@@ -80,7 +87,9 @@ def test_round_trip(source: str) -> None:
 def test_round_trip_with_comments(source: str, junk: str) -> None:
     # Comments sprinkled at line ends must all survive and keep the code the same.
     lines = source.splitlines()
-    commented = "\n".join(f"{line}  # c{i} {junk.strip()}" if line.strip() else line for i, line in enumerate(lines))
+    commented = "\n".join(
+        f"{line}  # c{i} {junk.strip()}" if line.strip() else line for i, line in enumerate(lines)
+    )
     module = parse_text(commented)
     text = format_module(module)
     assert parse_text(text) == module

@@ -37,7 +37,10 @@ def render_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rule_file: Path
         outcome = rs.evaluate(SNAPSHOT, trace=True)
         # The oracle agrees with the compiled code on the golden snapshot too.
         assert interpret(rs.checked, SNAPSHOT, revision=rs.revision) == rs.evaluate(SNAPSHOT)
-        parts += ["== outcome", msgspec.json.format(msgspec.json.encode(outcome), indent=1).decode()]
+        parts += [
+            "== outcome",
+            msgspec.json.format(msgspec.json.encode(outcome), indent=1).decode(),
+        ]
     return "\n".join(parts) + "\n"
 
 
@@ -48,7 +51,9 @@ def test_golden(
     assert render_case(tmp_path, monkeypatch, rule_file) == snapshot
 
 
-def test_valid_cases_compile_and_invalid_ones_do_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_valid_cases_compile_and_invalid_ones_do_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for i, rule_file in enumerate(RULE_FILES):
         sub = tmp_path / str(i)
         sub.mkdir()

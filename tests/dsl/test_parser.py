@@ -24,12 +24,17 @@ def test_example_parses_to_nodes_with_spans() -> None:
     )
     let, rule = module.items
     assert isinstance(let, n.LetDef) and isinstance(rule, n.Rule)
-    assert let == n.LetDef("tight", n.Compare((n.Name("spread_bps"), n.Number(1.5, "1.5")), ("<=",)))
+    assert let == n.LetDef(
+        "tight", n.Compare((n.Name("spread_bps"), n.Number(1.5, "1.5")), ("<=",))
+    )
     assert rule.rule_id == "R-023" and rule.title == "tight" and rule.priority == 10
     assert rule.id_span == Span("a.rule", 2, 6, 2, 11)
     assert rule.when == n.BoolOp(
         "and",
-        (n.Name("tight"), n.Compare((n.Number(0.1, "0.1"), n.Name("x"), n.Number(2, "2")), ("<=", "<"))),
+        (
+            n.Name("tight"),
+            n.Compare((n.Number(0.1, "0.1"), n.Name("x"), n.Number(2, "2")), ("<=", "<")),
+        ),
     )
     assert rule.actions == (
         n.Scale("size_mult", n.Number(1.2, "1.2")),
@@ -115,25 +120,93 @@ def test_every_broken_rule_is_reported_not_just_the_first() -> None:
 @pytest.mark.parametrize(
     ("text", "code", "message"),
     [
-        ("rule R-1 when x.y > 1 then skip_entry", "E105", "attribute access with '.' is not part of the language in rule R-1"),
-        ("rule R-1 when x[0] > 1 then skip_entry", "E105", "indexing with '[' is not part of the language in rule R-1"),
-        ("rule R-1 when __import__ > 1 then skip_entry", "E102", "names cannot start with '_' in rule R-1"),
+        (
+            "rule R-1 when x.y > 1 then skip_entry",
+            "E105",
+            "attribute access with '.' is not part of the language in rule R-1",
+        ),
+        (
+            "rule R-1 when x[0] > 1 then skip_entry",
+            "E105",
+            "indexing with '[' is not part of the language in rule R-1",
+        ),
+        (
+            "rule R-1 when __import__ > 1 then skip_entry",
+            "E102",
+            "names cannot start with '_' in rule R-1",
+        ),
         ("import os", "E111", "'import' is not part of the language"),
-        ("rule R-1 when lambda x: x then skip_entry", "E111", "'lambda' is not part of the language in rule R-1"),
-        ("rule R-1 when [x for x in y] then skip_entry", "E111", "'for' is not part of the language in rule R-1"),
-        ("rule R-1 when x ** 2 > 1 then skip_entry", "E101", "there is no power operator '**' in rule R-1"),
-        ('rule R-1 when s == "abc then skip_entry', "E106", "unterminated string or bad escape in rule R-1"),
-        ("rule R - 1 when x > 1 then skip_entry", "E110", "a rule id is written without spaces in rule R"),
-        ("rule R-1 when x > 1 then size_mult = 2", "E104", "an action scales an output with '*=', found '=' in rule R-1"),
-        ("rule R-1 when x > 1e999 then skip_entry", "E108", "number 1e999 is out of range for a float"),
-        ("rule R-1 when x > 1e-999 then skip_entry", "E108", "number 1e-999 is out of range for a float"),
-        ("rule R-1 when x > " + "9" * 41 + " then skip_entry", "E108", "number literal longer than 40 characters"),
-        ('rule R-1 when s == "' + "x" * 1001 + '" then skip_entry', "E108", "string literal longer than 1000 characters"),
-        ("rule R-1 priority 1234567890 when x > 1 then skip_entry", "E108", "priority out of range (at most 9 digits)"),
-        ("rule R-1 when x > 1 then skip_entry \x00", "E102", "unexpected character '\\x00' in rule R-1, expected '*=', ',', 'let' or 'rule'"),
+        (
+            "rule R-1 when lambda x: x then skip_entry",
+            "E111",
+            "'lambda' is not part of the language in rule R-1",
+        ),
+        (
+            "rule R-1 when [x for x in y] then skip_entry",
+            "E111",
+            "'for' is not part of the language in rule R-1",
+        ),
+        (
+            "rule R-1 when x ** 2 > 1 then skip_entry",
+            "E101",
+            "there is no power operator '**' in rule R-1",
+        ),
+        (
+            'rule R-1 when s == "abc then skip_entry',
+            "E106",
+            "unterminated string or bad escape in rule R-1",
+        ),
+        (
+            "rule R - 1 when x > 1 then skip_entry",
+            "E110",
+            "a rule id is written without spaces in rule R",
+        ),
+        (
+            "rule R-1 when x > 1 then size_mult = 2",
+            "E104",
+            "an action scales an output with '*=', found '=' in rule R-1",
+        ),
+        (
+            "rule R-1 when x > 1e999 then skip_entry",
+            "E108",
+            "number 1e999 is out of range for a float",
+        ),
+        (
+            "rule R-1 when x > 1e-999 then skip_entry",
+            "E108",
+            "number 1e-999 is out of range for a float",
+        ),
+        (
+            "rule R-1 when x > " + "9" * 41 + " then skip_entry",
+            "E108",
+            "number literal longer than 40 characters",
+        ),
+        (
+            'rule R-1 when s == "' + "x" * 1001 + '" then skip_entry',
+            "E108",
+            "string literal longer than 1000 characters",
+        ),
+        (
+            "rule R-1 priority 1234567890 when x > 1 then skip_entry",
+            "E108",
+            "priority out of range (at most 9 digits)",
+        ),
+        (
+            "rule R-1 when x > 1 then skip_entry \x00",
+            "E102",
+            "unexpected character '\\x00' in rule R-1, expected '*=', ',', 'let' or 'rule'",
+        ),
         ("let and = 1", "E112", "'and' is a reserved word and cannot be a name in let and"),
-        ("rule R-1 when and > 1 then skip_entry", "E112", "'and' is a reserved word and cannot be a name in rule R-1"),
-        ("rule in when x > 1 then skip_entry", "E112", "'in' is a reserved word and cannot be a name in rule in"),
+        (
+            "rule R-1 when and > 1 then skip_entry",
+            "E112",
+            "'and' is a reserved word and cannot be a name in rule R-1",
+        ),
+        (
+            "rule in when x > 1 then skip_entry",
+            "E112",
+            "'in' is a reserved word and cannot be a name in rule in",
+        ),
     ],
 )
 def test_syntax_codes(text: str, code: str, message: str) -> None:
@@ -150,7 +223,10 @@ def test_nesting_limit() -> None:
     with pytest.raises(DslSyntaxError) as info:
         parse_text(deep, "x.rule")
     assert [d.code for d in info.value.diagnostics] == ["E109"]
-    assert info.value.diagnostics[0].message == f"rule R-1 is nested too deeply (more than {MAX_DEPTH} levels)"
+    assert (
+        info.value.diagnostics[0].message
+        == f"rule R-1 is nested too deeply (more than {MAX_DEPTH} levels)"
+    )
 
 
 def test_parentheses_do_not_count_as_nesting_but_long_chains_are_bounded() -> None:

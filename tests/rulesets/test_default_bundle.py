@@ -48,7 +48,9 @@ def _summary(o: Any) -> dict[str, Any]:
 
 def test_shape_of_the_bundle(ruleset: CompiledRuleset) -> None:
     assert len(ruleset.rules) >= 20
-    assert {"mid", "spread_bps", "atr", "depth_top1_usdt", "funding_next", "side"} <= set(ruleset.schema.features)
+    assert {"mid", "spread_bps", "atr", "depth_top1_usdt", "funding_next", "side"} <= set(
+        ruleset.schema.features
+    )
     assert ruleset.revision == 1 and ruleset.bundle_id == "default"
 
 
@@ -72,7 +74,9 @@ def test_case_outcomes_snapshot(ruleset: CompiledRuleset, json_snapshot: Snapsho
     assert got == json_snapshot
 
 
-def test_real_sample_outcomes_snapshot(ruleset: CompiledRuleset, json_snapshot: SnapshotAssertion) -> None:
+def test_real_sample_outcomes_snapshot(
+    ruleset: CompiledRuleset, json_snapshot: SnapshotAssertion
+) -> None:
     rows = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
     got = {}
     for row in rows:
