@@ -8,8 +8,10 @@ passed to ``eval``: names were checked against the schema and literals are emitt
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from dsl import nodes as n
@@ -32,11 +34,22 @@ class TraceNode:
 
 
 class _Gen:
-    def __init__(self, lets: Mapping[str, n.Expr], traced: bool):
+    def __init__(
+        self, lets: Mapping[str, n.Expr], traced: bool, cached: frozenset[str] = frozenset()
+    ):
         self.lets = lets
         self.traced = traced
+        # Lets used more than once are computed at most once per snapshot (fast path only): a let
+        # is a pure function of the snapshot, and one that faults is not stored, so every rule
+        # that reads it still faults on its own.
+        self.cached = cached
         self.table: list[TraceNode] = []
         self.rule_index = 0
+        self.temps = 0
+
+    def temp(self) -> str:
+        self.temps += 1
+        return f"_t{self.temps}"
 
     def wrap(self, e: n.Expr, depth: int, body: Callable[[int], str], label: str = "") -> str:
         if not self.traced:
@@ -57,6 +70,9 @@ class _Gen:
                 return "True" if v else "False"
             case n.FeatureRef(name=name):
                 return w(e, d, lambda _: f"f[{name!r}]")
+            case n.LetRef(name=name) if name in self.cached and not self.traced:
+                var = f"_L_{name}"
+                return f"({var} if {var} is not _U else ({var} := {self.expr(self.lets[name])}))"
             case n.LetRef(name=name):
                 return w(e, d, lambda dd: self.expr(self.lets[name], dd))
             case n.Neg(operand=o):
@@ -83,6 +99,11 @@ class _Gen:
                 )
             case n.Call(func="has", args=(n.FeatureRef(name=name),)):
                 return w(e, d, lambda _: f"({name!r} in f)")
+            case n.Call(func="log" | "sqrt" as func, args=(arg,)) if not self.traced:
+                # The common case is one C call; the helper only runs to raise the fault.
+                t = self.temp()
+                test = "> 0" if func == "log" else ">= 0"
+                return f"(_m{func}({t}) if ({t} := {self.expr(arg)}) {test} else _{func}({t}))"
             case n.Call(func=func, args=args):
                 return w(
                     e, d, lambda dd: f"_{func}(" + ", ".join(self.expr(a, dd) for a in args) + ")"
@@ -103,7 +124,14 @@ class _Gen:
                 applies.append(f"            {acc} *= {float(const)!r}")
                 continue
             code = self.expr(fexpr, 0, f"{target} *=")
-            body.append(f"            _k{j} = _factor({target!r}, {code})")
+            if self.traced:
+                body.append(f"            _k{j} = _factor({target!r}, {code})")
+            else:  # _factor only runs to raise the fault (or to convert a huge int)
+                t = self.temp()
+                body.append(
+                    f"            _k{j} = _float({t}) if 0.0 < ({t} := {code}) < 1e308 "
+                    f"else _factor({target!r}, {t})"
+                )
             applies.append(f"            {acc} *= _k{j}")
             applies.append(f"            dyn.append(({i}, {target!r}, _k{j}))")
         lines += body
@@ -111,6 +139,21 @@ class _Gen:
         lines += applies
         lines += ["    except _Exception as _e:", f"        faults.append(({i}, _e))"]
         return lines
+
+
+def _let_uses(rules: tuple[CheckedRule, ...], lets: Mapping[str, n.Expr]) -> dict[str, int]:
+    """How many times each let is read once lets are substituted (bounded by the cost limit)."""
+    uses: dict[str, int] = {}
+    stack: list[object] = [x for r in rules for x in (r.when, *(f for _, f in r.scales))]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, n.LetRef):
+            uses[node.name] = uses.get(node.name, 0) + 1
+            if uses[node.name] == 1:  # walk a let's body once: later reads hit the cache
+                stack.append(lets[node.name])
+            continue
+        stack.extend(n.children(node))
+    return uses
 
 
 def _function(
@@ -125,6 +168,9 @@ def _function(
         "    _tm = 1.0",
         "    _lm = 1.0",
     ]
+    if gen.cached and not gen.traced:
+        lines.append("    _U = _UNSET")
+        lines += [f"    _L_{name} = _U" for name in sorted(gen.cached)]
     per_rule: dict[str, str] = {}
     for r in rules:
         chunk = gen.rule(r)
@@ -148,9 +194,19 @@ class CompiledRuleset:
     cost: int
     checked: CheckedBundle
     _fast: Callable[[Mapping[str, Any]], Raw] = field(repr=False)
-    _traced: Callable[[Mapping[str, Any], Callable[[int, Any], Any]], Raw] = field(repr=False)
-    _trace_table: tuple[TraceNode, ...] = field(repr=False)
     _per_rule: Mapping[str, str] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        # `run` is the generated function itself: no wrapper call on the hot path.
+        object.__setattr__(self, "run", self._fast)
+
+    @cached_property
+    def _tracer(self) -> tuple[Callable[..., Raw], tuple[TraceNode, ...]]:
+        """The traced twin, compiled on first use (only `explain` and tests need it)."""
+        gen = _Gen(self.checked.lets, traced=True)
+        src, _ = _function("_evaluate_traced", self.rules, gen, "f, _w")
+        fn = _exec(src, "_evaluate_traced", f"<bundle {self.bundle_id} rev {self.revision} traced>")
+        return fn, tuple(gen.table)
 
     @property
     def rule_ids(self) -> tuple[str, ...]:
@@ -160,7 +216,7 @@ class CompiledRuleset:
         """The generated Python of one rule, for golden tests and for the curious."""
         return self._per_rule[rule_id]
 
-    def run(self, features: Mapping[str, Any]) -> Raw:
+    def run(self, features: Mapping[str, Any]) -> Raw:  # replaced per instance by `_fast`
         """The hot path: evaluate a validated snapshot, returning the raw tuple."""
         return self._fast(features)
 
@@ -174,9 +230,10 @@ class CompiledRuleset:
             values[k] = v
             return v
 
-        raw = self._traced(features, record)
+        traced, table = self._tracer
+        raw = traced(features, record)
         steps = []
-        for k, t in enumerate(self._trace_table):
+        for k, t in enumerate(table):
             rule = self.rules[t.rule]
             text = to_source(t.node)
             if t.label:
@@ -197,39 +254,50 @@ class CompiledRuleset:
         return build_outcome(raw, self.infos, self.clamp, self.revision, tuple(steps))
 
 
+def _exec(src: str, name: str, filename: str) -> Callable[..., Raw]:
+    namespace: dict[str, Any] = {
+        "__builtins__": {},
+        "_Exception": Exception,
+        "_UNSET": _UNSET,
+        "_float": float,
+        "_mlog": math.log,
+        "_msqrt": math.sqrt,
+        **HELPERS,
+    }
+    exec(compile(src, filename, "exec"), namespace)  # our generated code only, never user text
+    fn: Callable[..., Raw] = namespace[name]
+    return fn
+
+
+_UNSET = object()
+
+
 def compile_ruleset(
     checked: CheckedBundle, *, revision: int = 0, bundle_id: str = "bundle"
 ) -> CompiledRuleset:
-    """Compile a checked bundle into one evaluator function (and a traced twin for `explain`).
+    """Compile a checked bundle into one evaluator function (a traced twin is built on demand).
 
     Args:
         checked: the output of `dsl.check`.
         revision: the bundle's rev, carried into every `Outcome`.
         bundle_id: used to name the generated code in tracebacks.
     """
-    fast_gen = _Gen(checked.lets, traced=False)
-    fast_src, per_rule = _function("_evaluate", checked.rules, fast_gen, "f")
-    traced_gen = _Gen(checked.lets, traced=True)
-    traced_src, _ = _function("_evaluate_traced", checked.rules, traced_gen, "f, _w")
-    filename = f"<bundle {bundle_id} rev {revision}>"
-    namespace: dict[str, Any] = {"__builtins__": {}, "_Exception": Exception, **HELPERS}
-    exec(
-        compile(fast_src + "\n" + traced_src, filename, "exec"), namespace
-    )  # our generated code only
-    infos = checked.rule_infos()
+    uses = _let_uses(checked.rules, checked.lets)
+    cached = frozenset(name for name, count in uses.items() if count > 1)
+    gen = _Gen(checked.lets, traced=False, cached=cached)
+    src, per_rule = _function("_evaluate", checked.rules, gen, "f")
+    fast = _exec(src, "_evaluate", f"<bundle {bundle_id} rev {revision}>")
     assert all(t in OUTPUTS for r in checked.rules for t, _ in r.scales)
     return CompiledRuleset(
         revision,
         bundle_id,
         checked.rules,
-        infos,
+        checked.rule_infos(),
         checked.clamp,
         checked.schema,
-        fast_src,
+        src,
         checked.cost,
         checked,
-        namespace["_evaluate"],
-        namespace["_evaluate_traced"],
-        tuple(traced_gen.table),
+        fast,
         per_rule,
     )

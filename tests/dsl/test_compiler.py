@@ -185,3 +185,19 @@ def test_compiled_equals_interpreter(
         assert rs.evaluate(features) == expected, source
         assert rs.evaluate(features, trace=True).fired == expected.fired
         assert again.evaluate(features) == expected  # compiling is deterministic
+
+
+def test_a_let_read_by_several_rules_is_computed_once_and_faults_in_each(make_bundle: BundleFactory) -> None:
+    rs = compiled(
+        make_bundle,
+        "let ratio = mid / (spread_bps - 1)\nlet big = ratio > 10\n"
+        "rule R-1 when big then size_mult *= 1.1\nrule R-2 when big or mid > 0 then tp_mult *= 1.1\n"
+        "rule R-3 when mid > 0 or big then sl_mult *= 0.9\n",
+    )
+    assert "_L_big" in rs.source  # read three times: cached
+    out = rs.evaluate(SNAPSHOT)  # spread_bps == 1: the let faults
+    assert [(f.rule_id, f.code) for f in out.faults] == [("R-1", "E401"), ("R-2", "E401")]
+    assert out.fired == ("R-3",)
+    ok = rs.evaluate({**SNAPSHOT, "spread_bps": 2.0})
+    assert ok.fired == ("R-1", "R-2", "R-3") and ok.faults == ()
+    assert ok == interpret(rs.checked, {**SNAPSHOT, "spread_bps": 2.0}, revision=7)
