@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dsl.checker import check
 from dsl.compiler import CompiledRuleset, compile_ruleset
-from dsl.errors import Diagnostic, DslError, Severity, sort_and_cap
+from dsl.errors import Diagnostic, DslError, DslSyntaxError, Severity, sort_and_cap
 from dsl.nodes import Module
 from dsl.parser import parse
 from dsl.schema import Bounds, Clamp, FeatureSpec, Schema
@@ -318,8 +318,10 @@ def load_bundle(path: str | Path, *, known_sections: Iterable[str] = ()) -> Load
         texts[display] = source.text
         try:
             modules.append(parse(source))
-        except DslError as exc:
+        except DslSyntaxError as exc:
             diags.extend(exc.diagnostics)
+            if exc.partial is not None:
+                modules.append(exc.partial)
     return LoadedBundle(display_root, manifest, tuple(modules), texts, tuple(diags))
 
 
@@ -354,10 +356,12 @@ def build_bundle(path: str | Path, *, known_sections: Iterable[str] = ()) -> Bui
             texts=loaded.texts,
         )
     except DslError as exc:
-        return BuildResult(
-            None, manifest, tuple(sort_and_cap([*diags, *exc.diagnostics])), loaded.texts
-        )
-    diags.extend(checked.warnings)
+        found = list(exc.diagnostics)
+        if loaded.has_errors:  # with items missing, "unused let" and the like would be noise
+            found = [d for d in found if d.is_error]
+        return BuildResult(None, manifest, tuple(sort_and_cap([*diags, *found])), loaded.texts)
+    if not loaded.has_errors:
+        diags.extend(checked.warnings)
     if any(d.is_error for d in diags):
         return BuildResult(None, manifest, tuple(sort_and_cap(diags)), loaded.texts)
     ruleset = compile_ruleset(checked, revision=manifest.rev, bundle_id=manifest.bundle_id)

@@ -94,7 +94,7 @@ def load_cases(
                     Diagnostic("E307", f"{where}: {err['msg'].lower()}", Span(shown, 1, 1, 1, 2))
                 )
             continue
-        starts = [m.start() for m in re.finditer(r"^\s*\[\[case\]\]", text, re.M)]
+        starts = [m.start() for m in re.finditer(r"^[ \t]*\[\[case\]\]", text, re.M)]
         for i, c in enumerate(model.case):
             line = text.count("\n", 0, starts[i]) + 1 if i < len(starts) else 1
             cases.append(Case(c.name, dict(c.features), c.expect, Span(shown, line, 1, line, 9)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from dsl.source import Span
 
@@ -105,4 +106,18 @@ class DslError(Exception):
 
 
 class DslSyntaxError(DslError):
-    """Errors of the E1xx family: the text is not a module of the language."""
+    """Errors of the E1xx family: the text is not a module of the language.
+
+    ``partial`` holds the items of the file that parsed cleanly (or None), so that later stages
+    can still report their own errors in the rest of the file.
+    """
+
+    def __init__(
+        self,
+        diagnostics: Iterable[Diagnostic],
+        *,
+        texts: Mapping[str, str] | None = None,
+        partial: Any = None,
+    ):
+        super().__init__(diagnostics, texts=texts)
+        self.partial = partial

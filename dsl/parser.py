@@ -222,6 +222,10 @@ def _syntax_diagnostic(source: Source, text: str, exc: LarkError) -> tuple[Diagn
         return Diagnostic(
             "E104", f"'=' is not a comparison{ctx}", span, "use '==' to compare values"
         ), offset
+    if str(token) in KEYWORDS and accepts == {"NAME"}:
+        return Diagnostic(
+            "E112", f"'{token}' is a reserved word and cannot be a name{ctx}", span
+        ), offset
     if token.type in ("MINUS", "ADD_OP") and "RULE_ID_TAIL" in accepts:
         return Diagnostic(
             "E110", f"a rule id is written without spaces{ctx}", span, "write ids like R-023"
@@ -292,23 +296,6 @@ class _Build(Transformer_NonRecursive):  # type: ignore[type-arg]
             getattr(meta, "end_column", 2),
         )
 
-    def _word(self, tok: Token) -> str:
-        """A NAME token's text; a reserved word in a name's place is reported (the contextual
-        lexer lets `and` through as a NAME where no operator can follow)."""
-        word = str(tok)
-        if word in KEYWORDS:
-            self.diags.append(
-                Diagnostic(
-                    "E112",
-                    f"'{word}' is a reserved word and cannot be a name{self._context(tok)}",
-                    self._tok_span(tok),
-                )
-            )
-        return word
-
-    def _context(self, tok: Token) -> str:
-        return _item_context(self.source.text, tok.start_pos or 0)
-
     def _tok_span(self, tok: Token) -> Span:
         return Span(
             self.source.path, tok.line or 1, tok.column or 1, tok.end_line or 1, tok.end_column or 2
@@ -322,7 +309,7 @@ class _Build(Transformer_NonRecursive):  # type: ignore[type-arg]
     def let_def(self, meta: object, c: list[object]) -> n.LetDef:
         name, expr = c
         assert isinstance(name, Token)
-        return n.LetDef(self._word(name), expr, self._span(meta), self._tok_span(name))  # type: ignore[arg-type]
+        return n.LetDef(str(name), expr, self._span(meta), self._tok_span(name))  # type: ignore[arg-type]
 
     @v_args(meta=True)
     def rule_def(self, meta: object, c: list[object]) -> n.Rule:
@@ -360,7 +347,6 @@ class _Build(Transformer_NonRecursive):  # type: ignore[type-arg]
                     )
                 )
                 break
-        self._word(c[0])
         text = "".join(str(t) for t in c)
         if len(text) > MAX_RULE_ID_CHARS:
             self.diags.append(
@@ -384,11 +370,11 @@ class _Build(Transformer_NonRecursive):  # type: ignore[type-arg]
     def scale(self, meta: object, c: list[object]) -> n.Scale:
         target, _op, factor = c
         assert isinstance(target, Token)
-        return n.Scale(self._word(target), factor, self._span(meta), self._tok_span(target))  # type: ignore[arg-type]
+        return n.Scale(str(target), factor, self._span(meta), self._tok_span(target))  # type: ignore[arg-type]
 
     @v_args(meta=True)
     def flag(self, meta: object, c: list[Token]) -> n.Flag:
-        return n.Flag(self._word(c[0]), self._span(meta))
+        return n.Flag(str(c[0]), self._span(meta))
 
     @v_args(meta=True)
     def or_op(self, meta: object, c: list[n.Expr]) -> n.BoolOp:
@@ -476,10 +462,10 @@ class _Build(Transformer_NonRecursive):  # type: ignore[type-arg]
         func = c[0]
         assert isinstance(func, Token)
         args = tuple(a for a in c[1:] if a is not None)
-        return n.Call(self._word(func), args, self._span(meta), self._tok_span(func))  # type: ignore[arg-type]
+        return n.Call(str(func), args, self._span(meta), self._tok_span(func))  # type: ignore[arg-type]
 
     def name(self, c: list[Token]) -> n.Name:
-        return n.Name(self._word(c[0]), self._tok_span(c[0]))
+        return n.Name(str(c[0]), self._tok_span(c[0]))
 
     @v_args(meta=True)
     def list(self, meta: object, c: list[object]) -> n.ListLit:
@@ -559,11 +545,19 @@ def parse(source: Source) -> n.Module:
             [*diags, Diagnostic("E101", f"could not build the tree: {exc.orig_exc}", None)],
             texts=texts,
         ) from None
-    diags.extend(builder.diags)
-    diags.extend(_check_limits(items))
+    item_diags = [*builder.diags, *_check_limits(items)]
+    diags.extend(item_diags)
+    module = n.Module(source.path, items, tuple(comments))
     if diags:
-        raise DslSyntaxError(diags, texts=texts)
-    return n.Module(source.path, items, tuple(comments))
+        # Items that parsed cleanly still go on to be checked; an item with its own problem
+        # (a bad literal, a limit) does not, so it cannot cause follow-on errors.
+        bad_lines = {d.span.line for d in item_diags if d.span is not None}
+        clean = tuple(
+            i for i in items if not any(i.span.line <= ln <= i.span.end_line for ln in bad_lines)
+        )
+        partial = n.Module(source.path, clean, tuple(comments))
+        raise DslSyntaxError(diags, texts=texts, partial=partial)
+    return module
 
 
 def parse_text(text: str, path: str = "<string>") -> n.Module:

@@ -70,8 +70,7 @@ def _bare(e: n.Expr) -> str:
             p = _prec(e)
             return f"{to_source(left, p)} {op} {to_source(right, p + 1)}"
         case n.BoolOp(op=op, operands=ops):
-            p = _prec(e)
-            return f" {op} ".join(to_source(o, p + 1) for o in ops)
+            return f" {op} ".join(_bool_operand(op, o) for o in ops)
         case n.Compare(operands=ops, ops=cmp):
             parts = [to_source(ops[0], _PREC_SUM)]
             for op, o in zip(cmp, ops[1:], strict=True):
@@ -86,31 +85,39 @@ def _bare(e: n.Expr) -> str:
     raise TypeError(f"not an expression node: {e!r}")
 
 
+def _bool_operand(op: str, o: n.Expr) -> str:
+    # `and` inside `or` is parenthesised although precedence does not need it: nobody should
+    # have to remember which of the two binds tighter to read a rule.
+    if op == "or" and isinstance(o, n.BoolOp) and o.op == "and":
+        return f"({to_source(o)})"
+    return to_source(o, _prec(n.BoolOp(op, ())) + 1)
+
+
 def action_source(a: n.Action) -> str:
     if isinstance(a, n.Scale):
         return f"{a.target} *= {to_source(a.factor)}"
     return a.name
 
 
-def _when(e: n.Expr) -> str:
-    line = "  when " + to_source(e)
+def _broken(head: str, e: n.Expr) -> str:
+    """``head`` and the expression on one line, or broken before each top-level and/or."""
+    line = head + to_source(e)
     if len(line) <= LINE_WIDTH or not isinstance(e, n.BoolOp):
         return line
-    p = _prec(e)
-    first, *rest = (to_source(o, p + 1) for o in e.operands)
-    return "\n".join(["  when " + first, *(f"    {e.op} {r}" for r in rest)])
+    first, *rest = (_bool_operand(e.op, o) for o in e.operands)
+    return "\n".join([head + first, *(f"    {e.op} {r}" for r in rest)])
 
 
 def item_source(item: n.Item) -> str:
     if isinstance(item, n.LetDef):
-        return f"let {item.name} = {to_source(item.expr)}"
+        return _broken(f"let {item.name} = ", item.expr)
     head = f"rule {item.rule_id}"
     if item.title is not None:
         head += " " + quote(item.title)
     if item.priority:
         head += f" priority {item.priority}"
     then = "  then " + ", ".join(action_source(a) for a in item.actions)
-    return "\n".join([head, _when(item.when), then])
+    return "\n".join([head, _broken("  when ", item.when), then])
 
 
 def format_module(module: n.Module) -> str:
@@ -119,13 +126,19 @@ def format_module(module: n.Module) -> str:
     out: list[str] = []
     prev: n.Item | None = None
     for item in module.items:
-        leading = [text for line, text in pending if line <= item.span.end_line]
+        leading = [(line, text) for line, text in pending if line <= item.span.end_line]
         pending = [(line, text) for line, text in pending if line > item.span.end_line]
         if prev is not None and not (
             isinstance(prev, n.LetDef) and isinstance(item, n.LetDef) and not leading
         ):
             out.append("")
-        out.extend(t.rstrip() for t in leading)
+        for k, (line, text) in enumerate(leading):
+            # A blank line between two comment blocks (in the source) is kept.
+            if k and line - leading[k - 1][0] > 1:
+                out.append("")
+            out.append(text.rstrip())
+        if leading and item.span.line - leading[-1][0] > 1:
+            out.append("")
         out.append(item_source(item))
         prev = item
     if pending:

@@ -187,7 +187,9 @@ def test_compiled_equals_interpreter(
         assert again.evaluate(features) == expected  # compiling is deterministic
 
 
-def test_a_let_read_by_several_rules_is_computed_once_and_faults_in_each(make_bundle: BundleFactory) -> None:
+def test_a_let_read_by_several_rules_is_computed_once_and_faults_in_each(
+    make_bundle: BundleFactory,
+) -> None:
     rs = compiled(
         make_bundle,
         "let ratio = mid / (spread_bps - 1)\nlet big = ratio > 10\n"
