@@ -171,20 +171,24 @@ class LoadedBundle:
 
 
 def _key_span(path: str, text: str, loc: tuple[Any, ...]) -> Span:
-    """Best-effort position of a manifest key: the line that names the deepest key of ``loc``."""
+    """Best-effort position of a manifest key: the deepest key of ``loc`` that can be found,
+    searched from the header of its top-level table (so `params.mid` is not found under
+    `[features]`)."""
     keys = [str(k) for k in loc if isinstance(k, str)]
+    start = 0
+    if len(keys) > 1:
+        header = re.search(rf"^[ \t]*\[{re.escape(keys[0])}[\].]", text, re.M)
+        if header is not None:
+            start = header.start()
     for key in reversed(keys):
-        m = re.search(
-            rf"^[ \t]*(\[+[^\]\n]*\b{re.escape(key)}\b[^\]\n]*\]+|{re.escape(key)}[ \t]*=)",
-            text,
-            re.M,
-        )
-        if m is None:
-            m = re.search(rf"\b{re.escape(key)}\b", text)
-        if m is not None:
-            line = text.count("\n", 0, m.start()) + 1
-            col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
-            col += len(m.group(0)) - len(m.group(0).lstrip())
+        k = re.escape(key)
+        found = re.compile(
+            rf"^[ \t]*(?:\[+[^\]\n]*?\b({k})\b[^\]\n]*\]+|({k})[ \t]*=)", re.M
+        ).search(text, start) or re.compile(rf"\b({k})\b").search(text, start)
+        if found is not None:
+            at = found.start(1) if found.group(1) is not None else found.start(2)
+            line = text.count("\n", 0, at) + 1
+            col = at - (text.rfind("\n", 0, at) + 1) + 1
             return Span(path, line, col, line, col + len(key))
     return Span(path, 1, 1, 1, 2)
 

@@ -79,22 +79,29 @@ def load_cases(
     for path in paths:
         shown = (display or {}).get(path, str(path))
         text = path.read_bytes().decode("utf-8", errors="replace")
+        starts = [m.start() for m in re.finditer(r"^[ \t]*\[\[case\]\]", text, re.M)]
         try:
             raw = tomllib.loads(text)
             model = _CaseFile.model_validate(raw)
         except tomllib.TOMLDecodeError as exc:
-            diags.append(
-                Diagnostic("E307", f"invalid TOML in case file: {exc}", Span(shown, 1, 1, 1, 2))
-            )
+            m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+            line, col = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
+            msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)).lower()
+            span = Span(shown, line, col, line, col + 1)
+            diags.append(Diagnostic("E307", f"invalid TOML in case file: {msg}", span))
             continue
         except ValidationError as exc:
             for err in exc.errors(include_url=False):
-                where = ".".join(str(p) for p in err["loc"])
-                diags.append(
-                    Diagnostic("E307", f"{where}: {err['msg'].lower()}", Span(shown, 1, 1, 1, 2))
-                )
+                loc = err["loc"]
+                where = ".".join(str(p) for p in loc)
+                # loc is ("case", index, field, ...): point at that case's [[case]] line.
+                line = 1
+                index = loc[1] if len(loc) > 1 and loc[0] == "case" else None
+                if isinstance(index, int) and index < len(starts):
+                    line = text.count("\n", 0, starts[index]) + 1
+                msg = err["msg"][0].lower() + err["msg"][1:]
+                diags.append(Diagnostic("E307", f"{where}: {msg}", Span(shown, line, 1, line, 2)))
             continue
-        starts = [m.start() for m in re.finditer(r"^[ \t]*\[\[case\]\]", text, re.M)]
         for i, c in enumerate(model.case):
             line = text.count("\n", 0, starts[i]) + 1 if i < len(starts) else 1
             cases.append(Case(c.name, dict(c.features), c.expect, Span(shown, line, 1, line, 9)))

@@ -20,8 +20,9 @@ from dsl.schema import OUTPUTS, Clamp, FeatureSpec, Schema
 from dsl.source import Span
 from dsl.suggest import did_you_mean
 
-MAX_INLINED_DEPTH = 120
-"""Deepest an expression may get once lets are substituted (E109); keeps codegen bounded."""
+MAX_INLINED_DEPTH = 80
+"""Deepest an expression may get once lets are substituted (E109). The traced evaluator nests two
+parentheses per level and CPython accepts 200, so this bound keeps `explain` compilable."""
 MAX_INLINED_NODES = 20_000
 """Most nodes a rule may evaluate once lets are substituted (E109): the cost bound per rule."""
 
@@ -735,13 +736,20 @@ def check(
                         f"first defined at {first.name_span}",
                     )
                     continue
-                if item.name in schema.features or item.name in c.params or item.name in FUNCTIONS:
+                if (
+                    item.name in schema.features
+                    or item.name in c.params
+                    or item.name in FUNCTIONS
+                    or item.name in ACTIONS
+                ):
                     kind = (
                         "feature"
                         if item.name in schema.features
                         else "param"
                         if item.name in c.params
                         else "function"
+                        if item.name in FUNCTIONS
+                        else "action"
                     )
                     c.error(
                         "E213",
@@ -781,6 +789,7 @@ def check(
             if not isinstance(item, n.Rule):
                 continue
             if item.rule_id in seen:
+                c.context = ""
                 c.error(
                     "E207",
                     f"rule id '{item.rule_id}' is used twice",

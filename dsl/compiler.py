@@ -18,7 +18,7 @@ from dsl import nodes as n
 from dsl.checker import CheckedBundle, CheckedRule, constant_number
 from dsl.printer import to_source
 from dsl.runtime import HELPERS, Outcome, Raw, RuleInfo, TraceStep, build_outcome
-from dsl.schema import OUTPUTS, Clamp, Schema
+from dsl.schema import OUTPUTS, Clamp, Schema, show
 
 _ACC = {"size_mult": "_sm", "tp_mult": "_tm", "sl_mult": "_lm"}
 
@@ -246,12 +246,22 @@ class CompiledRuleset:
                     text,
                     str(t.node.span),
                     k in values,
-                    value if isinstance(value, bool | int | float | str) else None,
+                    _trace_value(value),
                 )
             )
         order = {r.rule_id: r.index for r in self.rules}
         steps.sort(key=lambda s: order[s.rule_id])  # stable: keeps pre-order within a rule
         return build_outcome(raw, self.infos, self.clamp, self.revision, tuple(steps))
+
+
+def _trace_value(value: Any) -> bool | int | float | str | None:
+    """A traced value as JSON can carry it: integers beyond 64 bits become floats (or text)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 63:
+        try:
+            return float(value)
+        except OverflowError:
+            return show(value)
+    return value if isinstance(value, bool | int | float | str) else None
 
 
 def _exec(src: str, name: str, filename: str) -> Callable[..., Raw]:

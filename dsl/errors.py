@@ -13,7 +13,7 @@ from typing import Any
 from dsl.source import Span
 
 MAX_DIAGNOSTICS = 50
-"""Diagnostics reported per run; the rest are summarised in one line (as OPA caps at 10)."""
+"""Diagnostics reported per run; the rest are counted in one E100/W100 line (OPA caps at 10)."""
 
 
 class Severity(StrEnum):
@@ -83,12 +83,34 @@ class Diagnostic:
 
 
 def sort_and_cap(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
-    """Deduplicate, sort by place, and cap at MAX_DIAGNOSTICS (errors are kept before warnings)."""
-    unique = sorted(set(diags), key=Diagnostic.sort_key)
+    """Deduplicate, sort by place, and cap at MAX_DIAGNOSTICS (errors are kept before warnings).
+
+    When some are left out, one last diagnostic (E100, or W100 if only warnings were left out)
+    says how many, so a capped report never looks complete.
+    """
+    diags = list(diags)
+    earlier = [d for d in diags if d.code in ("E100", "W100")]  # summaries of an earlier cap
+    unique = sorted({d for d in diags if d.code not in ("E100", "W100")}, key=Diagnostic.sort_key)
     errors = [d for d in unique if d.is_error]
     warnings = [d for d in unique if not d.is_error]
-    kept = (errors + warnings)[:MAX_DIAGNOSTICS]
-    return sorted(kept, key=Diagnostic.sort_key)
+    ranked = errors + warnings
+    kept = sorted(ranked[:MAX_DIAGNOSTICS], key=Diagnostic.sort_key)
+    left = ranked[MAX_DIAGNOSTICS:]
+    if left:
+        n_err = sum(d.is_error for d in left)
+        more = f"{len(left)} more diagnostic{'s' * (len(left) != 1)} not shown"
+        more += f" ({n_err} errors, {len(left) - n_err} warnings)"
+        more += f"; at most {MAX_DIAGNOSTICS} are reported"
+        kept.append(
+            Diagnostic(
+                "E100" if n_err else "W100",
+                more,
+                None,
+                "fix these and run again",
+                Severity.ERROR if n_err else Severity.WARNING,
+            )
+        )
+    return kept + earlier
 
 
 class DslError(Exception):
@@ -97,12 +119,15 @@ class DslError(Exception):
     def __init__(
         self, diagnostics: Iterable[Diagnostic], *, texts: Mapping[str, str] | None = None
     ):
-        self.diagnostics: tuple[Diagnostic, ...] = tuple(sort_and_cap(diagnostics))
+        # Sorted but not capped: the reporting edge (a build result, the CLI) caps once.
+        self.diagnostics: tuple[Diagnostic, ...] = tuple(
+            sorted(set(diagnostics), key=Diagnostic.sort_key)
+        )
         self.texts = dict(texts or {})
         super().__init__(self.render())
 
     def render(self) -> str:
-        return "\n".join(d.render(self.texts) for d in self.diagnostics)
+        return "\n".join(d.render(self.texts) for d in sort_and_cap(self.diagnostics))
 
 
 class DslSyntaxError(DslError):

@@ -246,7 +246,7 @@ def lint_bundle(
                             "W202",
                             f"the condition of rule {r.rule_id} is always true",
                             span,
-                            "a rule that always fires belongs in the bundle's base parameters",
+                            "a rule that always fires is a constant factor: fold it into the others or drop it",
                         )
                     )
                 else:

@@ -245,7 +245,7 @@ def _syntax_diagnostic(source: Source, text: str, exc: LarkError) -> tuple[Diagn
             "E111",
             f"'{word}' is not part of the language{ctx}",
             source.span_of_offset(start, len(word)),
-            "a rule file holds only 'let' definitions and 'rule' blocks",
+            _foreign_hint(text, start),
         ), offset
     if token.type == "MUL_OP" and text[offset - 1 : offset] == "*":
         return Diagnostic(
@@ -256,11 +256,17 @@ def _syntax_diagnostic(source: Source, text: str, exc: LarkError) -> tuple[Diagn
             "E111",
             f"'{token}' is not part of the language{ctx}",
             span,
-            "a rule file holds only 'let' definitions and 'rule' blocks",
+            _foreign_hint(text, offset),
         ), offset
     return Diagnostic(
         "E101", f"expected {_expected(accepts)}, found {_found(token)}{ctx}", span
     ), offset
+
+
+def _foreign_hint(text: str, start: int) -> str:
+    if text[text.rfind("\n", 0, start) + 1 : start].strip() == "":
+        return "a rule file holds only 'let' definitions and 'rule' blocks"
+    return "conditions are built from comparisons, and/or/not, 'in' and the listed functions"
 
 
 def _blank_item_at(text: str, offset: int) -> str | None:
@@ -513,7 +519,10 @@ def parse(source: Source) -> n.Module:
         raise DslSyntaxError(
             [
                 Diagnostic(
-                    "E107", f"rule file larger than {MAX_SOURCE_BYTES // (1024 * 1024)} MiB", None
+                    "E107",
+                    f"rule file larger than {MAX_SOURCE_BYTES // (1024 * 1024)} MiB",
+                    Span(source.path, 1, 1, 1, 2),
+                    "split the rules over several files",
                 )
             ],
             texts=texts,

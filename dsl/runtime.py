@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from dsl.schema import OUTPUTS, Clamp
+from dsl.schema import OUTPUTS, Clamp, show
 
 INF = math.inf
 
@@ -29,19 +29,19 @@ class RuleFault(Exception):
 
 def log(x: float) -> float:
     if x <= 0:
-        raise RuleFault("E402", f"log of a non-positive number ({x!r})")
+        raise RuleFault("E402", f"log of a non-positive number ({show(x)})")
     return math.log(x)
 
 
 def sqrt(x: float) -> float:
     if x < 0:
-        raise RuleFault("E403", f"sqrt of a negative number ({x!r})")
+        raise RuleFault("E403", f"sqrt of a negative number ({show(x)})")
     return math.sqrt(x)
 
 
 def clamp(x: float, lo: float, hi: float) -> float:
     if lo > hi:
-        raise RuleFault("E408", f"clamp bounds are inverted ({lo!r} > {hi!r})")
+        raise RuleFault("E408", f"clamp bounds are inverted ({show(lo)} > {show(hi)})")
     return min(max(x, lo), hi)
 
 
@@ -54,7 +54,7 @@ def factor(target: str, value: float) -> float:
     try:
         v = float(value)
     except OverflowError:
-        raise RuleFault("E405", f"factor of {target} is too large ({value!r})") from None
+        raise RuleFault("E405", f"factor of {target} is too large ({show(value)})") from None
     if not 0.0 < v < INF:
         raise RuleFault("E405", f"factor of {target} must be positive and finite, found {v!r}")
     return v

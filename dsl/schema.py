@@ -9,6 +9,18 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+
+def show(value: object) -> str:
+    """A value for a message: huge integers are described, never printed in full."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)
+
+
+MAX_EXACT_INT = 2**53
+"""Largest integer a feature may carry: numbers are evaluated as floats, which hold it exactly, so
+no rule can build ever larger integers and the cost bound stays a time bound."""
+
 OUTPUTS = ("size_mult", "tp_mult", "sl_mult")
 """The outputs a rule may scale (spec §2 L1), in the order they are reported."""
 
@@ -85,13 +97,15 @@ class Schema:
             problem = _type_problem(spec, value)
             if problem:
                 problems.append(SnapshotProblem(name, "E411", problem))
+            elif spec.type in ("number", "int"):
+                out[name] = float(value)  # type: ignore[arg-type]
             else:
                 out[name] = value
         return out, problems
 
 
 def _type_problem(spec: FeatureSpec, value: object) -> str | None:
-    shown = repr(value)
+    shown = show(value)
     if len(shown) > 40:
         shown = shown[:37] + "..."
     if spec.type in ("number", "int"):
@@ -100,6 +114,8 @@ def _type_problem(spec: FeatureSpec, value: object) -> str | None:
             return f"feature '{spec.name}' must be {'an int' if spec.type == 'int' else 'a number'}, found {shown}"
         if isinstance(value, float) and not math.isfinite(value):
             return f"feature '{spec.name}' must be finite, found {shown}"
+        if isinstance(value, int) and abs(value) > MAX_EXACT_INT:
+            return f"feature '{spec.name}' is out of range (|value| <= 2**53), found {show(value)}"
         return None
     if spec.type == "bool":
         return (

@@ -15,7 +15,7 @@ from dsl.bundle import MANIFEST
 from dsl.cases import load_cases, run_case
 from dsl.errors import sort_and_cap
 from dsl.runtime import Outcome
-from dsl.schema import OUTPUTS
+from dsl.schema import OUTPUTS, show
 
 ENGINE_SECTIONS: tuple[str, ...] = ()
 """Top-level bundle.toml tables the engine owns (validated by `s3.config`, not by the DSL)."""
@@ -55,10 +55,13 @@ def _lint_one(path: str) -> tuple[list[Diagnostic], dict[str, str], str]:
         return list(result.diagnostics), result.texts, summary
     if root is not None:
         result = build_bundle(root, known_sections=ENGINE_SECTIONS)
+        target = p.resolve()
         mine = [
             d
             for d in result.diagnostics
-            if d.span is None or Path(d.span.path).resolve() == p.resolve()
+            if d.span is None
+            or (resolved := Path(d.span.path).resolve()) == target
+            or target in resolved.parents
         ]
         return mine, result.texts, f"{path}: checked as part of the bundle in {root}"
     if p.is_dir():
@@ -157,6 +160,8 @@ def _load_features(spec: str) -> dict[str, Any]:
         raise UsageError(
             f"--features: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
+    except ValueError as exc:  # e.g. an integer literal beyond Python's digit limit
+        raise UsageError(f"--features: unreadable JSON: {exc}") from None
     if not isinstance(value, dict):
         raise UsageError("--features: expected a JSON object of feature values")
     return value
@@ -165,11 +170,13 @@ def _load_features(spec: str) -> dict[str, Any]:
 def _fail_build(result: BuildResult) -> int:
     for d in result.diagnostics:
         _out(d.render(result.texts))
-    _out("the bundle has errors; run `s3 rules lint` on it")
+    _out("the bundle has errors (above); nothing was evaluated")
     return 1
 
 
 def _value(v: Any) -> str:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return show(v)
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
