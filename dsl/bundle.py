@@ -153,6 +153,9 @@ class Manifest:
     params: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    path: str = MANIFEST
+    """Where the manifest is reported (the bundle directory's bundle.toml)."""
+    text: str = ""
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,7 @@ class LoadedBundle:
         return any(d.is_error for d in self.diagnostics)
 
 
-def _key_span(path: str, text: str, loc: tuple[Any, ...]) -> Span:
+def key_span(path: str, text: str, loc: tuple[Any, ...]) -> Span:
     """Best-effort position of a manifest key: the deepest key of ``loc`` that can be found,
     searched from the header of its top-level table (so `params.mid` is not found under
     `[features]`)."""
@@ -180,6 +183,13 @@ def _key_span(path: str, text: str, loc: tuple[Any, ...]) -> Span:
         header = re.search(rf"^[ \t]*\[{re.escape(keys[0])}[\].]", text, re.M)
         if header is not None:
             start = header.start()
+    if len(keys) == 1:  # a top-level key: its own table header first
+        header = re.search(rf"^[ \t]*\[+[ \t]*({re.escape(keys[0])})[ \t]*[\].]", text, re.M)
+        if header is not None:
+            at = header.start(1)
+            line = text.count("\n", 0, at) + 1
+            col = at - (text.rfind("\n", 0, at) + 1) + 1
+            return Span(path, line, col, line, col + len(keys[0]))
     for key in reversed(keys):
         k = re.escape(key)
         found = re.compile(
@@ -216,7 +226,7 @@ def parse_manifest(
             msg = err["msg"][0].lower() + err["msg"][1:]
             if msg.startswith("value error, "):
                 msg = msg[len("value error, ") :]
-            errors.append(Diagnostic("E303", f"{where}: {msg}", _key_span(path, text, loc)))
+            errors.append(Diagnostic("E303", f"{where}: {msg}", key_span(path, text, loc)))
         return None, errors
     diags: list[Diagnostic] = []
     known = {"bundle_id", "rev", "description", "clamp", "features", "params", *known_sections}
@@ -226,7 +236,7 @@ def parse_manifest(
                 Diagnostic(
                     "W301",
                     f"unknown section '{key}' in {MANIFEST}",
-                    _key_span(path, text, (key,)),
+                    key_span(path, text, (key,)),
                     did_you_mean(key, known),
                     Severity.WARNING,
                 )
@@ -240,7 +250,7 @@ def parse_manifest(
                 Diagnostic(
                     "E305",
                     f"param '{name}' has the name of a feature",
-                    _key_span(path, text, ("params", name)),
+                    key_span(path, text, ("params", name)),
                     "rename the param; rules could not tell the two apart",
                 )
             )
@@ -264,6 +274,8 @@ def parse_manifest(
         dict(model.params),
         extra,
         raw,
+        path,
+        text,
     )
     return manifest, diags
 

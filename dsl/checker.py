@@ -753,7 +753,7 @@ def check(
                     )
                     c.error(
                         "E213",
-                        f"let '{item.name}' has the name of a {kind}",
+                        f"let '{item.name}' has the name of {'an' if kind == 'action' else 'a'} {kind}",
                         item.name_span,
                         "choose another name",
                     )

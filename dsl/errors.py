@@ -99,7 +99,8 @@ def sort_and_cap(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
     if left:
         n_err = sum(d.is_error for d in left)
         more = f"{len(left)} more diagnostic{'s' * (len(left) != 1)} not shown"
-        more += f" ({n_err} errors, {len(left) - n_err} warnings)"
+        n_warn = len(left) - n_err
+        more += f" ({n_err} error{'s' * (n_err != 1)}, {n_warn} warning{'s' * (n_warn != 1)})"
         more += f"; at most {MAX_DIAGNOSTICS} are reported"
         kept.append(
             Diagnostic(

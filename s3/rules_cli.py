@@ -16,9 +16,7 @@ from dsl.cases import load_cases, run_case
 from dsl.errors import sort_and_cap
 from dsl.runtime import Outcome
 from dsl.schema import OUTPUTS, show
-
-ENGINE_SECTIONS: tuple[str, ...] = ()
-"""Top-level bundle.toml tables the engine owns (validated by `s3.config`, not by the DSL)."""
+from s3.config.engine import ENGINE_SECTIONS, engine_params
 
 
 class UsageError(Exception):
@@ -40,7 +38,14 @@ def _build(path: str) -> BuildResult:
     p = Path(path)
     if not p.exists():
         raise UsageError(f"'{path}' does not exist")
-    return build_bundle(path, known_sections=ENGINE_SECTIONS)
+    result = build_bundle(path, known_sections=ENGINE_SECTIONS)
+    if result.manifest is None or not set(result.manifest.raw) & set(ENGINE_SECTIONS):
+        return result  # a rules-only bundle: nothing of the engine's to check
+    _, more = engine_params(result.manifest)  # the engine sections are checked by lint too
+    if not more:
+        return result
+    diags = tuple(sort_and_cap([*result.diagnostics, *more]))
+    return BuildResult(None, result.manifest, diags, result.texts)
 
 
 def _lint_one(path: str) -> tuple[list[Diagnostic], dict[str, str], str]:
@@ -82,15 +87,21 @@ def _lint_one(path: str) -> tuple[list[Diagnostic], dict[str, str], str]:
     return diags, texts, f"{path}: no {MANIFEST} found, so only the syntax was checked"
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
 def _summary(path: str, result: BuildResult) -> str:
-    errors = sum(d.is_error for d in result.diagnostics)
-    warnings = len(result.diagnostics) - errors
+    shown = [d for d in result.diagnostics if d.code not in ("E100", "W100")]
+    errors = sum(d.is_error for d in shown)
+    warnings = len(shown) - errors
+    more = " (and more not shown)" if len(shown) < len(result.diagnostics) else ""
     if result.ruleset is None:
-        return f"{path}: {errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+        return f"{path}: {_plural(errors, 'error')}, {_plural(warnings, 'warning')}{more}"
     rs = result.ruleset
     return (
         f"{path}: bundle {rs.bundle_id} rev {rs.revision}, {len(rs.rules)} rules, "
-        f"{len(rs.checked.lets)} lets, {errors} errors, {warnings} warning{'s' * (warnings != 1)}; "
+        f"{len(rs.checked.lets)} lets, {errors} errors, {_plural(warnings, 'warning')}{more}; "
         f"evaluation cost at most {rs.cost} nodes per snapshot"
     )
 
@@ -317,7 +328,7 @@ def test(args: argparse.Namespace) -> int:
     covered = len(rs.rule_ids) - len(never)
     _out(
         f"{len(results)} cases: {len(results) - len(failed)} passed, {len(failed)} failed"
-        + (f", {len(diags)} case file errors" if diags else "")
+        + (f", {len(diags)} case file error{'s' * (len(diags) != 1)}" if diags else "")
     )
     _out(f"rule coverage: {covered}/{len(rs.rule_ids)} rules fired by at least one case")
     if never:

@@ -60,8 +60,8 @@ def test_output_and_action_words_cannot_be_lets(make_bundle: BundleFactory) -> N
         )
     )
     assert [(d.code, d.message) for d in result.diagnostics] == [
-        ("E213", "let 'size_mult' has the name of a action"),
-        ("E213", "let 'skip_entry' has the name of a action"),
+        ("E213", "let 'size_mult' has the name of an action"),
+        ("E213", "let 'skip_entry' has the name of an action"),
     ]
 
 

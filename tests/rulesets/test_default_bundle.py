@@ -14,8 +14,9 @@ import pytest
 from syrupy.assertion import SnapshotAssertion
 from syrupy.extensions.json import JSONSnapshotExtension
 
-from dsl import CompiledRuleset, build_bundle, interpret
+from dsl import CompiledRuleset, interpret
 from dsl.cases import case_files, load_cases, run_case
+from s3.config.bundle import load_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "rulesets" / "default"
@@ -24,10 +25,10 @@ SAMPLE = ROOT / "data" / "samples" / "features_real.jsonl"
 
 @pytest.fixture(scope="module")
 def ruleset() -> CompiledRuleset:
-    result = build_bundle(BUNDLE)
+    result = load_dir(BUNDLE)  # the rules and the engine sections
     assert result.diagnostics == (), "\n".join(d.render(result.texts) for d in result.diagnostics)
-    assert result.ruleset is not None
-    return result.ruleset
+    assert result.snapshot is not None
+    return result.snapshot.ruleset
 
 
 @pytest.fixture

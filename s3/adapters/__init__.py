@@ -1,0 +1,1 @@
+"""Adapters around the pure core: Redis, the store, the S4 client, config sources, the model runner."""

@@ -1,0 +1,395 @@
+"""The engine sections of `bundle.toml` (gates, symbols, sizing, fees, model, health, execution,
+risk, atr, engine), validated with pydantic into the frozen `EngineParams` the core reads.
+
+Every problem becomes an E3xx diagnostic with the path of the bad field and its line in
+`bundle.toml`, like the DSL's own manifest checks. `S3_*` settings supply the defaults.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dsl import Diagnostic
+from dsl.bundle import Manifest, key_span
+from s3.config.settings import Settings
+from s3.core import params as p
+from s3.core.sizing import SizingParams, SymbolFilters
+
+ENGINE_SECTIONS = (
+    "gates",
+    "symbols",
+    "sizing",
+    "spot",
+    "fees",
+    "model",
+    "health",
+    "execution",
+    "risk",
+    "atr",
+    "engine",
+)
+"""Top-level tables of bundle.toml that belong to the engine (the DSL warns about any other)."""
+
+DayName = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+_DAYS: tuple[DayName, ...] = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+PosDec = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+NonNegDec = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+Rate = Annotated[Decimal, Field(ge=0, lt=Decimal("0.1"), allow_inf_nan=False)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WindowModel(_Strict):
+    days: list[DayName] = Field(default_factory=lambda: list(_DAYS))
+    start: str = "00:00"
+    end: str = "24:00"
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        m = re.fullmatch(r"(\d{2}):(\d{2})", v)
+        if not m or int(m.group(2)) > 59 or int(m.group(1)) * 60 + int(m.group(2)) > 24 * 60:
+            raise ValueError(f"'{v}' is not a time of day HH:MM (00:00 to 24:00)")
+        return v
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WindowModel:
+        if _minutes(self.start) >= _minutes(self.end):
+            raise ValueError(f"window start {self.start} is not before its end {self.end}")
+        return self
+
+
+def _minutes(hhmm: str) -> int:
+    h, m = hhmm.split(":")
+    return int(h) * 60 + int(m)
+
+
+class GatesModel(_Strict):
+    spread_bp_limit: Annotated[float, Field(gt=0)] | None = None
+    depth_top1_usdt_min: Annotated[float, Field(ge=0)] | None = None
+    max_funding_abs: Annotated[float, Field(ge=0)] | None = None
+    max_feature_age_ms: Annotated[int, Field(gt=0)] = 5_000
+    windows: list[WindowModel] = []
+
+
+class SymbolModel(_Strict):
+    market: Literal["FUT", "SPOT"] = "FUT"
+    tick_size: PosDec
+    step_size: PosDec
+    min_qty: PosDec
+    min_notional: NonNegDec
+    min_price: NonNegDec = Decimal(0)
+    max_qty: PosDec | None = None
+    market_step_size: PosDec | None = None
+    market_min_qty: PosDec | None = None
+    market_max_qty: PosDec | None = None
+    funding_interval_hours: Annotated[int, Field(gt=0, le=24)] = 8
+    leverage: Annotated[int, Field(ge=1, le=125)] | None = None
+    spread_bp_limit: Annotated[float, Field(gt=0)] | None = None
+    depth_top1_usdt_min: Annotated[float, Field(ge=0)] | None = None
+
+
+class SizingModel(_Strict):
+    margin_base_usdt: PosDec | None = None
+    leverage: Annotated[int, Field(ge=1, le=125)] | None = None
+    max_loss_usdt: PosDec | None = None
+    atr_mult: PosDec | None = None
+    tp_min_net_roe: PosDec = Decimal("0.10")
+    maintenance_margin_rate: Rate = Decimal("0.004")
+    maintenance_amount: NonNegDec = Decimal(0)
+    liquidation_buffer: Annotated[Decimal, Field(ge=0, lt=1)] = Decimal("0.05")
+
+
+class SpotModel(_Strict):
+    quote_budget_usdt: PosDec = Decimal(50)
+    protection: Literal["oco", "guardian"] = "oco"
+    stop_limit_offset: Annotated[Decimal, Field(ge=0, lt=Decimal("0.5"))] = Decimal("0.001")
+    fee_maker: Rate = Decimal("0.001")
+    fee_taker: Rate = Decimal("0.001")
+
+
+class FeesModel(_Strict):
+    maker: Rate = Decimal("0.0002")
+    taker: Rate = Decimal("0.0005")
+
+
+class BandModel(_Strict):
+    above: Annotated[float, Field(ge=0, le=1)]
+    size_mult: Annotated[float, Field(gt=0)]
+    strict: bool = False
+
+
+class ModelModel(_Strict):
+    kind: Literal["none", "logistic"] = "none"
+    bias: float = 0.0
+    weights: dict[str, float] = {}
+    bands: list[BandModel] | None = None
+    deadline_ms: Annotated[int, Field(gt=0, le=10_000)] = 50
+
+    @model_validator(mode="after")
+    def _bands_descend(self) -> ModelModel:
+        if self.bands is not None:
+            aboves = [b.above for b in self.bands]
+            if aboves != sorted(aboves, reverse=True) or len(set(aboves)) != len(aboves):
+                raise ValueError(
+                    "bands must be listed from the highest 'above' to the lowest, each once"
+                )
+        if self.kind == "logistic" and not self.weights:
+            raise ValueError("a logistic model needs weights")
+        return self
+
+
+Policy = Literal["Maker", "MakerThenTaker", "Taker", "Limit", "Sliced"]
+
+
+class HealthResponseModel(_Strict):
+    size_mult: Annotated[float, Field(gt=0, le=1)]
+    exec_policy: Policy | None = None
+
+
+class HealthModel(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    YELLOW: HealthResponseModel = HealthResponseModel(size_mult=0.8)
+    ORANGE: HealthResponseModel = HealthResponseModel(size_mult=0.65, exec_policy="MakerThenTaker")
+    RED: HealthResponseModel = HealthResponseModel(size_mult=0.5, exec_policy="Taker")
+    block: list[Literal["YELLOW", "ORANGE", "RED"]] = []
+
+
+class ExecutionModel(_Strict):
+    default_policy: Literal["Maker", "MakerThenTaker", "Taker"] = "MakerThenTaker"
+    slip_bp_max: Annotated[float, Field(gt=0)] = 5.0
+    max_slices: Annotated[int, Field(ge=1, le=100)] = 5
+    maker_wait_a_ms: float = 500.0
+    maker_wait_b_ms_bps: float = 50.0
+    maker_wait_c_ms: float = 100.0
+    maker_wait_max_ms: Annotated[int, Field(ge=0)] = 10_000
+
+
+class RiskModel(_Strict):
+    fut_margin_usdt_max: Annotated[float, Field(gt=0)] = 200.0
+    spot_quote_usdt_max: Annotated[float, Field(gt=0)] = 500.0
+    concurrent_entries_per_symbol: Annotated[int, Field(ge=0)] | None = None
+
+
+class AtrModel(_Strict):
+    period: Annotated[int, Field(ge=1, le=1000)] = 14
+
+
+class EngineModel(_Strict):
+    veto_on_rule_fault: bool = True
+    """A `skip_entry` rule that faults vetoes anyway (fail closed): a veto we could not evaluate
+    is not a permission to trade."""
+
+
+class EngineSectionsModel(_Strict):
+    gates: GatesModel = GatesModel()
+    symbols: dict[str, SymbolModel] = {}
+    sizing: SizingModel = SizingModel()
+    spot: SpotModel = SpotModel()
+    fees: FeesModel = FeesModel()
+    model: ModelModel = ModelModel()
+    health: HealthModel = HealthModel()
+    execution: ExecutionModel = ExecutionModel()
+    risk: RiskModel = RiskModel()
+    atr: AtrModel = AtrModel()
+    engine: EngineModel = EngineModel()
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbol_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not re.fullmatch(r"[A-Z0-9]{2,20}", name):
+                raise ValueError(f"symbol '{name}' must be upper-case letters and digits")
+        return v
+
+
+def engine_params(
+    manifest: Manifest, settings: Settings | None = None
+) -> tuple[p.EngineParams | None, list[Diagnostic]]:
+    """Validate the engine sections of a bundle; `S3_*` settings fill what the bundle leaves out."""
+    settings = settings or Settings()
+    raw = {k: v for k, v in manifest.raw.items() if k in ENGINE_SECTIONS}
+    path, text = manifest.path, manifest.text
+    try:
+        m = EngineSectionsModel.model_validate(raw)
+    except ValidationError as exc:
+        errors = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(err["loc"])
+            where = ".".join(str(x) for x in loc)
+            msg = err["msg"][0].lower() + err["msg"][1:]
+            msg = msg.removeprefix("value error, ")
+            errors.append(Diagnostic("E303", f"{where}: {msg}", key_span(path, text, loc)))
+        return None, errors
+    diags: list[Diagnostic] = []
+    features = manifest.schema.features
+    for name in m.model.weights:
+        spec = features.get(name)
+        if spec is None or spec.type not in ("number", "int"):
+            diags.append(
+                Diagnostic(
+                    "E308",
+                    f"model.weights.{name}: the model reads '{name}', which is not a numeric feature",
+                    key_span(path, text, ("model", "weights", name)),
+                    "declare it in [features] as number or int",
+                )
+            )
+    for sym, sm in m.symbols.items():
+        if sm.market == "SPOT" and sm.leverage not in (None, 1):
+            diags.append(
+                Diagnostic(
+                    "E303",
+                    f"symbols.{sym}.leverage: a SPOT symbol cannot have leverage {sm.leverage}",
+                    key_span(path, text, ("symbols", sym, "leverage")),
+                )
+            )
+        if sm.max_qty is not None and sm.max_qty < sm.min_qty:
+            diags.append(
+                Diagnostic(
+                    "E303",
+                    f"symbols.{sym}.max_qty: {sm.max_qty} is below min_qty {sm.min_qty}",
+                    key_span(path, text, ("symbols", sym, "max_qty")),
+                )
+            )
+    if not m.symbols:
+        diags.append(
+            Diagnostic(
+                "E309",
+                "the bundle configures no symbol",
+                key_span(path, text, ("symbols",)),
+                "add [symbols.BTCUSDT] with tick_size, step_size, min_qty, min_notional",
+            )
+        )
+    if diags:
+        return None, diags
+    return _to_params(m, settings), []
+
+
+def _dec(x: float) -> Decimal:
+    return Decimal(repr(x))
+
+
+def _to_params(m: EngineSectionsModel, s: Settings) -> p.EngineParams:
+    g = m.gates
+    gates = p.GateParams(
+        spread_bp_limit=g.spread_bp_limit
+        if g.spread_bp_limit is not None
+        else s.spread_bp_limit_default,
+        depth_top1_usdt_min=(
+            g.depth_top1_usdt_min
+            if g.depth_top1_usdt_min is not None
+            else s.depth_top1_usdt_min_default
+        ),
+        max_funding_abs=g.max_funding_abs if g.max_funding_abs is not None else s.max_funding_abs,
+        max_feature_age_ms=g.max_feature_age_ms,
+        windows=tuple(
+            p.Window(tuple(_DAYS.index(d) for d in w.days), _minutes(w.start), _minutes(w.end))
+            for w in g.windows
+        ),
+    )
+    symbols = {
+        name: p.SymbolSpec(
+            symbol=name,
+            market=sm.market,
+            filters=SymbolFilters(
+                tick_size=sm.tick_size,
+                step_size=sm.step_size,
+                min_qty=sm.min_qty,
+                min_notional=sm.min_notional,
+                min_price=sm.min_price,
+                max_qty=sm.max_qty,
+                market_step_size=sm.market_step_size,
+                market_min_qty=sm.market_min_qty,
+                market_max_qty=sm.market_max_qty,
+                anchored=sm.market == "FUT",
+            ),
+            funding_interval_hours=sm.funding_interval_hours,
+            leverage=sm.leverage,
+            spread_bp_limit=sm.spread_bp_limit,
+            depth_top1_usdt_min=sm.depth_top1_usdt_min,
+        )
+        for name, sm in m.symbols.items()
+    }
+    z = m.sizing
+    common: dict[str, Any] = dict(
+        max_loss_usdt=z.max_loss_usdt if z.max_loss_usdt is not None else _dec(s.max_loss_usdt),
+        atr_mult=z.atr_mult if z.atr_mult is not None else _dec(s.atr_mult),
+        tp_min_net_roe=z.tp_min_net_roe,
+        margin_base_usdt=z.margin_base_usdt
+        if z.margin_base_usdt is not None
+        else _dec(s.margin_base_usdt),
+        quote_budget_usdt=m.spot.quote_budget_usdt,
+        maintenance_margin_rate=z.maintenance_margin_rate,
+        maintenance_amount=z.maintenance_amount,
+        liquidation_buffer=z.liquidation_buffer,
+        spot_protection=m.spot.protection,
+        stop_limit_offset=m.spot.stop_limit_offset,
+    )
+    sizing = SizingParams(
+        market="FUT",
+        leverage=z.leverage if z.leverage is not None else s.leverage_default,
+        fee_maker=m.fees.maker,
+        fee_taker=m.fees.taker,
+        **common,
+    )
+    spot_sizing = SizingParams(
+        market="SPOT", leverage=1, fee_maker=m.spot.fee_maker, fee_taker=m.spot.fee_taker, **common
+    )
+    md = m.model
+    model = p.ModelSpec(
+        kind=md.kind,
+        bias=md.bias,
+        weights=dict(md.weights),
+        bands=tuple(p.Band(b.above, b.size_mult, b.strict) for b in md.bands)
+        if md.bands is not None
+        else p.ModelSpec().bands,
+        deadline_ms=md.deadline_ms,
+    )
+    h = m.health
+    health = p.HealthParams(
+        responses={
+            "GREEN": p.HealthResponse(1.0, None),
+            "YELLOW": p.HealthResponse(h.YELLOW.size_mult, h.YELLOW.exec_policy),
+            "ORANGE": p.HealthResponse(h.ORANGE.size_mult, h.ORANGE.exec_policy),
+            "RED": p.HealthResponse(h.RED.size_mult, h.RED.exec_policy),
+        },
+        block=tuple(h.block),
+    )
+    e = m.execution
+    execution = p.ExecParams(
+        e.default_policy,
+        e.slip_bp_max,
+        e.max_slices,
+        e.maker_wait_a_ms,
+        e.maker_wait_b_ms_bps,
+        e.maker_wait_c_ms,
+        e.maker_wait_max_ms,
+    )
+    risk = p.RiskLimits(
+        m.risk.fut_margin_usdt_max,
+        m.risk.spot_quote_usdt_max,
+        m.risk.concurrent_entries_per_symbol
+        if m.risk.concurrent_entries_per_symbol is not None
+        else s.concurrent_entries_per_market,
+    )
+    return p.EngineParams(
+        gates,
+        symbols,
+        sizing,
+        spot_sizing,
+        model,
+        health,
+        execution,
+        risk,
+        m.atr.period,
+        m.engine.veto_on_rule_fault,
+        m.fees.maker,
+        m.fees.taker,
+    )

@@ -1,0 +1,1 @@
+"""The pure decision core: values in, values out; no I/O, clock or randomness."""

@@ -1,0 +1,358 @@
+"""The decision pipeline (spec §2, §6): L0 gates → L1 rules → L2 model → health → sizing →
+execution hints → risk pre-check → intent. Pure: every input is a value, `now_ms` included.
+
+The risk check here is a pre-check on the state values read with the decision; the atomic Redis
+reservation (spec Part B5) is the authority and may still refuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import Any
+
+import msgspec
+
+from dsl import CompiledRuleset, Outcome
+from s3.core import atr as atr_mod
+from s3.core import execution, gates
+from s3.core.model import Model, map_p
+from s3.core.params import EngineParams, SymbolSpec
+from s3.core.sizing import Sized, SizingSkip, SymbolFilters, size_entry
+from s3.core.types import (
+    Decision,
+    DecisionInput,
+    GateVerdict,
+    OcoLeg,
+    OrderIntent,
+    Reason,
+    Reservation,
+    Side,
+)
+from s3.errors import InputError
+
+CORE_FEATURES = ("mid", "spread_bps", "depth_top1_usdt")
+"""Features every decision needs before any rule runs (missing: HTTP 400, dead letter on a stream)."""
+
+
+class BundleSnapshot(msgspec.Struct, frozen=True):
+    """One bundle revision as the engine uses it: compiled rules plus engine parameters.
+
+    Read once per decision (RCU): a decision never mixes two revisions.
+    """
+
+    bundle_id: str
+    rev: int
+    ruleset: CompiledRuleset
+    params: EngineParams
+    checksum: str = ""
+
+
+def intent_id(symbol: str, side: str, t0_ms: int, config_rev: int) -> str:
+    """Deterministic from (symbol, side, t0, config_rev) (Part B6), and a legal Binance client
+    order id (`^[.A-Z:/a-z0-9_-]{1,36}$`): ``s3-btc-1730000000000-1a2b3c4d``."""
+    base = symbol.removesuffix("USDT").lower()[:6] or symbol.lower()[:6]
+    digest = hashlib.sha256(f"{symbol}|{side}|{t0_ms}|{config_rev}".encode()).hexdigest()[:8]
+    return f"s3-{base}-{t0_ms}-{digest}"
+
+
+def _number(features: Mapping[str, Any], name: str) -> float:
+    v = features.get(name)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise InputError(
+            "BAD_FEATURE", f"feature '{name}' must be a finite number, found {v!r}", feature=name
+        )
+    return float(v)
+
+
+_SIDES: dict[str, Side] = {"BUY": "BUY", "SELL": "SELL"}
+
+
+def _side(inp: DecisionInput) -> Side | None:
+    raw = inp.side_hint if inp.side_hint is not None else inp.features.get("side_hint")
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or raw.upper() not in ("BUY", "SELL"):
+        raise InputError("BAD_SIDE", f"side must be BUY or SELL, found {raw!r}")
+    return _SIDES[raw.upper()]
+
+
+def entry_price(mid: float, spread_bps: float, side: str, filters: SymbolFilters) -> Decimal:
+    """The touch price on the entry's side, on the tick grid: a buy pays the ask (rounded up),
+    a sell gets the bid (rounded down), so sizing never assumes a better price than the book."""
+    m = Decimal(repr(mid))
+    half = Decimal(repr(spread_bps)) / Decimal(20_000)
+    px = m * (1 + half) if side == "BUY" else m * (1 - half)
+    anchor = filters.min_price if filters.anchored else Decimal(0)
+    steps = ((px - anchor) / filters.tick_size).to_integral_value(
+        rounding=ROUND_CEILING if side == "BUY" else ROUND_FLOOR
+    )
+    return anchor + steps * filters.tick_size
+
+
+def _skip(
+    base: dict[str, Any], reason: Reason, detail: str, sentence: str, **more: Any
+) -> Decision:
+    return Decision(
+        decision="skip",
+        reason=reason,
+        reason_detail=detail,
+        sentence=sentence,
+        **{**base, **more},
+    )
+
+
+def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
+    """Decide one entry.
+
+    Args:
+        inp: the features, side hint, clock reading and shared state.
+        snap: the bundle revision in force, read once by the caller.
+        model: the L2 model (wrapped in a deadline by the caller).
+
+    Returns:
+        The decision record; a skip is a normal result, never an exception.
+
+    Raises:
+        InputError: malformed input or missing required features (HTTP 400).
+    """
+    params = snap.params
+    features = dict(inp.features)
+    missing = [f for f in CORE_FEATURES if features.get(f) is None]
+    funding = (
+        inp.state.funding_next
+        if inp.state.funding_next is not None
+        else features.get("funding_next")
+    )
+    if funding is None:
+        missing.append("funding_next")
+    if missing:
+        raise InputError(
+            "MISSING_FEATURES", f"missing required features: {', '.join(missing)}", missing=missing
+        )
+    mid = _number(features, "mid")
+    spread = _number(features, "spread_bps")
+    depth = _number(features, "depth_top1_usdt")
+    features["funding_next"] = funding
+    funding_f = _number(features, "funding_next")
+    if mid <= 0 or spread < 0 or depth < 0:
+        raise InputError(
+            "BAD_FEATURE",
+            f"mid must be > 0 and spread/depth >= 0, found mid {mid:g}, "
+            f"spread_bps {spread:g}, depth_top1_usdt {depth:g}",
+        )
+    side = _side(inp)
+    spec: SymbolSpec | None = params.symbols.get(inp.symbol)
+    ts = inp.features_ts_ms if inp.features_ts_ms is not None else features.get("ts")
+    verdicts = gates.check(
+        params=params,
+        spec=spec,
+        symbol=inp.symbol,
+        side=side,
+        state=inp.state,
+        now_ms=inp.now_ms,
+        features_ts_ms=int(ts)
+        if isinstance(ts, int | float) and not isinstance(ts, bool)
+        else None,
+        spread_bps=spread,
+        depth_top1_usdt=depth,
+        funding_next=funding_f,
+    )
+    health, _ = gates.health_state(inp.state)
+    response = params.health.responses[health]
+    base: dict[str, Any] = dict(
+        symbol=inp.symbol,
+        side=side,
+        config_rev=snap.rev,
+        bundle_id=snap.bundle_id,
+        t0_ms=inp.t0_ms,
+        now_ms=inp.now_ms,
+        gates=verdicts,
+        health=health,
+        health_factor=response.size_mult,
+        dry_run=inp.dry_run,
+    )
+    failed = gates.first_failure(verdicts)
+    if failed is not None:
+        return _skip(base, "GATE", failed.detail, failed.sentence)
+    assert side is not None and spec is not None
+
+    # L1: the bundle's rules on the validated snapshot (side and symbol are features too).
+    features["side"] = side
+    features["symbol"] = inp.symbol
+    snapshot, problems = snap.ruleset.schema.validate(features)
+    if problems:
+        raise InputError(
+            "BAD_FEATURES",
+            "; ".join(pr.message for pr in problems),
+            problems=[
+                {"feature": pr.feature, "code": pr.code, "message": pr.message} for pr in problems
+            ],
+        )
+    outcome: Outcome = snap.ruleset.evaluate(snapshot)
+    base.update(
+        rules_fired=outcome.fired,
+        rule_factors=outcome.factors,
+        rule_faults=tuple(f"{f.rule_id} {f.code} {f.message}" for f in outcome.faults),
+        size_mult_rules=outcome.clamped["size_mult"],
+        tp_mult=outcome.clamped["tp_mult"],
+        sl_mult=outcome.clamped["sl_mult"],
+    )
+    if outcome.veto is not None:
+        return _skip(
+            base, "RULE", f"RULE.SKIP:{outcome.veto}", f"rule {outcome.veto} vetoed the entry"
+        )
+    skip_rules = {r.rule_id for r in snap.ruleset.rules if r.skip}
+    faulted_vetoes = [f for f in outcome.faults if f.rule_id in skip_rules]
+    if faulted_vetoes and params.veto_on_rule_fault:
+        f = faulted_vetoes[0]
+        return _skip(
+            base,
+            "RULE",
+            f"RULE.FAULT:{f.rule_id}",
+            f"veto rule {f.rule_id} could not be evaluated ({f.code} {f.message}): "
+            "skipping rather than trading without it",
+        )
+
+    # L2: the model, degraded to x1.0 on timeout or error.
+    result = model(snapshot)
+    size_mult_ml = 1.0
+    if result.p is not None:
+        mapped = map_p(result.p, params.model.bands)
+        base.update(model_p=result.p)
+        if mapped is None:
+            lowest = min((b.above for b in params.model.bands), default=0.0)
+            return _skip(
+                base, "MODEL", "MODEL.LOW_P", f"model p {result.p:.4f} < {lowest:g}: no entry"
+            )
+        size_mult_ml = mapped
+    elif result.degraded is not None:
+        base.update(model_degraded=result.degraded)
+    clamp = snap.ruleset.clamp.size_mult
+    combined = min(max(outcome.clamped["size_mult"] * size_mult_ml, clamp.min), clamp.max)
+    size_mult = combined * response.size_mult  # health scales after the clamp (Part B8)
+    policy = response.exec_policy or params.execution.default_policy
+    base.update(size_mult_ml=size_mult_ml, size_mult=size_mult, exec_policy=policy)
+
+    # ATR: the feature when present, else the engine's own ATR(EMA, n) state.
+    atr_value = snapshot.get("atr")
+    if isinstance(atr_value, int | float) and not isinstance(atr_value, bool) and atr_value > 0:
+        atr, atr_source = float(atr_value), "feature"
+    elif atr_mod.is_ready(inp.atr_state):
+        assert inp.atr_state is not None and inp.atr_state.atr is not None
+        atr, atr_source = inp.atr_state.atr, f"ema{inp.atr_state.period}"
+    else:
+        bars = inp.atr_state.bars if inp.atr_state else 0
+        return _skip(
+            base,
+            "RISK_BUDGET",
+            "SIZING.NO_ATR",
+            f"no ATR: the feature is absent and the engine's ATR has {bars} of "
+            f"{params.atr_period} bars",
+        )
+    base.update(atr=atr, atr_source=atr_source)
+
+    sizing = params.sizing if spec.market == "FUT" else params.spot_sizing
+    if spec.leverage is not None and spec.market == "FUT":
+        sizing = msgspec.structs.replace(sizing, leverage=spec.leverage)
+    entry = entry_price(mid, spread, side, spec.filters)
+    sized = size_entry(
+        side=side,
+        entry_px=entry,
+        atr=Decimal(repr(atr)),
+        size_mult=size_mult,
+        sl_mult=outcome.clamped["sl_mult"],
+        tp_mult=outcome.clamped["tp_mult"],
+        exec_policy=policy,
+        filters=spec.filters,
+        params=sizing,
+    )
+    if isinstance(sized, SizingSkip):
+        return _skip(base, "RISK_BUDGET", sized.reason_detail, sized.sentence)
+    assert isinstance(sized, Sized)
+    base.update(sizing_notes=sized.notes)
+
+    hints = execution.hints(policy, float(sized.notional), depth, spread, params.execution)
+    reservation = _reservation(spec, sized, params)
+    risk = _risk_precheck(reservation, inp, params)
+    if risk is not None:
+        return _skip(base, "RISK_BUDGET", risk.detail, risk.sentence, reservation=reservation)
+    intent = OrderIntent(
+        intent_id=intent_id(inp.symbol, side, inp.t0_ms, snap.rev),
+        market=spec.market,
+        symbol=inp.symbol,
+        side=side,
+        qty=sized.qty,
+        exec_policy=hints.policy,
+        tp_px=sized.tp_px,
+        sl_px=sized.sl_px,
+        entry_px=sized.entry_px,
+        notional_usdt=sized.notional,
+        margin_usdt=sized.margin,
+        leverage=sized.leverage,
+        maker_wait_ms=hints.maker_wait_ms,
+        slices=hints.slices,
+        slip_bps_est=hints.slip_bps_est,
+        oco=_oco_legs(sized),
+        guardian_stop_px=sized.guardian_stop_px,
+        liq_px=sized.liq_px,
+    )
+    base.update(exec_policy=hints.policy)
+    return Decision(
+        decision="open",
+        reason="OK",
+        reason_detail="OK",
+        sentence=f"open {side} {sized.qty} {inp.symbol} at {sized.entry_px}: SL {sized.sl_px}, "
+        f"TP {sized.tp_px}, {hints.note}",
+        intent=intent,
+        reservation=reservation,
+        **base,
+    )
+
+
+def _oco_legs(sized: Sized) -> tuple[OcoLeg, ...]:
+    if sized.oco is None:
+        return ()
+    o = sized.oco
+    return (
+        OcoLeg(o.above_type, o.above_px, o.qty),
+        OcoLeg(o.below_type, o.below_limit_px, o.qty, stop_price=o.below_stop_px),
+    )
+
+
+def _reservation(spec: SymbolSpec, sized: Sized, params: EngineParams) -> Reservation:
+    fut = spec.market == "FUT"
+    return Reservation(
+        market=spec.market,
+        symbol=spec.symbol,
+        amount_usdt=float(sized.margin if fut else sized.notional),
+        budget_max_usdt=params.risk.fut_margin_usdt_max if fut else params.risk.spot_quote_usdt_max,
+        concurrency_limit=params.risk.concurrent_entries_per_symbol,
+    )
+
+
+def _risk_precheck(
+    res: Reservation, inp: DecisionInput, params: EngineParams
+) -> GateVerdict | None:
+    inuse = (
+        inp.state.fut_margin_inuse_usdt if res.market == "FUT" else inp.state.spot_quote_inuse_usdt
+    )
+    name = "FUT_MARGIN" if res.market == "FUT" else "SPOT_QUOTE"
+    if inuse + res.amount_usdt > res.budget_max_usdt:
+        return GateVerdict(
+            "risk_budget",
+            False,
+            f"RISK_BUDGET.{name}",
+            f"{name.lower()} in use {inuse:g} + {res.amount_usdt:g} USDT > max {res.budget_max_usdt:g}",
+        )
+    if inp.state.concurrency >= res.concurrency_limit:
+        return GateVerdict(
+            "risk_budget",
+            False,
+            "RISK_BUDGET.CONCURRENCY",
+            f"{inp.state.concurrency} concurrent entries on {res.symbol} >= limit "
+            f"{res.concurrency_limit}",
+        )
+    return None

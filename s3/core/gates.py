@@ -1,0 +1,178 @@
+"""L0 hard gates (spec §2.1, Part B1/B2/B8), evaluated in a fixed order, every one recorded.
+
+The first gate that fails decides the skip; the others are still evaluated so that a decision
+record shows every verdict with the values compared.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from s3.core.params import EngineParams, SymbolSpec
+from s3.core.types import HEALTH_STATES, GateVerdict, MarketState
+
+GATE_ORDER = (
+    "kill_switch",
+    "window",
+    "stale_features",
+    "spread",
+    "depth",
+    "funding",
+    "side",
+    "symbol",
+    "health",
+)
+
+
+def health_state(state: MarketState) -> tuple[str, str]:
+    """The health in force and why: missing or unknown counts as RED (Part B8)."""
+    raw = state.health
+    if raw is None:
+        return "RED", "health state missing: treated as RED"
+    if raw.upper() not in HEALTH_STATES:
+        return "RED", f"health state {raw!r} unknown: treated as RED"
+    return raw.upper(), f"health {raw.upper()}"
+
+
+def _kill(state: MarketState) -> GateVerdict:
+    raw = state.kill_switch
+    if raw is None:
+        return GateVerdict(
+            "kill_switch", True, "GATE.KILL_SWITCH", "kill switch missing: treated as OFF"
+        )
+    if raw.strip().upper() == "OFF":
+        return GateVerdict("kill_switch", True, "GATE.KILL_SWITCH", "kill switch OFF")
+    if raw.strip().upper() == "ON":
+        return GateVerdict("kill_switch", False, "GATE.KILL_SWITCH", "kill switch ON: no entries")
+    return GateVerdict(
+        "kill_switch",
+        False,
+        "GATE.KILL_SWITCH",
+        f"kill switch value {raw!r} is neither ON nor OFF: treated as ON",
+    )
+
+
+def _window(params: EngineParams, now_ms: int) -> GateVerdict:
+    windows = params.gates.windows
+    if not windows:
+        return GateVerdict(
+            "window", True, "GATE.WINDOW", "no trading windows configured: always open"
+        )
+    now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
+    minute = now.hour * 60 + now.minute
+    stamp = now.strftime("%a %H:%M UTC")
+    for w in windows:
+        if now.weekday() in w.days and w.start_min <= minute < w.end_min:
+            return GateVerdict("window", True, "GATE.WINDOW", f"{stamp} is inside a trading window")
+    return GateVerdict("window", False, "GATE.WINDOW", f"{stamp} is outside every trading window")
+
+
+def _stale(params: EngineParams, now_ms: int, features_ts_ms: int | None) -> GateVerdict:
+    bound = params.gates.max_feature_age_ms
+    if features_ts_ms is None:
+        return GateVerdict(
+            "stale_features",
+            False,
+            "GATE.STALE_FEATURES",
+            "the features carry no timestamp: their age is unknown",
+        )
+    age = now_ms - features_ts_ms
+    if age > bound:
+        return GateVerdict(
+            "stale_features",
+            False,
+            "GATE.STALE_FEATURES",
+            f"features are {age} ms old > max_feature_age_ms {bound}",
+        )
+    if age < -bound:
+        return GateVerdict(
+            "stale_features",
+            False,
+            "GATE.STALE_FEATURES",
+            f"features are stamped {-age} ms in the future (clock skew > {bound} ms)",
+        )
+    return GateVerdict(
+        "stale_features", True, "GATE.STALE_FEATURES", f"features are {age} ms old <= {bound}"
+    )
+
+
+def check(
+    *,
+    params: EngineParams,
+    spec: SymbolSpec | None,
+    symbol: str,
+    side: str | None,
+    state: MarketState,
+    now_ms: int,
+    features_ts_ms: int | None,
+    spread_bps: float,
+    depth_top1_usdt: float,
+    funding_next: float,
+) -> tuple[GateVerdict, ...]:
+    """Every L0 verdict, in `GATE_ORDER`. Thresholds: the symbol's override, else the bundle's."""
+    g = params.gates
+    spread_limit = (
+        spec.spread_bp_limit if spec and spec.spread_bp_limit is not None else g.spread_bp_limit
+    )
+    depth_min = (
+        spec.depth_top1_usdt_min
+        if spec and spec.depth_top1_usdt_min is not None
+        else g.depth_top1_usdt_min
+    )
+    interval = spec.funding_interval_hours if spec else 8
+    funding_8h = abs(funding_next) * 8.0 / interval
+    health, why = health_state(state)
+    response = params.health.responses[health]
+    verdicts = [
+        _kill(state),
+        _window(params, now_ms),
+        _stale(params, now_ms, features_ts_ms),
+        GateVerdict(
+            "spread",
+            spread_bps <= spread_limit,
+            "GATE.SPREAD",
+            f"spread {spread_bps:g} bps {'<=' if spread_bps <= spread_limit else '>'} "
+            f"limit {spread_limit:g} bps",
+        ),
+        GateVerdict(
+            "depth",
+            depth_top1_usdt >= depth_min,
+            "GATE.DEPTH",
+            f"top-1 depth {depth_top1_usdt:g} USDT {'>=' if depth_top1_usdt >= depth_min else '<'} "
+            f"minimum {depth_min:g} USDT",
+        ),
+        GateVerdict(
+            "funding",
+            funding_8h <= g.max_funding_abs,
+            "GATE.FUNDING",
+            f"|funding_next| {abs(funding_next):g} per {interval} h = {funding_8h:g} per 8 h "
+            f"{'<=' if funding_8h <= g.max_funding_abs else '>'} max {g.max_funding_abs:g}",
+        ),
+        GateVerdict(
+            "side",
+            side is not None,
+            "GATE.NO_SIDE",
+            f"side {side}" if side else "no side: neither sideHint nor side_hint was given",
+        ),
+        GateVerdict(
+            "symbol",
+            spec is not None,
+            "GATE.SYMBOL_NOT_CONFIGURED",
+            f"{symbol} is configured ({spec.market})"
+            if spec
+            else f"{symbol} is not configured in the bundle",
+        ),
+        GateVerdict(
+            "health",
+            health not in params.health.block,
+            "GATE.HEALTH",
+            f"{why}: size x{response.size_mult:g}"
+            + (f", policy {response.exec_policy}" if response.exec_policy else "")
+            + (" (entries blocked in this state)" if health in params.health.block else ""),
+        ),
+    ]
+    return tuple(verdicts)
+
+
+def first_failure(verdicts: tuple[GateVerdict, ...]) -> GateVerdict | None:
+    return next((v for v in verdicts if not v.passed), None)
