@@ -42,8 +42,19 @@ def test_dsl_never_imports_s3_and_only_the_parser_imports_lark() -> None:
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(out),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     (whl,) = out.glob("*.whl")
     return whl
@@ -61,24 +72,44 @@ def test_installed_wheel_lints_the_default_bundle(wheel: Path, tmp_path: Path) -
     venv.create(env_dir, with_pip=True)
     bin_dir = env_dir / "bin"
     subprocess.run(
-        [str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(wheel)],
-        check=True, capture_output=True, text=True, timeout=600,
+        [
+            str(bin_dir / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     # Run from an empty directory so that nothing of the source tree can be imported by accident.
     work = tmp_path / "elsewhere"
     work.mkdir()
     lint = subprocess.run(
         [str(bin_dir / "s3"), "rules", "lint", str(ROOT / "rulesets" / "default")],
-        cwd=work, capture_output=True, text=True, check=False,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert "31 rules" in lint.stdout
     probe = subprocess.run(
-        [str(bin_dir / "python"), "-c",
-         "import dsl, s3; from dsl import parse_text; "
-         "m = parse_text('rule R-1 when x > 1 then skip_entry'); "
-         "print(m.items[0].rule_id, dsl.__file__.startswith(s3.__file__.rsplit('/s3/', 1)[0]))"],
-        cwd=work, capture_output=True, text=True, check=False,
+        [
+            str(bin_dir / "python"),
+            "-c",
+            "import dsl, s3; from dsl import parse_text; "
+            "m = parse_text('rule R-1 when x > 1 then skip_entry'); "
+            "print(m.items[0].rule_id, dsl.__file__.startswith(s3.__file__.rsplit('/s3/', 1)[0]))",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert probe.stdout.split() == ["R-1", "True"], probe.stderr
     assert str(ROOT) not in probe.stdout
