@@ -192,7 +192,7 @@ def test_e4_eth_futures_short_leverage_10_stop_from_atr() -> None:
         side="SELL",
         filters=ETH_FUT,
         entry_px=D("2500.00"),
-        atr=D("10"),
+        atr=D("10.01"),
         sl_mult=0.8,
         exec_policy="Maker",
         params=fut(leverage=10),
@@ -202,16 +202,18 @@ def test_e4_eth_futures_short_leverage_10_stop_from_atr() -> None:
         "notional": D("200"),
         "margin": D("20"),
         "leverage": 10,
-        "sl_px": D("2512.00"),
+        "sl_px": D("2512.01"),
         "tp_px": D("2474.00"),
-        "sl_distance": D("12"),
+        "sl_distance": D("12.01"),
         "liq_px": D("2739.04"),
-        "loss_at_sl_usdt": D("1.10048"),
+        "loss_at_sl_usdt": D("1.1012804"),
         "net_profit_at_tp_usdt": D("2.000416"),
         "tp_target_usdt": D("2"),
     }
     assert fields(r, expected) == expected
-    assert r.notes[1] == "SL distance from ATR: 1.5 x 0.8 x 10 = 12 (loss-cap distance 13.24337831)"
+    assert r.notes[1] == (
+        "SL distance from ATR: 1.5 x 0.8 x 10.01 = 12.012 (loss-cap distance 13.24337831)"
+    )
 
 
 def test_e5_btc_spot_long_with_oco_capped_by_max_loss() -> None:
@@ -493,6 +495,39 @@ def test_bad_input_is_a_skip_with_a_sentence(changes: dict[str, Any], sentence: 
     assert run(**changes) == SizingSkip("SIZING.BAD_INPUT", sentence)
 
 
+def test_long_stop_is_raised_to_the_lowest_legal_price() -> None:
+    # L1 with a 59800 stop distance: 60000 - 59800 = 200 is below BTCUSDT's minPrice 556.80.
+    params = fut(leverage=1, margin_base_usdt=D(400), max_loss_usdt=D(500), atr_mult=D(1))
+    r = sized(exec_policy="Maker", atr=D(59800), params=params)
+    assert (r.qty, r.sl_px, r.sl_distance) == (D("0.006"), D("556.80"), D("59443.2"))
+    assert r.loss_at_sl_usdt == D("356.7328704")  # 356.6592 + 0.072 + 0.0016704
+    assert r.notes[2] == "SL raised to the lowest legal price 556.8"
+
+
+SYNTH = SymbolFilters(
+    tick_size=D("0.01"), step_size=D("0.001"), min_qty=D("0.001"), min_notional=D(5)
+)
+EDGE = fut(
+    leverage=10,
+    max_loss_usdt=D(20),
+    atr_mult=D(1),
+    maintenance_margin_rate=D(0),
+    liquidation_buffer=D("0.5"),
+)
+
+
+def test_stop_exactly_on_the_liquidation_buffer_skips() -> None:
+    # qty 2, LP = (200 - 20)/2 = 90, buffer edge 90 + 0.5 x 10 = 95: the SL must be above 95.
+    r = run(filters=SYNTH, entry_px=D("100.00"), atr=D(5), params=EDGE)
+    assert r == SizingSkip(
+        "SIZING.LIQUIDATION",
+        "SL 95 is not above the liquidation buffer 95 (LP 90 + 0.5 x |100 - LP|; leverage 10, "
+        "maintenance rate 0, amount 0)",
+    )
+    inside = sized(filters=SYNTH, entry_px=D("100.00"), atr=D("4.99"), params=EDGE)
+    assert (inside.qty, inside.sl_px, inside.liq_px) == (D(2), D("95.01"), D("90.00"))
+
+
 def test_long_that_cannot_be_liquidated_has_no_liq_px() -> None:
     r = sized(exec_policy="Maker", params=fut(leverage=1, margin_base_usdt=D(400)))
     assert (r.qty, r.liq_px) == (D("0.006"), None)
@@ -665,6 +700,7 @@ def check_sized(call: dict[str, Any], r: Sized) -> None:
     # Tight: one tick further out breaks a limit, one tick closer in misses the target.
     tick = F(f.tick_size) * (1 if long else -1)
     d_atr = F(p.atr_mult) * F(repr(call["sl_mult"])) * F(call["atr"])
+    assert F(r.sl_distance) <= d_atr  # rounding and clamping only move the stop toward entry
     wider = sl - tick
     assert abs(e - wider) > d_atr or loss(wider) > cap or wider < F(f.min_price) or wider <= 0
     closer = tp - tick
