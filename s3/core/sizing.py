@@ -255,13 +255,22 @@ def _optional(value: object, name: str) -> Decimal | None:
 
 
 @dataclass(frozen=True, slots=True)
+class _Lots:
+    """The quantity grids: the entry order's, and the spot exit's (both with their bounds)."""
+
+    entry: _Grid
+    min_qty: Decimal
+    max_qty: Decimal | None
+    exit: _Grid
+    exit_min_qty: Decimal
+
+
+@dataclass(frozen=True, slots=True)
 class _Case:
     """Validated inputs, every number a Decimal."""
 
     long: bool
     spot: bool
-    side: Literal["BUY", "SELL"]
-    policy: str
     entry: Decimal
     atr: Decimal
     sl_mult: Decimal
@@ -282,11 +291,7 @@ class _Case:
     min_notional: Decimal
     price: _Grid
     lowest_px: Decimal
-    lot: _Grid  # the entry order's grid (LOT_SIZE, with MARKET_LOT_SIZE when it may apply)
-    min_qty: Decimal
-    max_qty: Decimal | None
-    leg_lot: _Grid  # the spot exit's grid: OCO legs are limit orders, the guardian sells at market
-    leg_min_qty: Decimal
+    lots: _Lots
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +328,58 @@ def _read_params(params: SizingParams) -> dict[str, Decimal]:
     return {name: check(getattr(params, name), name) for name, check in checks.items()}
 
 
+def _read_prices(
+    filters: SymbolFilters, buy: bool, entry_px: object, policy: str, notes: list[str]
+) -> tuple[_Grid, Decimal, Decimal]:
+    """The price grid, the lowest legal price (> 0 and >= min_price) and the snapped entry."""
+    tick = _positive(filters.tick_size, "tick_size")
+    min_price = _non_negative(filters.min_price, "min_price")
+    price = _Grid(min_price if filters.anchored else _ZERO, tick)
+    lowest = price.ceil(min_price)
+    lowest_px = lowest if lowest > 0 else lowest + tick
+    given = _positive(entry_px, "entry_px")
+    maker = policy == "Maker"
+    # A Maker entry rests passively (BUY below, SELL above); any other policy may take, so the
+    # sizer assumes the worse price (BUY above, SELL below).
+    entry = price.floor(given) if buy == maker else price.ceil(given)
+    if entry < lowest_px:
+        raise _bad(f"entry_px {_fmt(given)} is below the lowest legal price {_fmt(lowest_px)}")
+    if entry != given:
+        how = "passive side, Maker" if maker else f"adverse side, {policy}"
+        notes.append(f"entry {_fmt(given)} snapped to tick {_fmt(tick)}: {_fmt(entry)} ({how})")
+    return price, lowest_px, entry
+
+
+def _read_lots(filters: SymbolFilters, policy: str, guardian: bool, notes: list[str]) -> _Lots:
+    """LOT_SIZE, and MARKET_LOT_SIZE for orders that may execute at market (the stricter wins)."""
+    step = _positive(filters.step_size, "step_size")
+    min_qty = _non_negative(filters.min_qty, "min_qty")
+    max_qty = _optional(filters.max_qty, "max_qty")
+    if max_qty is not None and max_qty < min_qty:
+        raise _bad(f"max_qty {_fmt(max_qty)} is below min_qty {_fmt(min_qty)}")
+    lot = _Grid(min_qty if filters.anchored else _ZERO, step)
+    m_step = _optional(filters.market_step_size, "market_step_size")
+    m_max = _optional(filters.market_max_qty, "market_max_qty")
+    m_min = None
+    if filters.market_min_qty is not None:
+        m_min = _non_negative(filters.market_min_qty, "market_min_qty")
+    maker = policy == "Maker"
+    plain = _Lots(lot, min_qty, max_qty, lot, min_qty)
+    if not (m_step or m_max or m_min) or (maker and not guardian):
+        return plain
+    # Anything but a pure Maker entry may reach the book as a market order (spec §6 slippage
+    # guard, MakerThenTaker's fallback); so does the guardian's exit. OCO legs are limit orders.
+    anchor = (min_qty if m_min is None else m_min) if filters.anchored else _ZERO
+    market = _Grid(anchor, m_step or step)
+    grid = _common_grid(lot, market)
+    low = max(min_qty, m_min or _ZERO)
+    high = m_max if max_qty is None else min(max_qty, m_max or max_qty)
+    if maker:
+        return _Lots(lot, min_qty, max_qty, grid, low)
+    notes.append(f"MARKET_LOT_SIZE applied with LOT_SIZE: {policy} may fill at market")
+    return _Lots(grid, low, high, grid if guardian else lot, low if guardian else min_qty)
+
+
 def _read(
     side: object,
     entry_px: object,
@@ -339,6 +396,8 @@ def _read(
         raise _bad("params must be SizingParams with market 'FUT' or 'SPOT'")
     if not isinstance(filters, SymbolFilters):
         raise _bad(f"filters must be SymbolFilters, got {type(filters).__name__}")
+    if not isinstance(filters.anchored, bool):
+        raise _bad(f"anchored must be a bool, got {type(filters.anchored).__name__}")
     if not isinstance(exec_policy, str):
         raise _bad(f"exec_policy must be a string, got {type(exec_policy).__name__}")
     spot = params.market == "SPOT"
@@ -358,56 +417,12 @@ def _read(
             raise _bad(f"leverage must be an integer >= 1, got {leverage!r}")
         _num(leverage, "leverage")
     size_mult = _positive(mults[0], "size_mult")
-
-    tick = _positive(filters.tick_size, "tick_size")
-    step = _positive(filters.step_size, "step_size")
-    min_qty = _non_negative(filters.min_qty, "min_qty")
-    min_price = _non_negative(filters.min_price, "min_price")
-    max_qty = _optional(filters.max_qty, "max_qty")
-    if max_qty is not None and max_qty < min_qty:
-        raise _bad(f"max_qty {_fmt(max_qty)} is below min_qty {_fmt(min_qty)}")
-    if not isinstance(filters.anchored, bool):
-        raise _bad(f"anchored must be a bool, got {type(filters.anchored).__name__}")
-    anchored = filters.anchored
-    price = _Grid(min_price if anchored else _ZERO, tick)
-    lowest = price.ceil(min_price)
-    lowest_px = lowest if lowest > 0 else lowest + tick
-
+    guardian = spot and params.spot_protection == "guardian"
+    price, lowest_px, entry = _read_prices(filters, side == "BUY", entry_px, exec_policy, notes)
     maker = exec_policy == "Maker"
-    given = _positive(entry_px, "entry_px")
-    # A Maker entry rests passively (BUY below, SELL above); any other policy may take, so the
-    # sizer assumes the worse price (BUY above, SELL below).
-    entry = price.floor(given) if (side == "BUY") == maker else price.ceil(given)
-    if entry < lowest_px:
-        raise _bad(f"entry_px {_fmt(given)} is below the lowest legal price {_fmt(lowest_px)}")
-    if entry != given:
-        how = "passive side, Maker" if maker else f"adverse side, {exec_policy}"
-        notes.append(f"entry {_fmt(given)} snapped to tick {_fmt(tick)}: {_fmt(entry)} ({how})")
-
-    lot = _Grid(min_qty if anchored else _ZERO, step)
-    m_step = _optional(filters.market_step_size, "market_step_size")
-    m_max = _optional(filters.market_max_qty, "market_max_qty")
-    m_min = None
-    if filters.market_min_qty is not None:
-        m_min = _non_negative(filters.market_min_qty, "market_min_qty")
-    has_market_lot = m_step is not None or m_max is not None or bool(m_min)
-    guardian = params.spot_protection == "guardian"
-    market_lot, market_min, market_max = lot, min_qty, max_qty
-    # A market order must pass LOT_SIZE and MARKET_LOT_SIZE: the stricter of both wins. Anything
-    # but a pure Maker entry may reach the book as one (spec §6 slippage guard, MakerThenTaker's
-    # fallback), and so does the guardian's exit.
-    if has_market_lot and (not maker or (spot and guardian)):
-        anchor = (min_qty if m_min is None else m_min) if anchored else _ZERO
-        market_lot = _common_grid(lot, _Grid(anchor, m_step or step))
-        market_min = max(min_qty, m_min or _ZERO)
-        market_max = m_max if max_qty is None else min(max_qty, m_max or max_qty)
-    if has_market_lot and not maker:
-        notes.append(f"MARKET_LOT_SIZE applied with LOT_SIZE: {exec_policy} may fill at market")
     return _Case(
         long=side == "BUY",
         spot=spot,
-        side="BUY" if side == "BUY" else "SELL",
-        policy=exec_policy,
         entry=entry,
         atr=_positive(atr, "atr"),
         sl_mult=_positive(mults[1], "sl_mult"),
@@ -424,15 +439,11 @@ def _read(
         cum=p["maintenance_amount"],
         buffer=p["liquidation_buffer"],
         stop_limit_offset=p["stop_limit_offset"],
-        guardian=spot and guardian,
+        guardian=guardian,
         min_notional=_non_negative(filters.min_notional, "min_notional"),
         price=price,
         lowest_px=lowest_px,
-        lot=lot if maker else market_lot,
-        min_qty=min_qty if maker else market_min,
-        max_qty=max_qty if maker else market_max,
-        leg_lot=market_lot if guardian else lot,
-        leg_min_qty=market_min if guardian else min_qty,
+        lots=_read_lots(filters, exec_policy, guardian, notes),
     )
 
 
@@ -445,18 +456,19 @@ def _quantity(case: _Case, notes: list[str]) -> Decimal:
     else:
         notional_budget = case.budget * case.leverage
         budget_text = f"budget margin {_fmt(case.budget)} x leverage {case.leverage}"
-    qty = case.lot.floor(notional_budget, e)
+    lots = case.lots
+    qty = lots.entry.floor(notional_budget, e)
     notes.append(
         f"qty {_fmt(qty)} = {_fmt(notional_budget)} USDT / entry {_fmt(e)}, "
-        f"rounded down to step {_fmt(case.lot.step)}"
+        f"rounded down to step {_fmt(lots.entry.step)}"
     )
-    if case.max_qty is not None and qty > case.max_qty:
-        qty = case.lot.floor(case.max_qty)
-        notes.append(f"qty clamped to max_qty {_fmt(case.max_qty)}: {_fmt(qty)}")
-    if qty < case.min_qty or qty <= 0:
+    if lots.max_qty is not None and qty > lots.max_qty:
+        qty = lots.entry.floor(lots.max_qty)
+        notes.append(f"qty clamped to max_qty {_fmt(lots.max_qty)}: {_fmt(qty)}")
+    if qty < lots.min_qty or qty <= 0:
         raise _Skip(
             "SIZING.BELOW_MIN_NOTIONAL",
-            f"qty {_fmt(max(qty, _ZERO))} below min_qty {_fmt(case.min_qty)} (notional "
+            f"qty {_fmt(max(qty, _ZERO))} below min_qty {_fmt(lots.min_qty)} (notional "
             f"{_fmt(notional_budget)} USDT at {_fmt(e)}, {budget_text})",
         )
     if qty * e < case.min_notional:
@@ -471,14 +483,14 @@ def _quantity(case: _Case, notes: list[str]) -> Decimal:
 def _spot_exit_qty(case: _Case, qty: Decimal, notes: list[str]) -> tuple[Decimal, Decimal]:
     """The base left after the buy fee (taken in base) and the exit quantity on its grid."""
     base = qty * (1 - case.f_in)
-    leg = case.leg_lot.floor(base)
+    leg = case.lots.exit.floor(base)
     notes.append(
         f"entry fee {_fmt(case.f_in)} taken in base: {_fmt(base)} left, exit qty {_fmt(leg)}"
     )
-    if leg < case.leg_min_qty or leg <= 0:
+    if leg < case.lots.exit_min_qty or leg <= 0:
         raise _Skip(
             "SIZING.OCO_LEG_BELOW_MIN_NOTIONAL",
-            f"exit qty {_fmt(max(leg, _ZERO))} below min_qty {_fmt(case.leg_min_qty)} "
+            f"exit qty {_fmt(max(leg, _ZERO))} below min_qty {_fmt(case.lots.exit_min_qty)} "
             f"(bought {_fmt(qty)}, {_fmt(base)} left after the {_fmt(case.f_in)} base fee)",
         )
     return base, leg
@@ -652,7 +664,7 @@ def _size(case: _Case, notes: list[str]) -> Sized:
     oco = _oco(case, pnl, leg, sl, tp) if case.spot and not case.guardian else None
     return Sized(
         market="SPOT" if case.spot else "FUT",
-        side=case.side,
+        side="BUY" if case.long else "SELL",
         qty=qty,
         entry_px=e,
         notional=cost,

@@ -7,8 +7,10 @@ calling the code; the properties check the results against a Fraction oracle.
 from __future__ import annotations
 
 import math
+import re
 from decimal import Decimal
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -534,6 +536,23 @@ def test_long_that_cannot_be_liquidated_has_no_liq_px() -> None:
     assert "no liquidation price above zero (LP 0)" in r.notes
 
 
+# --- docs/sizing.md cannot rot ---------------------------------------------------------------
+
+SIZING_MD = Path(__file__).resolve().parents[3] / "docs" / "sizing.md"
+
+
+def test_the_docs_example_runs() -> None:
+    block = re.search(r"```python\n(.*?)```", SIZING_MD.read_text(), re.S)
+    assert block is not None
+    exec(compile(block.group(1), str(SIZING_MD), "exec"), {})
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    named = set(re.findall(r"`(test_[a-z0-9_]+)`", SIZING_MD.read_text()))
+    assert len(named) >= 12
+    assert named <= set(globals())
+
+
 # --- properties --------------------------------------------------------------------------------
 
 F = Fraction
@@ -618,10 +637,6 @@ def calls(draw: st.DrawFn) -> dict[str, Any]:
 
 def on_grid(x: Decimal, anchor: Decimal, step: Decimal) -> bool:
     return (F(x) - F(anchor)) % F(step) == 0
-
-
-def floor_to(x: Fraction, anchor: Decimal, step: Decimal) -> Fraction:
-    return F(anchor) + math.floor((x - F(anchor)) / F(step)) * F(step)
 
 
 def check_sized(call: dict[str, Any], r: Sized) -> None:
