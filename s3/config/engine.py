@@ -108,6 +108,9 @@ class SizingModel(_Strict):
 
 class SpotModel(_Strict):
     quote_budget_usdt: PosDec = Decimal(50)
+    tp_min_net_roe: PosDec = Decimal("0.01")
+    """Spot has no leverage: the futures default (10 % of the margin, a 0.5 % move at 20x) would
+    put a spot TP 10 % away, so spot targets 1 % of the quote spent unless the bundle says so."""
     protection: Literal["oco", "guardian"] = "oco"
     stop_limit_offset: Annotated[Decimal, Field(ge=0, lt=Decimal("0.5"))] = Decimal("0.001")
     fee_maker: Rate = Decimal("0.001")
@@ -340,7 +343,11 @@ def _to_params(m: EngineSectionsModel, s: Settings) -> p.EngineParams:
         **common,
     )
     spot_sizing = SizingParams(
-        market="SPOT", leverage=1, fee_maker=m.spot.fee_maker, fee_taker=m.spot.fee_taker, **common
+        market="SPOT",
+        leverage=1,
+        fee_maker=m.spot.fee_maker,
+        fee_taker=m.spot.fee_taker,
+        **{**common, "tp_min_net_roe": m.spot.tp_min_net_roe},
     )
     md = m.model
     model = p.ModelSpec(

@@ -295,6 +295,7 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
         maker_wait_ms=hints.maker_wait_ms,
         slices=hints.slices,
         slip_bps_est=hints.slip_bps_est,
+        exit_qty=sized.exit_qty,
         oco=_oco_legs(sized),
         guardian_stop_px=sized.guardian_stop_px,
         liq_px=sized.liq_px,

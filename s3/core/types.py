@@ -99,6 +99,9 @@ class OrderIntent(msgspec.Struct, frozen=True):
     maker_wait_ms: int
     slices: int = 1
     slip_bps_est: float = 0.0
+    exit_qty: Decimal | None = None
+    """What the protective orders (TP, SL, OCO legs, guardian stop) close: the entry qty on
+    futures, the base left after the fee on spot."""
     oco: tuple[OcoLeg, ...] = ()
     guardian_stop_px: Decimal | None = None
     liq_px: Decimal | None = None

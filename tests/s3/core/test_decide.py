@@ -78,6 +78,15 @@ def test_happy_path_opens_with_a_legal_intent(snap: BundleSnapshot) -> None:
     assert i.tp_px % tick == 0 and i.sl_px % tick == 0 and i.entry_px % tick == 0
     assert i.sl_px < i.entry_px < i.tp_px
     assert i.qty * i.entry_px >= 100  # min notional
+    # The worked example of docs/pipeline.md: the loss cap binds the stop (not 1.5 ATR).
+    assert (i.qty, i.entry_px, i.sl_px, i.tp_px) == (
+        Decimal("0.004"),
+        Decimal("61778.40"),
+        Decimal("61540.10"),
+        Decimal("62072.00"),
+    )
+    assert i.exit_qty == i.qty
+    assert any(n.startswith("SL distance capped by max_loss_usdt 1.2") for n in d.sizing_notes)
     assert d.rules_fired == ("R-008", "R-026", "R-063")
     assert d.model_p is not None and d.size_mult_ml == 1.0 and d.model_degraded is None
     assert d.reservation is not None and d.reservation.amount_usdt == float(i.margin_usdt)

@@ -194,7 +194,9 @@ def test_spot_long_gets_oco_legs_and_spot_sell_is_skipped(spot_snap: BundleSnaps
     above, below = i.oco
     assert above.kind == "LIMIT_MAKER" and above.price == i.tp_px > i.entry_px
     assert below.kind == "STOP_LOSS_LIMIT" and below.stop_price == i.sl_px and below.price < i.sl_px
-    assert above.qty == below.qty <= i.qty and above.qty % Decimal("0.00001") == 0
+    assert above.qty == below.qty == i.exit_qty < i.qty and above.qty % Decimal("0.00001") == 0
+    # spot targets 1 % of the quote spent ([spot] tp_min_net_roe), not the futures 10 % of margin
+    assert i.tp_px < i.entry_px * Decimal("1.02")
     assert d.reservation is not None and d.reservation.market == "SPOT"
     sell = msgspec.structs.replace(inp, side_hint="SELL")
     s = decide(sell, spot_snap, build_model(spot_snap.params.model))
