@@ -67,3 +67,58 @@ SNAPSHOT = {
     "symbol": "BTCUSDT",
     "halted": False,
 }
+
+
+# -- real Redis ------------------------------------------------------------------------------------
+# One standalone redis-server and one 3-master Redis Cluster per test session, both real
+# processes started from the binary the project's install provides (stopped by PID at the end).
+# Each test gets its own key prefix instead of a flush, so tests never see each other's keys.
+
+import itertools  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+from s3.adapters.redis_client import Client, connect  # noqa: E402
+from s3.adapters.redis_keys import Keys  # noqa: E402
+from s3.adapters.redis_server import LocalCluster, RedisServer  # noqa: E402
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(masters=3) as cluster:
+        yield cluster
+
+
+@dataclass
+class RedisBackend:
+    """A client on a real server (standalone or cluster), keys under a prefix of this test's own."""
+
+    mode: str
+    client: Client
+    keys: Keys
+    addresses: list[str]
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def redis_backend(request: pytest.FixtureRequest) -> Iterator[RedisBackend]:
+    if request.param == "standalone":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        addresses = [server.address]
+    else:
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        addresses = cluster.addresses
+    client, keys = connect(addresses)
+    prefix = f"t{next(_prefixes)}:"
+    keys = Keys(prefix=prefix, risk_tag=keys.risk_tag)
+    try:
+        yield RedisBackend(request.param, client, keys, addresses)
+    finally:
+        client.close()

@@ -1,0 +1,83 @@
+"""Redis connections (standalone or Cluster, from `S3_REDIS_ADDRESSES`) and the one read of the
+state a decision needs: one round trip per node (a pipeline; a cluster pipeline groups by node)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+
+from s3.adapters.redis_keys import Keys
+from s3.core.types import MarketState
+
+Client = redis.Redis | RedisCluster
+
+
+def parse_addresses(raw: str | Sequence[str]) -> list[tuple[str, int]]:
+    """``host1:6379,host2:6379`` -> [(host, port), ...]; a clear error for anything else."""
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    out = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"S3_REDIS_ADDRESSES: '{item}' is not host:port")
+        out.append((host, int(port)))
+    if not out:
+        raise ValueError("S3_REDIS_ADDRESSES: no address given")
+    return out
+
+
+def connect(addresses: str | Sequence[str], *, timeout_s: float = 2.0) -> tuple[Client, Keys]:
+    """One address: a standalone client; several: a Redis Cluster client. Keys follow the mode."""
+    nodes = parse_addresses(addresses)
+    common: dict[str, Any] = dict(
+        decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
+    if len(nodes) == 1:
+        host, port = nodes[0]
+        return redis.Redis(host=host, port=port, health_check_interval=30, **common), Keys.for_mode(
+            cluster=False
+        )
+    cluster = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], **common)
+    return cluster, Keys.for_mode(cluster=True)
+
+
+def is_cluster(client: Client) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def _float(v: Any) -> float | None:
+    try:
+        return float(v) if v is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def read_state(client: Client, keys: Keys, symbol: str) -> tuple[MarketState, dict[str, str]]:
+    """Kill switch, health, funding, budgets, concurrency and `feat:last:{SYMBOL}` in one pipeline.
+
+    A value that is not a number (someone wrote garbage) reads as missing: the gates then treat
+    it as the spec says (kill switch OFF only when truly missing, health RED).
+    """
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.kill_switch)
+    pipe.get(keys.health)
+    pipe.get(keys.funding_next(symbol))
+    pipe.get(keys.budget_inuse("FUT"))
+    pipe.get(keys.budget_inuse("SPOT"))
+    pipe.get(keys.concurrency(symbol))
+    pipe.hgetall(keys.feat_last(symbol))
+    kill, health, funding, fut, spot, conc, last = pipe.execute()
+    state = MarketState(
+        kill_switch=kill,
+        health=health,
+        funding_next=_float(funding),
+        fut_margin_inuse_usdt=_float(fut) or 0.0,
+        spot_quote_inuse_usdt=_float(spot) or 0.0,
+        concurrency=int(_float(conc) or 0),
+    )
+    return state, dict(last or {})
