@@ -4,6 +4,7 @@ clamps, params) plus the engine sections, with one list of diagnostics for both.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +27,35 @@ class LoadResult:
         return self.snapshot is not None
 
 
-def checksum_dir(root: Path) -> str:
-    """sha256 over the bundle's canonical content: bundle.toml and the rule files, by relative path."""
+def checksum_files(files: Mapping[str, str]) -> str:
+    """sha256 over the canonical content: each file's relative path and text, in path order."""
     h = hashlib.sha256()
-    for p in [root / MANIFEST, *rule_files(root)]:
-        if p.is_file():
-            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    for path in sorted(files):
+        h.update(path.encode() + b"\0" + files[path].encode("utf-8") + b"\0")
     return h.hexdigest()
+
+
+def read_bundle_files(root: str | Path) -> dict[str, str]:
+    """The files that make a bundle (bundle.toml and the rule files), by relative path."""
+    base = Path(root)
+    paths = [base / MANIFEST, *rule_files(base)]
+    return {
+        p.relative_to(base).as_posix(): p.read_text(encoding="utf-8") for p in paths if p.is_file()
+    }
+
+
+def write_bundle_files(root: Path, files: Mapping[str, str]) -> None:
+    for rel, text in files.items():
+        target = (root / rel).resolve()
+        if root.resolve() not in target.parents:
+            raise ValueError(f"bundle file path escapes the bundle: {rel!r}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+
+
+def checksum_dir(root: Path) -> str:
+    """The checksum of a bundle directory (the same as of its files in the store)."""
+    return checksum_files(read_bundle_files(root))
 
 
 def load_dir(path: str | Path, settings: Settings | None = None) -> LoadResult:
