@@ -1,4 +1,5 @@
-"""The `s3` command: `s3 rules lint|fmt|explain|test` for rule authors (more commands join later).
+"""The `s3` command: `s3 rules lint|fmt|explain|test` for rule authors; `s3 serve`, `s3 worker`,
+`s3 demo` and `s3 bundle publish|list|show|rollback` for operators.
 
 Exit codes: 0 success, 1 the checked thing has errors (or a case fails), 2 usage errors.
 """
@@ -9,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from s3 import rules_cli
+from s3 import ops_cli, rules_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     test.add_argument("--format", choices=("human", "json"), default="human")
     test.set_defaults(func=rules_cli.test)
+    ops_cli.add_commands(sub, _Parser)
     return parser
 
 
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except rules_cli.UsageError as exc:
+    except (rules_cli.UsageError, ops_cli.UsageError) as exc:
         print(f"s3: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `s3 rules lint ... | head`

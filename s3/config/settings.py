@@ -35,5 +35,37 @@ class Settings(BaseSettings):
     config_poll_sec: float = Field(5.0, gt=0)
     """Bundle poll period for hot reload."""
 
+    # -- the service (issue 6) -------------------------------------------------------------------
+    redis_addresses: str | None = None
+    """host:port[,host:port...]; unset: the service starts its own redis-server. Several: Cluster."""
+    redis_prefix: str = ""
+    """Optional prefix of every key S3 writes and reads."""
+    db_arango_uri: str | None = None
+    """ArangoDB URL (http://host:8529/dbname); unset: the embedded SQLite store."""
+    db_arango_user: str = "root"
+    db_arango_pass: str = ""
+    sqlite_path: str = "var/s3.db"
+    """The embedded store's file."""
+    bundle_dir: str = "rulesets/default"
+    """The bundle published into an empty store at start (the embedded default)."""
+    cache_dir: str = "var/bundle-cache"
+    """Where the last good bundle is kept for restarts while the store is down."""
+    api_token: str | None = None
+    """Bearer token for /decide and the admin routes."""
+    auth_disabled: bool = False
+    """Serve without a token (local use only); refused unless set explicitly."""
+    s4_url: str | None = None
+    """S4's base URL; unset: intents go to ord:cmd:{SYMBOL} only."""
+    s4_timeout_s: float = Field(2.0, gt=0)
+    s4_retries: int = Field(2, ge=0, le=10)
+    dual_track: bool = True
+    """When S4 fails or times out, also write the command to ord:cmd:{SYMBOL}."""
+    stream_group: str = "s3"
+    stream_maxlen: int = Field(100_000, ge=100)
+    heartbeat_sec: float = Field(10.0, gt=0)
+    stale_after_sec: float = Field(15.0, gt=0)
+    selfheal_sec: float = Field(60.0, gt=0)
+    pending_max_age_ms: int = Field(120_000, gt=0)
+
     def symbol_list(self) -> tuple[str, ...]:
         return tuple(s.strip().upper() for s in self.symbols.split(",") if s.strip())

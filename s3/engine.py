@@ -1,0 +1,315 @@
+"""The engine at work: one decision with its side effects, around the pure core.
+
+Order of a live decision (spec §2, §8, Part B5/B6): read the snapshot in force once (RCU) → read
+the state in one round trip → claim the idempotency key (a retry replays the first result) →
+decide (pure) → reserve the risk budget atomically → persist the signal and its DECIDE event →
+emit `sig:events` → submit the intent to S4 (dual track: `ord:cmd:{SYMBOL}` when S4 fails) →
+commit or release the reservation → store the result under the idempotency key.
+
+Nothing is left behind on failure: a reservation whose decision could not be persisted is
+released, and an idempotency claim whose request failed is abandoned so a retry can proceed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from s3.adapters.model_runner import DeadlineModel
+from s3.adapters.redis_client import Client, read_state
+from s3.adapters.redis_keys import Keys
+from s3.adapters.s4_client import OrderCmdRequest, S4Client, SubmitResult
+from s3.config.reload import Registry
+from s3.core.decide import BundleSnapshot, decide, intent_id
+from s3.core.model import Model, build_model
+from s3.core.types import AtrState, Decision, DecisionInput, MarketState
+from s3.errors import DependencyUnavailable, InputError, Rejected
+from s3.metrics import Metrics
+
+IDEM_TTL_MS = 24 * 3600 * 1000
+NUMERIC_FIELDS_SKIP = ("symbol", "side", "side_hint", "regime")
+
+
+def features_from_hash(raw: Mapping[str, str]) -> dict[str, Any]:
+    """A Redis hash (all strings) as feature values: numbers become numbers, the rest stays text."""
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k in NUMERIC_FIELDS_SKIP:
+            out[k] = v
+            continue
+        try:
+            out[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+        except ValueError:
+            out[k] = {"true": True, "false": False}.get(v, v)
+    return out
+
+
+class DecideResult(msgspec.Struct, frozen=True):
+    """What `/decide` answers and what a retry replays verbatim (spec §3 plus extensions)."""
+
+    decision: Decision
+    submitted: str | None = None
+    """accepted | rejected | unknown | stream (dual track) | none (dry run or skip)."""
+    reservation: str | None = None
+    replayed: bool = False
+
+
+@dataclass
+class Engine:
+    registry: Registry
+    redis: Client
+    keys: Keys
+    ledger: Any
+    idem: Any
+    store: Any
+    emitter: Any
+    s4: S4Client | None = None
+    dual_track: bool = True
+    metrics: Metrics = field(default_factory=Metrics)
+    clock_ms: Callable[[], int] = field(default=lambda: int(time.time() * 1000))
+    model_factory: Callable[[BundleSnapshot], Model] | None = None
+    atr_states: dict[str, AtrState] = field(default_factory=dict)
+    _models: dict[tuple[str, int], Model] = field(default_factory=dict)
+
+    def model_for(self, snap: BundleSnapshot) -> Model:
+        key = (snap.bundle_id, snap.rev)
+        model = self._models.get(key)
+        if model is None:
+            if self.model_factory is not None:
+                model = self.model_factory(snap)
+            elif snap.params.model.kind == "none":
+                model = build_model(snap.params.model)
+            else:  # the built-in model under the bundle's deadline (spec §10: timeout -> x1.0)
+                model = DeadlineModel(build_model(snap.params.model), snap.params.model.deadline_ms)
+            for old in self._models.values():
+                if isinstance(old, DeadlineModel):
+                    old.close()
+            self._models = {key: model}  # one revision at a time
+        return model
+
+    # -- one decision ----------------------------------------------------------------------------------
+    def decide(
+        self,
+        *,
+        symbol: str,
+        side_hint: str | None,
+        t0_ms: int | None,
+        trigger: str,
+        dry_run: bool = False,
+        features: Mapping[str, Any] | None = None,
+        features_ts_ms: int | None = None,
+    ) -> DecideResult:
+        started = time.perf_counter()
+        snap = self.registry.current  # read once: this decision runs on this revision only
+        now_ms = self.clock_ms()
+        if symbol not in snap.params.symbols:  # well formed but not decidable here (Part B2: 422)
+            raise Rejected(
+                "SYMBOL_NOT_CONFIGURED",
+                f"{symbol} is not configured in bundle {snap.bundle_id} rev {snap.rev}",
+                symbol=symbol,
+            )
+        try:
+            state, last = read_state(self.redis, self.keys, symbol)
+        except Exception as exc:
+            raise DependencyUnavailable(
+                "REDIS_DOWN", f"cannot read the state from Redis: {exc}"
+            ) from exc
+        feats = dict(features) if features is not None else features_from_hash(last)
+        if not feats:
+            raise InputError(
+                "MISSING_FEATURES",
+                f"no features for {symbol}: feat:last:{symbol} is empty "
+                "and the request carries none",
+                missing=["mid", "spread_bps", "depth_top1_usdt"],
+            )
+        t0 = t0_ms if t0_ms is not None else now_ms
+        inp = DecisionInput(
+            symbol=symbol,
+            side_hint=side_hint,
+            features=feats,
+            now_ms=now_ms,
+            t0_ms=t0,
+            features_ts_ms=features_ts_ms,
+            state=state,
+            atr_state=self.atr_states.get(symbol),
+            trigger=trigger,
+            dry_run=dry_run,
+        )
+        side = side_hint or feats.get("side_hint") or ""
+        iid = intent_id(symbol, str(side).upper(), t0, snap.rev) if side else None
+        claim = None
+        if iid and not dry_run:
+            claim = self.idem.begin(iid, IDEM_TTL_MS)
+            if claim.status == "replay":
+                result = msgspec.json.decode(claim.result, type=DecideResult)
+                return msgspec.structs.replace(result, replayed=True)
+            if claim.status == "in_progress":
+                raise Rejected(
+                    "IN_PROGRESS",
+                    f"a decision for {iid} is in progress; retry shortly",
+                    intent_id=iid,
+                )
+        try:
+            result = (
+                self._decide_live(inp, snap)
+                if not dry_run
+                else DecideResult(
+                    decide(inp, snap, self.model_for(snap)), submitted="none", reservation=None
+                )
+            )
+        except BaseException:
+            if iid and claim is not None:
+                self.idem.abandon(iid, token=claim.token)
+            raise
+        if iid and claim is not None:
+            self.idem.complete(iid, msgspec.json.encode(result), IDEM_TTL_MS, token=claim.token)
+        self._observe(result.decision, trigger, (time.perf_counter() - started) * 1000)
+        if result.decision.reason_detail == "GATE.SYMBOL_NOT_CONFIGURED":
+            raise Rejected("SYMBOL_NOT_CONFIGURED", result.decision.sentence, symbol=symbol)
+        return result
+
+    def _decide_live(self, inp: DecisionInput, snap: BundleSnapshot) -> DecideResult:
+        d = decide(inp, snap, self.model_for(snap))
+        reservation_state = None
+        if d.decision == "open" and d.reservation is not None and d.intent is not None:
+            r = d.reservation
+            res = self.ledger.reserve(
+                d.intent.intent_id,
+                r.market,
+                r.symbol,
+                r.amount_usdt,
+                r.budget_max_usdt,
+                r.concurrency_limit,
+                inp.now_ms,
+            )
+            self.metrics.reservations.labels("ok" if res.ok else "refused").inc()
+            if not res.ok:
+                d = msgspec.structs.replace(
+                    d,
+                    decision="skip",
+                    reason="RISK_BUDGET",
+                    reason_detail=res.detail,
+                    sentence=res.sentence,
+                    intent=None,
+                )
+            else:
+                reservation_state = "pending"
+        try:
+            self._persist(d, inp)
+        except BaseException:
+            if reservation_state == "pending" and d.intent is not None:
+                self.ledger.release(d.intent.intent_id, "persist_failed")
+            raise
+        submitted = "none"
+        if d.decision == "open" and d.intent is not None:
+            submitted, reservation_state = self._submit(d)
+        return DecideResult(d, submitted=submitted, reservation=reservation_state)
+
+    def _persist(self, d: Decision, inp: DecisionInput) -> None:
+        signal_id = f"SIG-{inp.t0_ms}-{inp.symbol}-{d.side or 'NONE'}-{d.config_rev}"
+        self.store.put_signal(
+            {
+                "signal_id": signal_id,
+                "t0": inp.t0_ms,
+                "symbol": inp.symbol,
+                "features": inp.features,
+                "decision": {
+                    "action": d.decision,
+                    "size_mult": d.size_mult,
+                    "tp_mult": d.tp_mult,
+                    "sl_mult": d.sl_mult,
+                    "reason": d.reason,
+                    "reason_detail": d.reason_detail,
+                    "model_p": d.model_p,
+                    "record": msgspec.to_builtins(d),
+                },
+                "config_rev": d.config_rev,
+                "created_at": inp.now_ms,
+            }
+        )
+        self.store.put_event(
+            {
+                "event_id": f"EVT-DECIDE-{signal_id}",
+                "kind": "DECIDE",
+                "symbol": inp.symbol,
+                "ts": inp.now_ms,
+                "detail": {
+                    "intent_id": d.intent.intent_id if d.intent else None,
+                    "decision": d.decision,
+                    "reason": d.reason,
+                    "reason_detail": d.reason_detail,
+                    "rules": list(d.rules_fired),
+                    "config_rev": d.config_rev,
+                    "signal_id": signal_id,
+                },
+            }
+        )
+        self.emitter.emit_signal(d)
+
+    def _submit(self, d: Decision) -> tuple[str, str | None]:
+        assert d.intent is not None
+        iid = d.intent.intent_id
+        order = OrderCmdRequest.from_intent(d.intent)
+        self._event(
+            "ENTRY_SUBMITTED", d.symbol, {"intent_id": iid, "route": "s4" if self.s4 else "stream"}
+        )
+        if self.s4 is None:
+            self.emitter.emit_order_cmd(order)
+            self.metrics.intent_emit.labels("ok", "stream").inc()
+            return "stream", "pending"
+        result: SubmitResult = self.s4.submit(order)
+        if result.outcome == "accepted":
+            self.ledger.commit(iid)
+            self._event("ENTRY_ACCEPTED", d.symbol, {"intent_id": iid, "attempts": result.attempts})
+            self.metrics.intent_emit.labels("ok", "s4").inc()
+            return "accepted", "committed"
+        # Rejected or unknown: the quota goes back at once (spec §8); with the dual track on, the
+        # command goes to ord:cmd:{SYMBOL}, where the guarded router owns it (and its quota).
+        self.metrics.intent_emit.labels("fail", "s4").inc()
+        self._event(
+            "ENTRY_REJECTED",
+            d.symbol,
+            {
+                "intent_id": iid,
+                "outcome": result.outcome,
+                "detail": result.detail,
+                "attempts": result.attempts,
+            },
+        )
+        self.ledger.release(iid, f"s4_{result.outcome}")
+        if self.dual_track and result.outcome == "unknown":
+            self.emitter.emit_order_cmd(order)
+            self.metrics.intent_emit.labels("ok", "stream").inc()
+            return "stream", "released"
+        return result.outcome, "released"
+
+    def _event(self, kind: str, symbol: str, detail: dict[str, Any]) -> None:
+        self.store.put_event(
+            {
+                "event_id": f"EVT-{kind}-{detail.get('intent_id') or uuid.uuid4().hex}",
+                "kind": kind,
+                "symbol": symbol,
+                "ts": self.clock_ms(),
+                "detail": detail,
+            }
+        )
+
+    def _observe(self, d: Decision, trigger: str, took_ms: float) -> None:
+        m = self.metrics
+        m.decide_latency_ms.labels(trigger).observe(took_ms)
+        m.decisions.labels(d.decision, d.reason).inc()
+        if d.decision == "skip":
+            m.gate_skips.labels(d.reason_detail.split(":")[0]).inc()
+        for rid in d.rules_fired:
+            m.rules_fired.labels(rid).inc()
+        if d.model_degraded:
+            m.model_degraded.labels(d.model_degraded.split(":")[0]).inc()
+        m.config_rev.set(d.config_rev)
+
+    def market_state(self, symbol: str) -> MarketState:
+        return read_state(self.redis, self.keys, symbol)[0]

@@ -1,0 +1,261 @@
+"""The Litestar app: `GET /health`, `POST /decide`, `GET /metrics`, admin routes.
+
+Handlers decode, call the engine and encode; `exception_handlers` is the only place errors become
+400/401/422/503. `create_app(deps=...)` takes a running `Service` (tests, `s3 serve`), so the
+app itself owns no clients.
+"""
+
+from __future__ import annotations
+
+import hmac
+from decimal import Decimal
+from typing import Any, Literal
+
+import msgspec
+from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+
+from s3.core.types import Decision, OcoLeg
+from s3.errors import InputError, S3Error
+
+
+class DecideContext(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    trigger: Literal["manual", "stream"] = "manual"
+    t0: int | None = None
+
+
+class DecideRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Spec §3 request; `features` (optional) replaces `feat:last:{SYMBOL}`, `trace` adds the L1 trace."""
+
+    symbol: str
+    sideHint: str | None = None
+    dry_run: bool = False
+    context: DecideContext = DecideContext()
+    features: dict[str, Any] | None = None
+    trace: bool = False
+
+
+class IntentOut(msgspec.Struct, frozen=True):
+    intent_id: str
+    market: str
+    symbol: str
+    side: str
+    qty: Decimal
+    exec_policy: str
+    tp_px: Decimal
+    sl_px: Decimal
+    entry_px: Decimal
+    maker_wait_ms: int
+    slices: int
+    exit_qty: Decimal | None = None
+    oco: tuple[OcoLeg, ...] = ()
+    guardian_stop_px: Decimal | None = None
+    liq_px: Decimal | None = None
+
+
+class DecideResponse(msgspec.Struct, frozen=True):
+    """Spec §3 response plus `reason_detail`, `sentence`, `model_degraded`, `dry_run` and more."""
+
+    decision: Literal["open", "skip"]
+    reason: str
+    reason_detail: str
+    sentence: str
+    config_rev: int
+    rules_fired: list[str]
+    model_p: float | None
+    model_degraded: str | None
+    intent: IntentOut | None
+    dry_run: bool
+    submitted: str | None = None
+    reservation: str | None = None
+    replayed: bool = False
+    size_mult: float = 1.0
+    trace: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def of(cls, d: Decision, **extra: Any) -> DecideResponse:
+        i = d.intent
+        intent = (
+            None
+            if i is None
+            else IntentOut(
+                i.intent_id,
+                i.market,
+                i.symbol,
+                i.side,
+                i.qty,
+                i.exec_policy,
+                i.tp_px,
+                i.sl_px,
+                i.entry_px,
+                i.maker_wait_ms,
+                i.slices,
+                i.exit_qty,
+                i.oco,
+                i.guardian_stop_px,
+                i.liq_px,
+            )
+        )
+        return cls(
+            d.decision,
+            d.reason,
+            d.reason_detail,
+            d.sentence,
+            d.config_rev,
+            list(d.rules_fired),
+            d.model_p,
+            d.model_degraded,
+            intent,
+            d.dry_run,
+            size_mult=d.size_mult,
+            **extra,
+        )
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    error: str
+    detail: str
+    extra: dict[str, Any] = {}
+
+
+class HealthResponse(msgspec.Struct, frozen=True):
+    status: Literal["OK", "DEGRADED"]
+    redis: str
+    arango: str
+    config_rev: int
+    rules_loaded: int
+    bundle_id: str
+    streams: str = "ok"
+    degraded: list[str] = []
+
+
+_ENCODER = msgspec.json.Encoder(decimal_format="number")
+
+
+def _json(body: Any, status: int = 200) -> Response[bytes]:
+    return Response(_ENCODER.encode(body), status_code=status, media_type=MediaType.JSON)
+
+
+def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
+    """Build the app around a `Service` (its engine, health probe and token).
+
+    Args:
+        settings: unused here; the service carries the settings it was built with.
+        deps: the running `s3.service.Service`.
+    """
+    service = deps
+    if service is None:
+        from s3.service import Service
+
+        service = Service.from_settings(settings)
+        own_service = True
+    else:
+        own_service = False
+
+    def auth_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        token = service.api_token
+        if (
+            not token
+        ):  # explicitly disabled for local use (S3_API_TOKEN unset and S3_AUTH_DISABLED=1)
+            return
+        header = connection.headers.get("authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else ""
+        if not given or not hmac.compare_digest(given.encode(), token.encode()):
+            raise NotAuthorizedException("a valid bearer token is required")
+
+    @get("/health", sync_to_thread=True, summary="Service health (spec §3)")
+    def health() -> Response[bytes]:
+        h = service.health()
+        return _json(h, HTTP_200_OK if h.status == "OK" else HTTP_503_SERVICE_UNAVAILABLE)
+
+    @post(
+        "/decide",
+        guards=[auth_guard],
+        sync_to_thread=True,
+        summary="Decide one entry (spec §3)",
+        status_code=HTTP_200_OK,
+    )
+    def decide_route(data: DecideRequest) -> Response[bytes]:
+        result = service.engine.decide(
+            symbol=data.symbol.upper(),
+            side_hint=data.sideHint,
+            t0_ms=data.context.t0,
+            trigger=data.context.trigger,
+            dry_run=data.dry_run,
+            features=data.features,
+        )
+        trace = None
+        if data.trace:
+            trace = service.trace(data.symbol.upper(), data.sideHint, data.features)
+        resp = DecideResponse.of(
+            result.decision,
+            submitted=result.submitted,
+            reservation=result.reservation,
+            replayed=result.replayed,
+            trace=trace,
+        )
+        return _json(resp)
+
+    @get("/metrics", sync_to_thread=False, summary="Prometheus metrics (spec §9)")
+    def metrics() -> Response[bytes]:
+        return Response(service.engine.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    @post(
+        "/admin/reload",
+        guards=[auth_guard],
+        sync_to_thread=True,
+        summary="Check the bundle source now",
+    )
+    def admin_reload() -> Response[bytes]:
+        r = service.reload("admin")
+        return _json(
+            {"status": r.status, "rev": r.rev, "bundle_id": r.bundle_id, "reasons": r.reasons}
+        )
+
+    @get("/admin/bundle", guards=[auth_guard], sync_to_thread=False, summary="The bundle in force")
+    def admin_bundle() -> Response[bytes]:
+        snap = service.engine.registry.current
+        return _json(
+            {
+                "bundle_id": snap.bundle_id,
+                "rev": snap.rev,
+                "checksum": snap.checksum,
+                "rules": list(snap.ruleset.rule_ids),
+            }
+        )
+
+    def on_s3_error(_: Request[Any, Any, Any], exc: S3Error) -> Response[bytes]:
+        return _json(ErrorBody(exc.code, exc.detail, dict(exc.extra)), exc.status)
+
+    def on_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
+        extra = exc.extra if isinstance(exc.extra, dict) else {"errors": exc.extra}
+        return _json(ErrorBody("BAD_REQUEST", str(exc.detail), extra or {}), 400)
+
+    def on_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+        code = {401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(
+            exc.status_code, "HTTP_ERROR"
+        )
+        return _json(ErrorBody(code, str(exc.detail)), exc.status_code)
+
+    def on_stop() -> None:
+        if own_service:
+            service.close()
+
+    return Litestar(
+        route_handlers=[health, decide_route, metrics, admin_reload, admin_bundle],
+        exception_handlers={
+            S3Error: on_s3_error,
+            ValidationException: on_validation,
+            HTTPException: on_http,
+        },
+        openapi_config=OpenAPIConfig(title="S3 strategy engine", version="1.0.0"),
+        on_shutdown=[on_stop],
+        debug=False,
+    )
+
+
+__all__ = ["DecideRequest", "DecideResponse", "InputError", "create_app"]

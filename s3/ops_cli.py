@@ -1,0 +1,222 @@
+"""`s3 serve`, `s3 worker`, `s3 demo` and `s3 bundle publish|show|list|rollback`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from typing import Any
+
+from s3.config.settings import Settings
+
+
+class UsageError(Exception):
+    pass
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic's message names the variable and the problem
+        raise UsageError(f"invalid S3_* settings:\n{exc}") from None
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from s3.http.app import create_app
+    from s3.service import Service
+    from s3.worker import Runner
+
+    service = Service.from_settings(_settings())
+    runner = Runner(service)
+    runner.start()
+    service.start_reload_watch()
+    app = create_app(deps=service)
+    print(
+        f"s3: serving on http://{args.host}:{args.port} (bundle {service.engine.registry.current.bundle_id} "
+        f"rev {service.engine.registry.current.rev}; redis {'embedded' if service.redis_server else 'external'})",
+        flush=True,
+    )
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:  # uvicorn returns on SIGINT/SIGTERM: stop taking work, finish in-flight, ack, close
+        runner.stop()
+        service.close()
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    from s3.service import Service
+    from s3.worker import Runner
+
+    service = Service.from_settings(_settings())
+    runner = Runner(service)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    runner.start()
+    service.start_reload_watch()
+    print(f"s3: worker consuming feat:events:{{{','.join(runner.symbols)}}}", flush=True)
+    stop.wait()
+    runner.stop()
+    service.close()
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from s3.demo import run_demo
+
+    return run_demo(events=args.events, quiet=args.quiet)
+
+
+# -- bundles in the store ------------------------------------------------------------------------------
+def _store_and_redis() -> tuple[Any, Any, Any]:
+    from s3.adapters.redis_client import connect
+    from s3.service import open_store
+
+    s = _settings()
+    store = open_store(s)
+    client = keys = None
+    if s.redis_addresses:
+        client, keys = connect(s.redis_addresses)
+    return store, client, keys
+
+
+def bundle_publish(args: argparse.Namespace) -> int:
+    from s3.config.bundle import load_dir
+    from s3.service import publish
+
+    result = load_dir(args.dir, _settings())
+    for d in result.diagnostics:
+        print(d.render(result.texts))
+    if result.snapshot is None:
+        print(f"{args.dir}: not published (errors above)")
+        return 1
+    store, client, keys = _store_and_redis()
+    try:
+        bundle_id, rev, checksum = publish(
+            store, client, keys, args.dir, reason=args.reason or "publish"
+        )
+    except ValueError as exc:
+        print(f"{args.dir}: not published: {exc}")
+        return 1
+    announced = (
+        "announced on cfg:events"
+        if client is not None
+        else "not announced (S3_REDIS_ADDRESSES unset)"
+    )
+    print(f"published {bundle_id} rev {rev} ({checksum[:12]}), now active; {announced}")
+    return 0
+
+
+def bundle_list(args: argparse.Namespace) -> int:
+    store, _, _ = _store_and_redis()
+    active = store.get_active()
+    for b in store.list_bundles(args.bundle_id):
+        mark = "*" if active and (active.bundle_id, active.rev) == (b.bundle_id, b.rev) else " "
+        print(
+            f"{mark} {b.bundle_id} rev {b.rev}  {b.checksum[:12]}  {len(b.files)} files  {b.description[:60]}"
+        )
+    return 0
+
+
+def bundle_show(args: argparse.Namespace) -> int:
+    store, _, _ = _store_and_redis()
+    active = store.get_active()
+    if args.rev is None:
+        if active is None:
+            print("no active bundle")
+            return 1
+        bundle_id, rev = active.bundle_id, active.rev
+    else:
+        bundle_id = args.bundle_id or (active.bundle_id if active else "default")
+        rev = args.rev
+    b = store.get_bundle(bundle_id, rev)
+    if b is None:
+        print(f"no bundle {bundle_id} rev {rev}")
+        return 1
+    print(
+        json.dumps(
+            {
+                "bundle_id": b.bundle_id,
+                "rev": b.rev,
+                "checksum": b.checksum,
+                "files": sorted(b.files),
+                "active": bool(active and active.rev == b.rev and active.bundle_id == b.bundle_id),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def bundle_rollback(args: argparse.Namespace) -> int:
+    import time
+
+    store, client, keys = _store_and_redis()
+    active = store.get_active()
+    bundle_id = args.bundle_id or (active.bundle_id if active else None)
+    if bundle_id is None:
+        print("no active bundle and no --bundle-id")
+        return 1
+    b = store.get_bundle(bundle_id, args.rev)
+    if b is None:
+        print(f"no bundle {bundle_id} rev {args.rev} to roll back to")
+        return 1
+    store.set_active(bundle_id, args.rev, b.checksum, f"rollback to rev {args.rev}")
+    if client is not None:
+        client.xadd(
+            keys.cfg_events,
+            {
+                "rev": str(args.rev),
+                "bundle_id": bundle_id,
+                "reason": "rollback",
+                "published_at_ms": str(int(time.time() * 1000)),
+            },
+        )
+    print(f"{bundle_id} rev {args.rev} is active again")
+    return 0
+
+
+def add_commands(sub: Any, parser_class: Any) -> None:
+    s = sub.add_parser("serve", help="HTTP API + stream worker + scheduled jobs")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.set_defaults(func=serve)
+    w = sub.add_parser("worker", help="the stream worker and the jobs, without HTTP")
+    w.set_defaults(func=worker)
+    d = sub.add_parser("demo", help="replay a sample feature stream through the whole engine")
+    d.add_argument(
+        "--events", type=int, default=0, help="events to replay (default: the whole sample)"
+    )
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=demo)
+    b = sub.add_parser("bundle", help="publish, list, show and roll back bundles in the store")
+    bsub = b.add_subparsers(dest="bundle_command", required=True, parser_class=parser_class)
+    p = bsub.add_parser("publish", help="validate, compile, store, activate and announce a bundle")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--reason", default="")
+    p.set_defaults(func=bundle_publish)
+    ls = bsub.add_parser("list", help="the stored revisions (* = active)")
+    ls.add_argument("--bundle-id", default=None)
+    ls.set_defaults(func=bundle_list)
+    sh = bsub.add_parser("show", help="one revision (default: the active one)")
+    sh.add_argument("rev", type=int, nargs="?", default=None)
+    sh.add_argument("--bundle-id", default=None)
+    sh.set_defaults(func=bundle_show)
+    rb = bsub.add_parser("rollback", help="make a stored revision active again")
+    rb.add_argument("rev", type=int)
+    rb.add_argument("--bundle-id", default=None)
+    rb.set_defaults(func=bundle_rollback)
+
+
+def main_guard(func: Any, args: argparse.Namespace) -> int:
+    try:
+        code: int = func(args)
+        return code
+    except UsageError as exc:
+        print(f"s3: error: {exc}", file=sys.stderr)
+        return 2

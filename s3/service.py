@@ -1,0 +1,328 @@
+"""Wiring: the running engine from `S3_*` settings — Redis (its own embedded server when
+`S3_REDIS_ADDRESSES` is unset), the store (ArangoDB or the embedded SQLite file), the bundle
+registry with hot reload, the S4 client, the stream worker and the scheduled jobs."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from s3.adapters.redis_client import Client, connect
+from s3.adapters.redis_keys import Keys
+from s3.adapters.redis_server import RedisServer
+from s3.adapters.redis_streams import emit_order_cmd, emit_signal, read_cfg_events
+from s3.adapters.s4_client import OrderCmdRequest, S4Client
+from s3.config.bundle import checksum_files, read_bundle_files
+from s3.config.reload import ActivePointer, BundleDoc, Reloader, ReloadResult
+from s3.config.settings import Settings
+from s3.core.types import Decision
+from s3.engine import Engine
+from s3.http.app import HealthResponse
+
+
+class StoreSource:
+    """Bundles from the store: `config_active` names the revision, `config_bundles` holds it."""
+
+    def __init__(self, store: Any):
+        self.store = store
+
+    def active(self) -> ActivePointer | None:
+        a = self.store.get_active()
+        return None if a is None else ActivePointer(a.bundle_id, a.rev, a.checksum)
+
+    def fetch(self, bundle_id: str, rev: int) -> BundleDoc | None:
+        b = self.store.get_bundle(bundle_id, rev)
+        return None if b is None else BundleDoc(b.bundle_id, b.rev, b.checksum, dict(b.files))
+
+
+def publish(
+    store: Any,
+    redis: Client | None,
+    keys: Keys | None,
+    root: str | Path,
+    *,
+    reason: str,
+    by: str = "s3",
+    now_ms: int | None = None,
+) -> tuple[str, int, str]:
+    """Write a bundle directory to the store, make it active and announce it on `cfg:events`.
+
+    The caller validates first (`s3 bundle publish` does); a rev already stored with other content
+    is refused by the store (a rev is immutable).
+    """
+    import tomllib
+
+    files = read_bundle_files(root)
+    manifest = tomllib.loads(files.get("bundle.toml", ""))
+    bundle_id, rev = str(manifest["bundle_id"]), int(manifest["rev"])
+    checksum = checksum_files(files)
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    store.put_bundle(
+        {
+            "bundle_id": bundle_id,
+            "rev": rev,
+            "checksum": checksum,
+            "files": files,
+            "description": str(manifest.get("description", "")),
+            "published_at": now,
+            "published_by": by,
+        }
+    )
+    store.set_active(bundle_id, rev, checksum, reason)
+    if redis is not None and keys is not None:
+        redis.xadd(
+            keys.cfg_events,
+            {
+                "rev": str(rev),
+                "bundle_id": bundle_id,
+                "reason": reason,
+                "published_at_ms": str(now),
+            },
+            maxlen=10_000,
+            approximate=True,
+        )
+    return bundle_id, rev, checksum
+
+
+class Emitter:
+    """The engine's stream producers: `sig:events` and the dual-track `ord:cmd:{SYMBOL}`."""
+
+    def __init__(self, redis: Client, keys: Keys, maxlen: int):
+        self.redis, self.keys, self.maxlen = redis, keys, maxlen
+
+    def emit_signal(self, d: Decision) -> None:
+        emit_signal(
+            self.redis,
+            self.keys,
+            {
+                "ts": d.now_ms,
+                "symbol": d.symbol,
+                "decision": d.decision,
+                "rules_fired": list(d.rules_fired),
+                "model_p": d.model_p,
+                "config_rev": d.config_rev,
+                "reason": d.reason,
+                "reason_detail": d.reason_detail,
+                "side": d.side or "",
+                "intent_id": d.intent.intent_id if d.intent else "",
+            },
+            maxlen=self.maxlen,
+        )
+
+    def emit_order_cmd(self, order: OrderCmdRequest) -> None:
+        emit_order_cmd(
+            self.redis,
+            self.keys,
+            order.symbol,
+            {
+                "intent_id": order.intent_id,
+                "market": order.market,
+                "side": order.side,
+                "qty": order.qty,
+                "px": order.px,
+                "sl_px": order.sl_px,
+                "tp_px": order.tp_px,
+                "policy": order.policy,
+            },
+            maxlen=self.maxlen,
+        )
+
+
+def open_store(settings: Settings) -> Any:
+    if settings.db_arango_uri:
+        from s3.adapters.arango_store import ArangoStore
+
+        return ArangoStore.from_settings(settings)
+    from s3.adapters.sqlite_store import SqliteStore
+
+    Path(settings.sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+    return SqliteStore(settings.sqlite_path)
+
+
+@dataclass
+class Service:
+    settings: Settings
+    engine: Engine
+    reloader: Reloader
+    store: Any
+    redis_server: RedisServer | None = None
+    api_token: str | None = None
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings | None = None, *, s4_url: str | None = None
+    ) -> Service:
+        from s3.adapters.redis_idem import Idempotency
+        from s3.adapters.redis_risk import RiskLedger
+
+        settings = settings or Settings()
+        if not settings.api_token and not settings.auth_disabled:
+            raise ValueError(
+                "S3_API_TOKEN is not set: set it, or set S3_AUTH_DISABLED=1 for local use"
+            )
+        server = None
+        if settings.redis_addresses:
+            addresses = settings.redis_addresses
+        else:
+            server = RedisServer().start()
+            addresses = server.address
+        client, keys = connect(addresses)
+        keys = Keys(prefix=settings.redis_prefix, risk_tag=keys.risk_tag)
+        store = open_store(settings)
+        if store.get_active() is None:  # an empty store: publish the embedded default bundle
+            publish(
+                store,
+                client,
+                keys,
+                settings.bundle_dir,
+                reason="bootstrap from " + settings.bundle_dir,
+            )
+        events: list[tuple[str, dict[str, Any]]] = []
+
+        def on_event(kind: str, detail: dict[str, Any]) -> None:
+            events.append((kind, detail))
+            with contextlib.suppress(Exception):
+                store.put_event(
+                    {
+                        "event_id": f"EVT-{kind}-{detail.get('bundle_id')}-{detail.get('rev')}-"
+                        f"{time.time_ns()}",
+                        "kind": kind,
+                        "symbol": "",
+                        "ts": int(time.time() * 1000),
+                        "detail": detail,
+                    }
+                )
+
+        reloader = Reloader(
+            None,
+            StoreSource(store),
+            cache_dir=Path(settings.cache_dir),
+            on_event=on_event,
+            settings=settings,
+        )
+        registry = reloader.start_registry()
+        client.set(keys.cfg_rcu_rev, str(registry.current.rev))
+        url = s4_url if s4_url is not None else settings.s4_url
+        s4 = (
+            S4Client(url, timeout_s=settings.s4_timeout_s, retries=settings.s4_retries)
+            if url
+            else None
+        )
+        engine = Engine(
+            registry=registry,
+            redis=client,
+            keys=keys,
+            ledger=RiskLedger(client, keys),
+            idem=Idempotency(client, keys),
+            store=store,
+            emitter=Emitter(client, keys, settings.stream_maxlen),
+            s4=s4,
+            dual_track=settings.dual_track,
+        )
+        engine.metrics.config_rev.set(registry.current.rev)
+
+        def applied(snap: Any) -> None:
+            client.set(keys.cfg_rcu_rev, str(snap.rev))
+            engine.metrics.config_rev.set(snap.rev)
+
+        reloader.on_applied = applied
+        return cls(settings, engine, reloader, store, server, settings.api_token)
+
+    # -- health and admin -----------------------------------------------------------------------------
+    def health(self) -> HealthResponse:
+        degraded = []
+        try:
+            self.engine.redis.ping()
+            redis_state = "ok"
+        except Exception as exc:
+            redis_state = f"down: {type(exc).__name__}"
+            degraded.append("redis")
+        try:
+            self.store.ping()
+            store_state = "ok"
+        except Exception as exc:
+            store_state = f"down: {type(exc).__name__}"
+            degraded.append("store")
+        snap = self.engine.registry.current
+        return HealthResponse(
+            status="OK" if not degraded else "DEGRADED",
+            redis=redis_state,
+            arango=store_state,
+            config_rev=snap.rev,
+            rules_loaded=len(snap.ruleset.rules),
+            bundle_id=snap.bundle_id,
+            degraded=degraded,
+        )
+
+    def reload(self, reason: str) -> ReloadResult:
+        result = self.reloader.check_once(reason)
+        self.engine.metrics.config_reloads.labels(result.status).inc()
+        return result
+
+    def trace(
+        self, symbol: str, side: str | None, features: dict[str, Any] | None
+    ) -> list[dict[str, Any]]:
+        snap = self.engine.registry.current
+        from s3.engine import features_from_hash
+
+        if features is None:
+            raw = self.engine.redis.hgetall(self.engine.keys.feat_last(symbol)) or {}
+            features = features_from_hash({str(k): str(v) for k, v in raw.items()})
+        snapshot, problems = snap.ruleset.schema.validate(
+            {**features, "symbol": symbol, "side": (side or "").upper()}
+        )
+        if problems:
+            return []
+        outcome = snap.ruleset.evaluate(snapshot, trace=True)
+        return [msgspec.to_builtins(s) for s in outcome.trace or ()]
+
+    # -- background: reload on cfg:events and by polling ------------------------------------------------
+    def start_reload_watch(self) -> None:
+        def watch() -> None:
+            last_id = "$"
+            next_poll = time.monotonic() + self.settings.config_poll_sec
+            while not self._stop.is_set():
+                try:
+                    last_id, events = read_cfg_events(
+                        self.engine.redis, self.engine.keys, last_id, block_ms=200
+                    )
+                except Exception:
+                    events = []
+                    self._stop.wait(0.5)
+                if events:
+                    published = max(
+                        (int(e.fields.get("published_at_ms", "0") or 0) for e in events), default=0
+                    )
+                    result = self.reload("cfg:events")
+                    if result.status == "applied" and published:
+                        self.engine.metrics.config_reload_lag_s.set(
+                            max(0.0, time.time() - published / 1000)
+                        )
+                if time.monotonic() >= next_poll:
+                    self.reload("poll")
+                    next_poll = time.monotonic() + self.settings.config_poll_sec
+
+        t = threading.Thread(target=watch, name="s3-reload", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        with contextlib.suppress(Exception):
+            self.engine.redis.close()
+        with contextlib.suppress(Exception):
+            self.store.close()
+        if self.engine.s4 is not None:
+            self.engine.s4.close()
+        if self.redis_server is not None:
+            self.redis_server.stop()

@@ -1,0 +1,232 @@
+"""The engine's background work: the `feat:events:*` consumer and the scheduled jobs (spec §7).
+
+Jobs run one at a time across instances: each takes a Redis lease (SET NX PX, renewed by its
+owner) before running, so two instances never heal quotas or mark symbols stale together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from s3.adapters.redis_streams import ParseError, StreamWorker, WorkerConfig, parse_feature_entry
+from s3.core import atr as atr_mod
+from s3.core.types import AtrState
+from s3.errors import InputError, Rejected
+from s3.service import Service
+
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+class Lease:
+    """A Redis lease for one job: only its holder runs the job; it lapses if the holder dies."""
+
+    def __init__(self, service: Service, job: str, ttl_ms: int):
+        self.redis = service.engine.redis
+        self.key = service.engine.keys.lease(job)
+        self.ttl_ms = ttl_ms
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._release = self.redis.register_script(_RELEASE_LEASE)
+        self._renew = self.redis.register_script(_RENEW_LEASE)
+
+    def acquire(self) -> bool:
+        if self.redis.set(self.key, self.owner, nx=True, px=self.ttl_ms):
+            return True
+        return bool(self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]))
+
+    def release(self) -> None:
+        with contextlib.suppress(Exception):
+            self._release(keys=[self.key], args=[self.owner])
+
+
+class Jobs:
+    """The 10 s decision heartbeat and the 1 min quota self-heal (spec §7)."""
+
+    def __init__(self, service: Service, symbols: tuple[str, ...], last_event_ms: dict[str, int]):
+        self.service = service
+        self.symbols = symbols
+        self.last_event_ms = last_event_ms
+        s = service.settings
+        self.heartbeat_lease = Lease(service, "heartbeat", int(s.heartbeat_sec * 3000))
+        self.selfheal_lease = Lease(service, "selfheal", int(s.selfheal_sec * 3000))
+        self.stale_symbols: set[str] = set()
+
+    def heartbeat(self, now_ms: int | None = None) -> list[str]:
+        """Symbols whose stream went quiet: run the L0 checks on `feat:last` and record it."""
+        if not self.heartbeat_lease.acquire():
+            return []
+        engine = self.service.engine
+        now = now_ms if now_ms is not None else engine.clock_ms()
+        stale_ms = int(self.service.settings.stale_after_sec * 1000)
+        marked = []
+        for symbol in self.symbols:
+            last = self.last_event_ms.get(symbol, 0)
+            if now - last <= stale_ms:
+                self.stale_symbols.discard(symbol)
+                continue
+            verdict = "unknown"
+            try:
+                result = engine.decide(
+                    symbol=symbol, side_hint="BUY", t0_ms=now, trigger="heartbeat", dry_run=True
+                )
+                verdict = result.decision.reason_detail
+            except (InputError, Rejected) as exc:
+                verdict = f"{exc.code}: {exc.detail}"
+            if symbol not in self.stale_symbols:
+                engine.store.put_event(
+                    {
+                        "event_id": f"EVT-STALE_SYMBOL-{symbol}-{now}",
+                        "kind": "STALE_SYMBOL",
+                        "symbol": symbol,
+                        "ts": now,
+                        "detail": {"last_event_ms": last, "quiet_ms": now - last, "l0": verdict},
+                    }
+                )
+            self.stale_symbols.add(symbol)
+            marked.append(symbol)
+        return marked
+
+    def self_heal(self, now_ms: int | None = None) -> list[Any]:
+        if not self.selfheal_lease.acquire():
+            return []
+        engine = self.service.engine
+        now = now_ms if now_ms is not None else engine.clock_ms()
+        corrections = engine.ledger.self_heal(now, self.service.settings.pending_max_age_ms)
+        for i, c in enumerate(corrections):
+            engine.store.put_event(
+                {
+                    "event_id": f"EVT-RESERVATION_HEALED-{now}-{i}",
+                    "kind": "RESERVATION_HEALED",
+                    "symbol": "",
+                    "ts": now,
+                    "detail": {
+                        k: (str(v) if v is not None else None)
+                        for k, v in __import__("msgspec").to_builtins(c).items()
+                    },
+                }
+            )
+        return list(corrections)
+
+
+def bar_update(
+    states: dict[str, AtrState], symbol: str, fields: dict[str, Any], period: int
+) -> None:
+    """Fold a bar into the symbol's ATR state when the event carries high/low/close (spec §6)."""
+    try:
+        high, low, close = float(fields["high"]), float(fields["low"]), float(fields["close"])
+    except (KeyError, TypeError, ValueError):
+        return
+    state = states.get(symbol) or atr_mod.new_state(period)
+    with contextlib.suppress(ValueError):  # not a bar: leave the state as it was
+        states[symbol] = atr_mod.update(state, high=high, low=low, close=close)
+
+
+class Runner:
+    """Stream worker + jobs in background threads; `stop()` finishes in-flight work and acks it."""
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        consumer: str | None = None,
+        min_idle_ms: int = 30_000,
+        block_ms: int = 500,
+        jobs: bool = True,
+        start_id: str = "0",
+    ):
+        self.service = service
+        s = service.settings
+        self.symbols = s.symbol_list()
+        self.last_event_ms: dict[str, int] = {}
+        self.jobs = Jobs(service, self.symbols, self.last_event_ms) if jobs else None
+        engine = service.engine
+        self.handled = 0
+        self.on_decision: Callable[[Any], None] | None = None
+        self.worker = StreamWorker(
+            engine.redis,
+            engine.keys,
+            self._handle,
+            WorkerConfig(
+                group=s.stream_group,
+                consumer=consumer or f"{socket.gethostname()}-{os.getpid()}",
+                symbols=self.symbols,
+                block_ms=block_ms,
+                min_idle_ms=min_idle_ms,
+                start_id=start_id,
+            ),
+        )
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+
+    def _handle(self, symbol: str, entry_id: str, fields: dict[str, str]) -> None:
+        engine = self.service.engine
+        parsed = parse_feature_entry(fields, symbol=symbol)
+        if isinstance(parsed, ParseError):  # the worker dead-letters these before calling us
+            raise InputError(parsed.code, parsed.message)
+        self.last_event_ms[symbol] = engine.clock_ms()
+        features = {
+            **parsed.features,
+            "mid": parsed.mid,
+            "spread_bps": parsed.spread_bps,
+            "depth_top1_usdt": parsed.depth_top1_usdt,
+        }
+        bar_update(engine.atr_states, symbol, features, engine.registry.current.params.atr_period)
+        side = features.pop("side_hint", None)
+        result = engine.decide(
+            symbol=symbol,
+            side_hint=str(side) if side else None,
+            t0_ms=parsed.ts_ms,
+            trigger="stream",
+            features=features,
+            features_ts_ms=parsed.ts_ms,
+        )
+        self.handled += 1
+        if self.on_decision is not None:
+            self.on_decision(result)
+
+    def start(self) -> None:
+        self.worker.ensure_groups()
+        t = threading.Thread(target=self.worker.run, name="s3-stream", daemon=True)
+        t.start()
+        self._threads.append(t)
+        if self.jobs is not None:
+            jt = threading.Thread(target=self._jobs_loop, name="s3-jobs", daemon=True)
+            jt.start()
+            self._threads.append(jt)
+
+    def _jobs_loop(self) -> None:
+        s = self.service.settings
+        assert self.jobs is not None
+        next_hb = time.monotonic() + s.heartbeat_sec
+        next_heal = time.monotonic() + s.selfheal_sec
+        while not self._stop.wait(0.2):
+            now = time.monotonic()
+            with contextlib.suppress(Exception):
+                if now >= next_hb:
+                    self.jobs.heartbeat()
+                    next_hb = now + s.heartbeat_sec
+                if now >= next_heal:
+                    self.jobs.self_heal()
+                    next_heal = now + s.selfheal_sec
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.worker.stop()
+        for t in self._threads:
+            t.join(timeout=10)
+        if self.jobs is not None:
+            self.jobs.heartbeat_lease.release()
+            self.jobs.selfheal_lease.release()
