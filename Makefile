@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/s3 rules lint rulesets/default
 	$(BIN)/s3 rules test rulesets/default
-	$(BIN)/s3 rules explain rulesets/default --features rulesets/default/examples/btc_buy_real.json
+	$(BIN)/s3 demo
 
 lint: setup
 	$(BIN)/ruff check .

@@ -21,12 +21,19 @@ from s3.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "samples" / "features_real.jsonl"
-CLOSE_AFTER_EVENTS = 12
+CLOSE_AFTER_EVENTS = 4
 
 
 def _rows(limit: int) -> list[dict[str, Any]]:
+    """The sample with BTCUSDT and ETHUSDT events interleaved, as two live feeds would arrive."""
     rows = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
-    return rows[:limit] if limit else rows
+    by_symbol: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_symbol.setdefault(row["symbol"], []).append(row)
+    mixed = []
+    for i in range(max(len(v) for v in by_symbol.values())):
+        mixed += [v[i] for v in by_symbol.values() if i < len(v)]
+    return mixed[:limit] if limit else mixed
 
 
 def run_demo(*, events: int = 0, quiet: bool = False) -> int:
@@ -157,12 +164,13 @@ def _summary(
     p = _latency_percentiles(engine)
     console.print(f"decide latency (stream): p50 {p[0]:.1f} ms, p95 {p[1]:.1f} ms (bucket bounds)")
     snap = engine.ledger.snapshot()
+    inuse = {m: f"{v:.2f}" if v is not None else "?" for m, v in snap.inuse.items()}
     console.print(
-        f"risk: inuse {dict(snap.inuse)}, concurrency {dict(snap.concurrency)}, drift {snap.drift or 'none'}"
+        f"risk: in use {inuse} USDT, open positions {len(snap.live())}, "
+        f"ledger drift: {snap.drift() or 'none'}"
     )
-    console.print(
-        f"store: {len(service.store.events_by_kind('DECIDE', 0, 2**62, 100000))} DECIDE events"
-    )
+    decides = service.store.events_by_kind("DECIDE", limit=10_000)
+    console.print(f"store: {len(decides)} DECIDE events")
 
 
 def _latency_percentiles(engine: Any) -> tuple[float, float]:
