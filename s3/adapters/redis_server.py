@@ -54,10 +54,30 @@ def server_version(binary: str | None = None) -> tuple[int, int, int]:
     return major, minor, patch
 
 
-def free_port() -> int:
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(*, cluster: bool = False) -> int:
+    """A free loopback port. A cluster node also needs port + 10000 (its bus) free, and Redis
+    refuses ports above 55535 for that reason."""
+    if not cluster:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(20_000, 55_535)
+        if _bindable(port) and _bindable(port + 10_000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 @dataclass
@@ -87,7 +107,7 @@ class RedisServer:
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         self.binary = self.binary or server_binary()
-        self.port = self.port or free_port()
+        self.port = self.port or free_port(cluster=self.cluster)
         if self.dir is None:
             self.dir = Path(tempfile.mkdtemp(prefix=f"s3-redis-{self.port}-"))
             self._own_dir = True
