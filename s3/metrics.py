@@ -13,38 +13,83 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.decide_latency_ms = Histogram(
-            "s3_strategy_decide_latency_ms", "strategy.decide.latency_ms: one decision end to end, in ms",
-            ["trigger"], buckets=LATENCY_BUCKETS_MS, registry=r,
+            "s3_strategy_decide_latency_ms",
+            "strategy.decide.latency_ms: one decision end to end, in ms",
+            ["trigger"],
+            buckets=LATENCY_BUCKETS_MS,
+            registry=r,
         )
-        self.decisions = Counter("s3_decisions_total", "Decisions by outcome and reason",
-                                 ["decision", "reason"], registry=r)
-        self.gate_skips = Counter("s3_gate_skip_total", "gate.skip.count{reason}: skips by reason_detail",
-                                  ["reason"], registry=r)
-        self.rules_fired = Counter("s3_rules_fired_total", "rules.fired.count by rule id", ["rule_id"], registry=r)
-        self.intent_emit = Counter("s3_intent_emit_total", "intent.emit.ok/fail: intents handed to S4 or the stream",
-                                   ["result", "route"], registry=r)
-        self.model_degraded = Counter("s3_model_degraded_total", "L2 calls degraded to x1.0", ["why"], registry=r)
+        self.decisions = Counter(
+            "s3_decisions_total",
+            "Decisions by outcome and reason",
+            ["decision", "reason"],
+            registry=r,
+        )
+        self.gate_skips = Counter(
+            "s3_gate_skip_total",
+            "gate.skip.count{reason}: skips by reason_detail",
+            ["reason"],
+            registry=r,
+        )
+        self.rules_fired = Counter(
+            "s3_rules_fired_total", "rules.fired.count by rule id", ["rule_id"], registry=r
+        )
+        self.intent_emit = Counter(
+            "s3_intent_emit_total",
+            "intent.emit.ok/fail: intents handed to S4 or the stream",
+            ["result", "route"],
+            registry=r,
+        )
+        self.model_degraded = Counter(
+            "s3_model_degraded_total", "L2 calls degraded to x1.0", ["why"], registry=r
+        )
         self.config_rev = Gauge("s3_config_rev", "The bundle rev in force", registry=r)
-        self.config_reload_lag_s = Gauge("s3_config_reload_lag_seconds",
-                                         "Seconds from a publish (cfg:events) to the swap of the last reload",
-                                         registry=r)
-        self.config_reloads = Counter("s3_config_reloads_total", "Reload attempts by result", ["result"], registry=r)
-        self.stream_lag = Gauge("s3_stream_lag_entries", "Entries of feat:events not yet acknowledged",
-                                ["symbol"], registry=r)
-        self.stream_age_ms = Gauge("s3_stream_event_age_ms", "Age of the last feature event handled, in ms",
-                                   ["symbol"], registry=r)
-        self.dead_letters = Counter("s3_dead_letter_total", "Stream entries sent to the dead-letter stream",
-                                    ["symbol"], registry=r)
-        self.reservations = Counter("s3_reservations_total", "Risk reservations by result", ["result"], registry=r)
-        self.shadow_diffs = Counter("s3_shadow_diff_total", "Decisions where the shadow bundle differs",
-                                    ["kind"], registry=r)
+        self.config_reload_lag_s = Gauge(
+            "s3_config_reload_lag_seconds",
+            "Seconds from a publish (cfg:events) to the swap of the last reload",
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "s3_config_reloads_total", "Reload attempts by result", ["result"], registry=r
+        )
+        self.stream_lag = Gauge(
+            "s3_stream_lag_entries",
+            "Entries of feat:events not yet acknowledged",
+            ["symbol"],
+            registry=r,
+        )
+        self.stream_age_ms = Gauge(
+            "s3_stream_event_age_ms",
+            "Age of the last feature event handled, in ms",
+            ["symbol"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "s3_dead_letter_total",
+            "Stream entries sent to the dead-letter stream",
+            ["symbol"],
+            registry=r,
+        )
+        self.reservations = Counter(
+            "s3_reservations_total", "Risk reservations by result", ["result"], registry=r
+        )
+        self.shadow_diffs = Counter(
+            "s3_shadow_diff_total",
+            "Decisions where the shadow bundle differs",
+            ["kind"],
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
     def names(self) -> set[str]:
         """Every exported sample name (for the Grafana dashboard check)."""
-        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+        suffixes = {
+            "counter": ("_total",),
+            "histogram": ("_bucket", "_sum", "_count"),
+            "gauge": ("",),
+        }
         out = set()
         for family in self.registry.collect():
             out |= {family.name + s for s in suffixes.get(family.type, ("",))}

@@ -57,6 +57,16 @@ class Keys:
         """Sorted set: pending intent_ids by reservation time, for self-heal."""
         return f"{self.prefix}{self.risk_tag}risk:ledger:pending"
 
+    @property
+    def ledger_released(self) -> str:
+        """Sorted set: released intent_ids by release time, for pruning after the retention."""
+        return f"{self.prefix}{self.risk_tag}risk:ledger:released"
+
+    @property
+    def risk_symbols(self) -> str:
+        """Set: every symbol that has a concurrency counter, so self-heal can check them all."""
+        return f"{self.prefix}{self.risk_tag}risk:symbols"
+
     # -- config, idempotency, jobs --------------------------------------------------------------
     @property
     def cfg_rcu_rev(self) -> str:

@@ -1,0 +1,767 @@
+"""Redis Streams for S3 (spec §1, §4, §8): a consumer-group worker over `feat:events:{SYMBOL}` that
+acknowledges an entry only after its handler returned, reclaims a dead consumer's entries with
+XAUTOCLAIM and dead-letters poison; the producers of `sig:events` and `ord:cmd:{SYMBOL}`; the
+reader of `cfg:events`. Imports redis and `s3.adapters`, never `s3.core` logic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import redis
+from redis.crc import key_slot
+
+from s3.adapters.redis_client import Client, connect, is_cluster
+from s3.adapters.redis_keys import Keys
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, str, dict[str, str]], None]
+"""``handler(symbol, entry_id, fields)``; it returns once the signal is persisted, or raises."""
+
+REQUIRED_FEATURES = ("ts", "mid", "spread_bps", "depth_top1_usdt")
+SIG_FIELDS = ("ts", "symbol", "decision", "rules_fired", "model_p", "config_rev")
+ORD_FIELDS = ("intent_id", "market", "side", "qty", "policy")
+ORD_OPTIONAL = ("px", "sl_px", "tp_px")
+
+
+# -- parsing a feature event ------------------------------------------------------------------------
+class ParsedEvent(msgspec.Struct, frozen=True):
+    """A valid `feat:events` entry: the spec's required fields typed, every other field kept."""
+
+    ts_ms: int
+    mid: float
+    spread_bps: float
+    depth_top1_usdt: float
+    features: dict[str, Any]
+    """All fields but ``ts`` and ``payload``: numbers as int/float, anything else as text."""
+
+
+class ParseError(msgspec.Struct, frozen=True):
+    """Why an entry cannot be used; ``code`` is PARSE.BAD_JSON, MISSING_FIELD, BAD_TYPE or BAD_VALUE."""
+
+    code: str
+    field: str
+    message: str
+
+
+_NUMBER_START = frozenset("+-.0123456789")
+
+
+def _number(value: Any) -> int | float | None:
+    """A JSON number or a numeric string as int/float; anything else (bools too) is None."""
+    kind = type(value)
+    if kind is int or kind is float:
+        return value  # type: ignore[no-any-return]
+    if kind is not str or not value or value[0] not in _NUMBER_START:
+        return None
+    try:
+        return float(value) if "." in value or "e" in value or "E" in value else int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            return None
+
+
+def _merged(fields: Mapping[str, Any]) -> Mapping[str, Any] | ParseError:
+    """The flat fields, with those of a JSON ``payload`` object added (a name given both ways is
+    an error)."""
+    if "payload" not in fields:
+        return fields
+    values = dict(fields)
+    raw = values.pop("payload")
+    try:
+        payload = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, TypeError) as exc:
+        return ParseError("PARSE.BAD_JSON", "payload", f"field 'payload' is not valid JSON: {exc}")
+    if not isinstance(payload, dict):
+        kind = type(payload).__name__
+        return ParseError(
+            "PARSE.BAD_JSON", "payload", f"field 'payload' must be a JSON object, found {kind}"
+        )
+    for name, value in payload.items():
+        if name in values:
+            return ParseError(
+                "PARSE.BAD_VALUE", name, f"field '{name}' is given both flat and in 'payload'"
+            )
+        values[name] = value
+    return values
+
+
+def _measure(values: Mapping[str, Any], name: str) -> float | ParseError:
+    raw = values[name]
+    number = _number(raw)
+    if number is None:
+        return ParseError("PARSE.BAD_TYPE", name, f"field '{name}' must be a number, found {raw!r}")
+    if not math.isfinite(number):
+        return ParseError("PARSE.BAD_VALUE", name, f"field '{name}' must be finite, found {raw!r}")
+    return float(number)
+
+
+def _required(
+    values: Mapping[str, Any], symbol: str | None
+) -> tuple[int, float, float, float] | ParseError:
+    for name in REQUIRED_FEATURES:
+        if name not in values:
+            return ParseError("PARSE.MISSING_FIELD", name, f"missing required field '{name}'")
+    ts = _measure(values, "ts")
+    if isinstance(ts, ParseError):
+        return ts
+    if not ts.is_integer():
+        found = values["ts"]
+        return ParseError(
+            "PARSE.BAD_TYPE", "ts", f"field 'ts' must be integer milliseconds, found {found!r}"
+        )
+    if ts <= 0:
+        return ParseError(
+            "PARSE.BAD_VALUE", "ts", f"field 'ts' must be > 0, found {values['ts']!r}"
+        )
+    mid, spread, depth = (_measure(values, n) for n in REQUIRED_FEATURES[1:])
+    for name, value, low in (
+        ("mid", mid, None),
+        ("spread_bps", spread, 0.0),
+        ("depth_top1_usdt", depth, 0.0),
+    ):
+        if isinstance(value, ParseError):
+            return value
+        if (value <= 0.0) if low is None else (value < low):
+            bound = "> 0" if low is None else ">= 0"
+            return ParseError(
+                "PARSE.BAD_VALUE", name, f"field '{name}' must be {bound}, found {values[name]!r}"
+            )
+    found_symbol = values.get("symbol")
+    if symbol is not None and found_symbol is not None and found_symbol != symbol:
+        return ParseError(
+            "PARSE.BAD_VALUE",
+            "symbol",
+            f"field 'symbol' is {found_symbol!r} but the stream is for {symbol!r}",
+        )
+    return int(ts), mid, spread, depth  # type: ignore[return-value]
+
+
+def check_feature_entry(
+    fields: Mapping[str, Any], *, symbol: str | None = None
+) -> ParseError | None:
+    """What `parse_feature_entry` would reject, without building the event (the worker's check)."""
+    values = _merged(fields)
+    if isinstance(values, ParseError):
+        return values
+    required = _required(values, symbol)
+    return required if isinstance(required, ParseError) else None
+
+
+def parse_feature_entry(
+    fields: Mapping[str, Any], *, symbol: str | None = None
+) -> ParsedEvent | ParseError:
+    """Check and type one `feat:events` entry.
+
+    Features come as flat fields, or as a JSON object in ``payload`` (flat fields beside it are
+    kept; a name given both ways is an error). ``ts`` is integer epoch milliseconds > 0; ``mid`` a
+    finite number > 0; ``spread_bps`` and ``depth_top1_usdt`` finite numbers >= 0. A ``symbol``
+    field, when present, must name the stream's symbol.
+    """
+    values = _merged(fields)
+    if isinstance(values, ParseError):
+        return values
+    required = _required(values, symbol)
+    if isinstance(required, ParseError):
+        return required
+    features: dict[str, Any] = {}
+    for name, value in values.items():
+        if name != "ts":
+            number = _number(value)
+            features[name] = value if number is None or not math.isfinite(number) else number
+    ts, mid, spread, depth = required
+    return ParsedEvent(
+        ts_ms=ts, mid=mid, spread_bps=spread, depth_top1_usdt=depth, features=features
+    )
+
+
+# -- XAUTOCLAIM's two reply shapes ------------------------------------------------------------------
+class AutoclaimReply(msgspec.Struct, frozen=True):
+    """XAUTOCLAIM normalised. Redis 6.2 answers ``[next, entries]`` and shows an entry deleted from
+    the stream as a nil in ``entries`` (the id is lost, the PEL keeps it); Redis 7 answers
+    ``[next, entries, deleted_ids]`` and drops those from the PEL itself."""
+
+    next_id: str
+    entries: list[tuple[str, dict[str, str]]]
+    deleted_ids: list[str]
+    nil_entries: int
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _fields(raw: Any) -> dict[str, str]:
+    if isinstance(raw, dict):
+        return {_text(k): _text(v) for k, v in raw.items()}
+    it = iter(raw)
+    return {_text(k): _text(v) for k, v in zip(it, it, strict=True)}
+
+
+def parse_autoclaim_reply(reply: Sequence[Any]) -> AutoclaimReply:
+    """Accept the raw RESP reply of either version, or what redis-py's callback made of it (which
+    turns each entry into ``(id, dict)`` and a 6.2 nil into ``(None, None)``)."""
+    if len(reply) not in (2, 3):
+        raise ValueError(f"XAUTOCLAIM reply has {len(reply)} elements, expected 2 (6.2) or 3 (7.x)")
+    entries: list[tuple[str, dict[str, str]]] = []
+    nils = 0
+    for item in reply[1] or ():
+        if item is None or item[0] is None or item[1] is None:
+            nils += 1
+            continue
+        entries.append((_text(item[0]), _fields(item[1])))
+    deleted = [_text(i) for i in reply[2] or ()] if len(reply) == 3 else []
+    return AutoclaimReply(_text(reply[0]), entries, deleted, nils)
+
+
+def _stream_batches(reply: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
+    """XREADGROUP/XREAD reply (RESP2 list or RESP3 dict) -> [(key, [(id, fields)])]."""
+    if not reply:
+        return []
+    # RESP3 answers {key: [entries]}, the entry list wrapped once more
+    pairs = [(k, v[0] if v else []) for k, v in reply.items()] if isinstance(reply, dict) else reply
+    out = []
+    for key, entries in pairs:
+        out.append((_text(key), [(i, f) for i, f in entries if i is not None and f is not None]))
+    return out
+
+
+# -- the worker ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkerConfig:
+    group: str
+    consumer: str
+    symbols: tuple[str, ...]
+    count: int = 100
+    """Entries per XREADGROUP and per XAUTOCLAIM page."""
+    block_ms: int = 500
+    """How long a read waits for new entries; keep it under the client's socket timeout."""
+    min_idle_ms: int = 30_000
+    """An entry pending this long is taken over (its consumer is presumed dead). Must exceed the
+    slowest handler call, or a live consumer's entry is handled twice."""
+    claim_interval_ms: int | None = None
+    """How often to run XAUTOCLAIM; default half of ``min_idle_ms`` (at least 50 ms)."""
+    max_attempts: int = 5
+    """Deliveries (XPENDING's count) after which a failing entry is dead-lettered."""
+    ack_batch: int = 0
+    """Acknowledge after this many handled entries; 0 = once per read batch (fewer round trips;
+    a crash then re-delivers the batch's handled entries, so handlers must be idempotent)."""
+    start_id: str = "$"
+    """Where a newly created group starts: ``$`` (new entries only) or ``0`` (the whole stream)."""
+    dlq_maxlen: int = 100_000
+
+    def __post_init__(self) -> None:
+        if not self.symbols:
+            raise ValueError("WorkerConfig.symbols: give at least one symbol")
+        if self.count < 1 or self.max_attempts < 1 or self.block_ms < 1 or self.min_idle_ms < 1:
+            raise ValueError(
+                "WorkerConfig: count, max_attempts, block_ms, min_idle_ms must be >= 1"
+            )
+
+
+@dataclass
+class WorkerStats:
+    handled: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    reclaimed: int = 0
+    acked: int = 0
+
+
+@dataclass(frozen=True)
+class _SlotGroup:
+    """Streams one XREADGROUP may read together: all of them standalone, one slot's under a cluster."""
+
+    keys: tuple[str, ...]
+
+
+class StreamWorker:
+    """Consume `feat:events:{SYMBOL}` in a consumer group; see `WorkerConfig` for the knobs.
+
+    Every entry ends handled and acknowledged, or in the dead-letter stream and acknowledged:
+    an unparsable entry at once, a failing one after ``max_attempts`` deliveries. Under a cluster
+    each stream is in its own slot, so one reader thread per slot does the blocking reads while
+    the handler always runs on the thread that called `run`.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        keys: Keys,
+        handler: Handler,
+        config: WorkerConfig,
+        *,
+        validate: Callable[..., ParseError | None] = check_feature_entry,
+        on_acked: Callable[[str, list[str]], None] | None = None,
+    ) -> None:
+        kwargs = client.get_connection_kwargs()
+        if not kwargs.get("decode_responses"):
+            raise ValueError("StreamWorker needs a client made with decode_responses=True")
+        self.client, self.keys, self.handler, self.config = client, keys, handler, config
+        self.validate, self.on_acked = validate, on_acked
+        self.stats = WorkerStats()
+        self._symbol_of = {keys.feat_events(s): s for s in config.symbols}
+        self._groups = self._slot_groups(list(self._symbol_of))
+        self._stop = threading.Event()
+        self._acks: dict[str, list[str]] = {}
+        self._unacked = 0
+        self._errors: dict[tuple[str, str], str] = {}
+        self._cursors = dict.fromkeys(self._symbol_of, "0-0")
+        self._next_claim = 0.0
+        self._groups_ready = False
+
+    @classmethod
+    def from_addresses(
+        cls, addresses: str | Sequence[str], handler: Handler, config: WorkerConfig
+    ) -> StreamWorker:
+        client, keys = connect(addresses)
+        return cls(client, keys, handler, config)
+
+    def _slot_groups(self, stream_keys: list[str]) -> list[_SlotGroup]:
+        if not is_cluster(self.client):
+            return [_SlotGroup(tuple(stream_keys))]
+        by_slot: dict[int, list[str]] = {}
+        for key in stream_keys:
+            by_slot.setdefault(key_slot(key.encode()), []).append(key)
+        return [_SlotGroup(tuple(v)) for v in by_slot.values()]
+
+    # -- setup and stop --------------------------------------------------------------------------------
+    def ensure_groups(self) -> None:
+        """XGROUP CREATE ... MKSTREAM on every stream; an existing group (BUSYGROUP) is fine."""
+        for key in self._symbol_of:
+            try:
+                self.client.xgroup_create(
+                    key, self.config.group, id=self.config.start_id, mkstream=True
+                )
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._groups_ready = True
+
+    def stop(self) -> None:
+        """Ask `run` to return after the entry in flight; safe from any thread or the handler."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def stream_groups(self) -> list[tuple[str, ...]]:
+        """The streams each XREADGROUP reads together (one tuple per slot under a cluster)."""
+        return [g.keys for g in self._groups]
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def run(self) -> WorkerStats:
+        """Read, handle and acknowledge until `stop`. Entries delivered but not yet started when
+        the stop came stay pending and are reclaimed after ``min_idle_ms`` (nothing is lost).
+        A stopped worker stays stopped (a stop that comes before `run` is not lost)."""
+        if not self._groups_ready:
+            self.ensure_groups()
+        if len(self._groups) == 1:
+            self._run_inline(self._groups[0])
+        else:
+            self._run_threaded()
+        return self.stats
+
+    def poll(self, *, reclaim: bool = False) -> int:
+        """One round without blocking: reclaim if due (or asked), read each slot group once,
+        handle, acknowledge. Returns the number of entries processed."""
+        if not self._groups_ready:
+            self.ensure_groups()
+        done = self._reclaim(force=reclaim)
+        for group in self._groups:
+            done += self._process(self._read(group, block_ms=None))
+        self._flush_acks()
+        return done
+
+    def _run_inline(self, group: _SlotGroup) -> None:
+        while not self._stop.is_set():
+            try:
+                self._reclaim()
+                if self._stop.is_set():
+                    break
+                self._process(self._read(group, block_ms=self.config.block_ms))
+                self._flush_acks()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self._backoff(exc)
+        self._final_flush()
+
+    def _run_threaded(self) -> None:
+        inbox: queue.Queue[tuple[threading.Event, Any]] = queue.Queue()
+        readers = []
+        for group in self._groups:
+            ready = threading.Event()
+            ready.set()
+            t = threading.Thread(
+                target=self._reader,
+                args=(group, ready, inbox),
+                name=f"s3-stream-{group.keys[0]}",
+                daemon=True,
+            )
+            t.start()
+            readers.append(t)
+        wait_s = min(self._claim_interval_s(), self.config.block_ms / 1000)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._reclaim()
+                    try:
+                        ready, reply = inbox.get(timeout=wait_s)
+                    except queue.Empty:
+                        self._flush_acks()
+                        continue
+                    try:
+                        if isinstance(reply, Exception):
+                            raise reply
+                        self._process(reply)
+                        self._flush_acks()
+                    finally:
+                        ready.set()
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    self._backoff(exc)
+        finally:
+            self._stop.set()
+            for t in readers:
+                t.join(timeout=self.config.block_ms / 1000 + 5)
+            self._final_flush()
+
+    def _reader(self, group: _SlotGroup, ready: threading.Event, inbox: queue.Queue[Any]) -> None:
+        """At most one unhandled batch per slot group: read again only once the last is done.
+        Errors go to the handling thread, which retries connection errors and raises the rest."""
+        while not self._stop.is_set():
+            if not ready.wait(timeout=0.05):
+                continue
+            try:
+                reply = self._read(group, block_ms=self.config.block_ms)
+            except Exception as exc:
+                reply = exc
+            if reply:
+                ready.clear()
+                inbox.put((ready, reply))
+
+    def _backoff(self, exc: Exception) -> None:
+        log.warning("stream worker %s: redis unavailable (%s); retrying", self.config.consumer, exc)
+        self._stop.wait(0.2)
+
+    def _final_flush(self) -> None:
+        try:
+            self._flush_acks()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The handled entries stay pending and will be handled again after min_idle_ms.
+            log.error("stream worker %s: final XACK failed (%s)", self.config.consumer, exc)
+
+    def _read(self, group: _SlotGroup, *, block_ms: int | None) -> Any:
+        streams: dict[Any, Any] = dict.fromkeys(group.keys, ">")
+        try:
+            return self.client.xreadgroup(
+                self.config.group,
+                self.config.consumer,
+                streams,
+                count=self.config.count,
+                block=block_ms,
+            )
+        except redis.ResponseError as exc:
+            self._recreate_group(exc)
+            return None
+
+    def _recreate_group(self, exc: redis.ResponseError) -> None:
+        """A stream deleted under us (NOGROUP) gets its group again; other errors propagate."""
+        if "NOGROUP" not in str(exc):
+            raise exc
+        log.warning("stream worker %s: %s; creating the group again", self.config.consumer, exc)
+        self.ensure_groups()
+
+    # -- handling ----------------------------------------------------------------------------------------
+    def _process(self, reply: Any) -> int:
+        done = 0
+        for key, entries in _stream_batches(reply):
+            for entry_id, fields in entries:
+                if self._stop.is_set():
+                    return done
+                self._handle(key, entry_id, fields, attempt=1)
+                done += 1
+        return done
+
+    def _handle(self, key: str, entry_id: str, fields: dict[str, str], *, attempt: int) -> None:
+        symbol = self._symbol_of[key]
+        invalid = self.validate(fields, symbol=symbol)
+        if invalid is not None:
+            self._dead_letter(key, entry_id, fields, invalid.code, invalid.message, attempt)
+            return
+        try:
+            self.handler(symbol, entry_id, fields)
+        except Exception as exc:
+            self.stats.failed += 1
+            error = f"handler raised {type(exc).__name__}: {exc}"
+            log.warning(
+                "%s %s: %s (attempt %d of %d)",
+                key,
+                entry_id,
+                error,
+                attempt,
+                self.config.max_attempts,
+            )
+            if attempt >= self.config.max_attempts:
+                self._errors.pop((key, entry_id), None)
+                self._dead_letter(key, entry_id, fields, "HANDLER", error, attempt)
+            else:
+                # Left pending: redelivered by XAUTOCLAIM once idle for min_idle_ms.
+                self._errors[(key, entry_id)] = error
+            return
+        self._errors.pop((key, entry_id), None)
+        self.stats.handled += 1
+        self._ack_later(key, entry_id)
+
+    def _dead_letter(
+        self,
+        key: str,
+        entry_id: str,
+        fields: Mapping[str, str] | None,
+        code: str,
+        error: str,
+        attempts: int,
+    ) -> None:
+        """XADD to the dead-letter stream first; only once that succeeded is the entry acknowledged."""
+        record: dict[Any, Any] = {
+            "stream": key,
+            "symbol": self._symbol_of[key],
+            "id": entry_id,
+            "group": self.config.group,
+            "consumer": self.config.consumer,
+            "fields": msgspec.json.encode(fields).decode() if fields is not None else "",
+            "error_code": code,
+            "error": error,
+            "attempts": str(attempts),
+            "ts": str(int(time.time() * 1000)),
+        }
+        self.client.xadd(
+            self.keys.feat_dead_letter, record, maxlen=self.config.dlq_maxlen, approximate=True
+        )
+        self.stats.dead_lettered += 1
+        log.error("dead-lettered %s %s after %d attempt(s): %s", key, entry_id, attempts, error)
+        if fields is not None:
+            self._ack_later(key, entry_id)
+
+    def _ack_later(self, key: str, entry_id: str) -> None:
+        self._acks.setdefault(key, []).append(entry_id)
+        self._unacked += 1
+        if self.config.ack_batch and self._unacked >= self.config.ack_batch:
+            self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        while self._acks:
+            key, ids = next(iter(self._acks.items()))
+            self.client.xack(key, self.config.group, *ids)
+            del self._acks[key]
+            self._unacked -= len(ids)
+            self.stats.acked += len(ids)
+            if self.on_acked is not None:
+                self.on_acked(self._symbol_of[key], ids)
+
+    # -- reclaiming ----------------------------------------------------------------------------------------
+    def _claim_interval_s(self) -> float:
+        ms = self.config.claim_interval_ms
+        return max(ms if ms is not None else self.config.min_idle_ms // 2, 50) / 1000
+
+    def _reclaim(self, *, force: bool = False) -> int:
+        now = time.monotonic()
+        if not force and now < self._next_claim:
+            return 0
+        done, more = 0, False
+        for key in self._symbol_of:
+            n, page_full = self._reclaim_stream(key)
+            done += n
+            more = more or page_full
+            if self._stop.is_set():
+                break
+        # A full page means more idle entries may follow: claim again next round, not after the interval.
+        self._next_claim = now if more else now + self._claim_interval_s()
+        self._flush_acks()
+        return done
+
+    def _reclaim_stream(self, key: str) -> tuple[int, bool]:
+        cfg = self.config
+        start = self._cursors[key]
+        try:
+            reply = self.client.xautoclaim(
+                key, cfg.group, cfg.consumer, cfg.min_idle_ms, start_id=start, count=cfg.count
+            )
+        except redis.ResponseError as exc:
+            self._recreate_group(exc)
+            self._cursors[key] = "0-0"
+            return 0, False
+        claim = parse_autoclaim_reply(reply)
+        self._cursors[key] = claim.next_id
+        for entry_id in claim.deleted_ids:  # Redis 7 removed these from the PEL already
+            self._dead_letter(key, entry_id, None, "DELETED", _DELETED, attempts=0)
+        if claim.nil_entries:
+            self._settle_deleted_62(key, start, claim)
+        if not claim.entries:
+            return 0, claim.next_id != "0-0"
+        self.stats.reclaimed += len(claim.entries)
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id, _ in claim.entries:
+            pipe.xpending_range(key, cfg.group, entry_id, entry_id, 1, consumername=cfg.consumer)
+        counts = [rows[0]["times_delivered"] if rows else None for rows in pipe.execute()]
+        done = 0
+        for (entry_id, fields), delivered in zip(claim.entries, counts, strict=True):
+            if self._stop.is_set():
+                break
+            if delivered is None:  # another consumer took it over in between: it is theirs now
+                continue
+            done += 1
+            if delivered > cfg.max_attempts:
+                last = self._errors.pop((key, entry_id), None)
+                error = (
+                    f"delivered {delivered} times without an acknowledgement (max_attempts "
+                    f"{cfg.max_attempts}); last error: {last or 'unknown, its consumer stopped or crashed while handling it'}"
+                )
+                self._dead_letter(key, entry_id, fields, "ATTEMPTS", error, delivered)
+            else:
+                self._handle(key, entry_id, fields, attempt=delivered)
+        return done, claim.next_id != "0-0"
+
+    def _settle_deleted_62(self, key: str, start: str, claim: AutoclaimReply) -> None:
+        """Redis 6.2 claimed entries that were deleted from the stream but names them only as nils.
+        Find them: our pending ids in the scanned range that no longer exist in the stream."""
+        end = "+" if claim.next_id == "0-0" else "(" + claim.next_id
+        rows = self.client.xpending_range(
+            key, self.config.group, start, end, 10_000, consumername=self.config.consumer
+        )
+        seen = {i for i, _ in claim.entries}
+        candidates = [str(r["message_id"]) for r in rows if r["message_id"] not in seen]
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id in candidates:
+            pipe.xrange(key, entry_id, entry_id, count=1)
+        for entry_id, found in zip(candidates, pipe.execute() if candidates else [], strict=True):
+            if not found:
+                self._dead_letter(key, entry_id, None, "DELETED", _DELETED, attempts=0)
+                self._ack_later(key, entry_id)
+
+
+_DELETED = "the entry was deleted from the stream (trimmed by MAXLEN?) before it was handled"
+
+
+# -- producers ---------------------------------------------------------------------------------------------
+def _encode(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float | Decimal):
+        return str(value)
+    return msgspec.json.encode(value).decode()
+
+
+def _stream_fields(fields: Mapping[str, Any], required: Iterable[str], what: str) -> dict[str, str]:
+    missing = [f for f in required if f not in fields]
+    if missing:
+        raise ValueError(f"{what}: missing field(s) {', '.join(missing)}")
+    return {k: _encode(v) for k, v in fields.items()}
+
+
+def emit_signal(
+    client: Client, keys: Keys, fields: Mapping[str, Any], *, maxlen: int = 100_000
+) -> str:
+    """XADD a decision snapshot to `sig:events` (MAXLEN ~ ``maxlen``); returns the entry id.
+
+    Required: ts, symbol, decision, rules_fired (a list, written as JSON), model_p (None is
+    written as ""), config_rev; extra fields are kept.
+    """
+    if not isinstance(fields.get("rules_fired", []), list | tuple):
+        raise ValueError("sig:events: rules_fired must be a list of rule ids")
+    data = _stream_fields(fields, SIG_FIELDS, "sig:events")
+    return str(client.xadd(keys.sig_events, data, maxlen=maxlen, approximate=True))  # type: ignore[arg-type]
+
+
+def emit_order_cmd(
+    client: Client, keys: Keys, symbol: str, fields: Mapping[str, Any], *, maxlen: int = 100_000
+) -> str:
+    """XADD an order command to `ord:cmd:{SYMBOL}` (the dual-track backup, spec §8).
+
+    Required: intent_id, market (FUT/SPOT), side (BUY/SELL), qty (> 0), policy; optional px,
+    sl_px, tp_px (a None is left out). Decimals are written exactly.
+    """
+    present = {k: v for k, v in fields.items() if not (k in ORD_OPTIONAL and v is None)}
+    data = _stream_fields(present, ORD_FIELDS, f"ord:cmd:{symbol}")
+    if data["market"] not in ("FUT", "SPOT"):
+        raise ValueError(f"ord:cmd:{symbol}: market must be FUT or SPOT, found {data['market']!r}")
+    if data["side"] not in ("BUY", "SELL"):
+        raise ValueError(f"ord:cmd:{symbol}: side must be BUY or SELL, found {data['side']!r}")
+    qty = _number(data["qty"])
+    if qty is None or not math.isfinite(qty) or qty <= 0:
+        raise ValueError(f"ord:cmd:{symbol}: qty must be a number > 0, found {data['qty']!r}")
+    return str(client.xadd(keys.ord_cmd(symbol), data, maxlen=maxlen, approximate=True))  # type: ignore[arg-type]
+
+
+class CfgEvent(msgspec.Struct, frozen=True):
+    """One `cfg:events` entry ({rev, bundle_id, reason}); ``rev`` is None when not an integer."""
+
+    entry_id: str
+    rev: int | None
+    bundle_id: str
+    reason: str
+    fields: dict[str, str]
+
+
+def read_cfg_events(
+    client: Client, keys: Keys, last_id: str = "$", block_ms: int | None = None, *, count: int = 100
+) -> tuple[str, list[CfgEvent]]:
+    """XREAD `cfg:events` after ``last_id`` (every instance sees every event: no group).
+
+    Returns the id to pass next time and the events. ``"$"`` means only events after now;
+    ``block_ms=None`` does not wait. ``"$"`` is resolved to the stream's last id before reading, so
+    the id returned is always concrete and the next call misses nothing written in between.
+    """
+    if last_id == "$":
+        newest = client.xrevrange(keys.cfg_events, "+", "-", count=1)
+        last_id = str(newest[0][0]) if newest else "0-0"
+    reply = client.xread({keys.cfg_events: last_id}, count=count, block=block_ms)
+    events = []
+    for _, entries in _stream_batches(reply):
+        for entry_id, fields in entries:
+            rev = _number(fields.get("rev", ""))
+            events.append(
+                CfgEvent(
+                    entry_id=entry_id,
+                    rev=rev if isinstance(rev, int) else None,
+                    bundle_id=fields.get("bundle_id", ""),
+                    reason=fields.get("reason", ""),
+                    fields=dict(fields),
+                )
+            )
+            last_id = entry_id
+    return last_id, events
+
+
+__all__ = [
+    "AutoclaimReply",
+    "CfgEvent",
+    "Handler",
+    "ParseError",
+    "ParsedEvent",
+    "StreamWorker",
+    "WorkerConfig",
+    "WorkerStats",
+    "check_feature_entry",
+    "emit_order_cmd",
+    "emit_signal",
+    "parse_autoclaim_reply",
+    "parse_feature_entry",
+    "read_cfg_events",
+]

@@ -1,0 +1,172 @@
+"""Ports: the Protocols the service depends on, and the values that cross them.
+
+Adapters in `s3.adapters` implement these; nothing here imports an adapter, a client library or
+does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import msgspec
+
+# -- store (spec §5, Part B7, B10) -----------------------------------------------------------------
+# Documents keep the spec's field names; every time (`t0`, `ts`, `created_at`, `published_at`,
+# `activated_at`) is epoch milliseconds. Time ranges are half-open: `t_from` <= t < `t_to`, either
+# bound None for unbounded. Results are ordered by (time, id), oldest first unless newest_first.
+
+EVENT_KINDS: tuple[str, ...] = (
+    "DECIDE",
+    "ENTRY_SUBMITTED",
+    "ENTRY_ACCEPTED",
+    "ENTRY_REJECTED",
+    "CONFIG_APPLIED",
+    "CONFIG_REJECTED",
+    "RESERVATION_HEALED",
+    "STALE_SYMBOL",
+    "SHADOW_DIFF",
+)
+"""The kinds the engine writes; the store accepts any kind matching ``^[A-Z][A-Z_]{1,40}$``."""
+
+DECISION_KEYS: tuple[str, ...] = ("action", "size_mult", "tp_mult", "sl_mult", "reason", "model_p")
+"""Keys every `signals.decision` sub-document has (spec §5); more are allowed."""
+
+
+class SignalDoc(msgspec.Struct, frozen=True, kw_only=True):
+    """One `signals` document: the features a decision saw and the decision it made."""
+
+    signal_id: str
+    """``SIG-<t0>-<BASE>[-<side>]-r<rev>`` (see `store_docs.signal_id`), or the caller's own id."""
+    t0: int
+    symbol: str
+    features: dict[str, Any]
+    decision: dict[str, Any]
+    """``{action, size_mult, tp_mult, sl_mult, reason, model_p, ...}``."""
+    config_rev: int
+    created_at: int
+
+
+class EventDoc(msgspec.Struct, frozen=True, kw_only=True):
+    """One `strategy_events` document (DECIDE, ENTRY_*, CONFIG_*, ...)."""
+
+    event_id: str
+    kind: str
+    symbol: str | None
+    """None for events that concern no symbol (CONFIG_APPLIED, CONFIG_REJECTED); "" is stored
+    as None."""
+    detail: dict[str, Any]
+    ts: int
+
+
+class BundleDoc(msgspec.Struct, frozen=True, kw_only=True):
+    """One immutable `config_bundles` revision: the bundle's files by relative path."""
+
+    bundle_id: str
+    rev: int
+    checksum: str
+    files: dict[str, str]
+    description: str = ""
+    published_at: int
+    published_by: str | None = None
+
+
+class ActiveDoc(msgspec.Struct, frozen=True, kw_only=True):
+    """The single `config_active` document: which bundle revision is in force, and why."""
+
+    bundle_id: str
+    rev: int
+    checksum: str
+    activated_at: int
+    reason: str
+
+
+class BundleConflictError(ValueError):
+    """A (bundle_id, rev) is already stored with another checksum: a revision is immutable."""
+
+
+class Store(Protocol):
+    """Signals, strategy events and config bundles (SQLite embedded, ArangoDB in production).
+
+    Writes are idempotent by id and never overwrite: ``put_*`` returns True when it wrote and
+    False when the id was already stored (the stored document is kept). Bad input raises
+    ValueError naming the field, before anything is written. An unreachable backend raises
+    `s3.errors.DependencyUnavailable`. Implementations are safe to share between threads.
+    """
+
+    def put_signal(self, doc: SignalDoc | Mapping[str, Any]) -> bool: ...
+
+    def get_signal(self, signal_id: str) -> SignalDoc | None: ...
+
+    def signals_by_symbol(
+        self,
+        symbol: str,
+        t_from: int | None = None,
+        t_to: int | None = None,
+        *,
+        limit: int = 100,
+        newest_first: bool = False,
+    ) -> list[SignalDoc]: ...
+
+    def signals_between(
+        self,
+        t_from: int | None = None,
+        t_to: int | None = None,
+        *,
+        limit: int = 100,
+        newest_first: bool = False,
+    ) -> list[SignalDoc]: ...
+
+    def put_event(self, doc: EventDoc | Mapping[str, Any]) -> bool: ...
+
+    def get_event(self, event_id: str) -> EventDoc | None: ...
+
+    def events_by_kind(
+        self,
+        kind: str,
+        t_from: int | None = None,
+        t_to: int | None = None,
+        *,
+        limit: int = 100,
+        newest_first: bool = False,
+    ) -> list[EventDoc]: ...
+
+    def events_between(
+        self,
+        t_from: int | None = None,
+        t_to: int | None = None,
+        *,
+        symbol: str | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+    ) -> list[EventDoc]: ...
+
+    def put_bundle(self, doc: BundleDoc | Mapping[str, Any]) -> bool:
+        """Store a revision; raises `BundleConflictError` if it exists with another checksum."""
+        ...
+
+    def get_bundle(self, bundle_id: str, rev: int) -> BundleDoc | None: ...
+
+    def list_bundles(self, bundle_id: str | None = None) -> list[BundleDoc]:
+        """All stored revisions (of one bundle, or of all), ordered by (bundle_id, rev)."""
+        ...
+
+    def set_active(
+        self,
+        bundle_id: str,
+        rev: int,
+        checksum: str,
+        reason: str,
+        *,
+        activated_at: int | None = None,
+    ) -> ActiveDoc:
+        """Point `config_active` at a stored revision; ValueError if it is not stored as given."""
+        ...
+
+    def get_active(self) -> ActiveDoc | None: ...
+
+    def ping(self) -> None:
+        """Return if the backend answers; raise `DependencyUnavailable` otherwise (/health)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,87 @@
+"""The `store` fixture: the Store contract suite runs on SQLite (a temporary file) always, and on
+ArangoDB when `S3_TEST_ARANGO_URL` names a server (http://user:pass@host:8529).
+
+ArangoDB gets one fresh database per test session, dropped at the end; each test starts from
+empty collections.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from s3.adapters.arango_store import COLLECTIONS, ArangoStore, ArangoTarget
+from s3.adapters.sqlite_store import SqliteStore
+from s3.ports import Store
+
+ARANGO_ENV = "S3_TEST_ARANGO_URL"
+ARANGO_SKIP = f"{ARANGO_ENV} is not set"
+
+StoreFactory = Callable[[], Store]
+"""Opens one more store on the same backend and data (another connection or client)."""
+
+
+@pytest.fixture(scope="session")
+def arango_target() -> Iterator[ArangoTarget]:
+    """A fresh database on the server of `S3_TEST_ARANGO_URL`, dropped after the session."""
+    from arango.client import ArangoClient
+
+    url = os.environ.get(ARANGO_ENV)
+    if not url:
+        pytest.skip(ARANGO_SKIP)
+    server = ArangoTarget.parse(url)
+    client = ArangoClient(hosts=server.hosts)
+    sys_db = client.db("_system", server.username, server.password, verify=True)
+    name = f"s3_test_{uuid.uuid4().hex[:12]}"
+    sys_db.create_database(name)
+    try:
+        yield ArangoTarget(server.hosts, name, server.username, server.password)
+    finally:
+        sys_db.delete_database(name, ignore_missing=True)
+        client.close()
+
+
+def open_arango(target: ArangoTarget) -> ArangoStore:
+    from arango.client import ArangoClient
+
+    client = ArangoClient(hosts=target.hosts)
+    return ArangoStore(client.db(target.database, target.username, target.password), client=client)
+
+
+@pytest.fixture(params=["sqlite", "arango"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    opened: list[Store] = []
+
+    if request.param == "sqlite":
+        path = tmp_path / "store.db"
+
+        def make() -> Store:
+            opened.append(SqliteStore(path))
+            return opened[-1]
+
+    else:
+        target: ArangoTarget = request.getfixturevalue("arango_target")
+
+        def make() -> Store:
+            opened.append(open_arango(target))
+            return opened[-1]
+
+        first = open_arango(target)
+        for name in COLLECTIONS:
+            first.db.collection(name).truncate()
+        first.close()
+
+    try:
+        yield make
+    finally:
+        for store in opened:
+            store.close()
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> Store:
+    return store_factory()
