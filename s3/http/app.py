@@ -17,6 +17,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from s3.core.types import Decision, OcoLeg
@@ -179,7 +180,7 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
         summary="Decide one entry (spec §3)",
         status_code=HTTP_200_OK,
     )
-    def decide_route(data: DecideRequest) -> Response[bytes]:
+    def decide_route(data: JSONBody[DecideRequest]) -> Response[bytes]:
         result = service.engine.decide(
             symbol=data.symbol.upper(),
             side_hint=data.sideHint,

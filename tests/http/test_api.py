@@ -1,0 +1,356 @@
+"""The HTTP API (spec §3, Part B2/B6/B11) on a real engine: real Redis, SQLite, the S4 stand-in.
+
+`TestClient` covers the shapes and the status mappings; a real uvicorn server on loopback covers
+concurrency (many clients at once, quota never exceeded, retries replayed).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from litestar.testing import TestClient
+
+from s3.adapters.redis_server import RedisServer, free_port
+from s3.config.settings import Settings
+from s3.core.types import ModelResult
+from s3.http.app import create_app
+from s3.s4_standin import S4Server
+from s3.service import Service
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = json.loads((ROOT / "rulesets" / "default" / "examples" / "btc_buy_real.json").read_text())
+AUTH = {"Authorization": "Bearer s3cret"}
+
+
+@pytest.fixture
+def s4() -> Iterator[S4Server]:
+    with S4Server() as server:
+        yield server
+
+
+def make_service(
+    tmp_path: Path, redis_address: str, s4_url: str | None, prefix: str, **kw: Any
+) -> Service:
+    settings = Settings(
+        api_token="s3cret",
+        redis_addresses=redis_address,
+        redis_prefix=prefix,
+        sqlite_path=str(tmp_path / "s3.db"),
+        cache_dir=str(tmp_path / "cache"),
+        bundle_dir=str(ROOT / "rulesets" / "default"),
+        s4_url=s4_url,
+        s4_timeout_s=0.3,
+        s4_retries=1,
+        **kw,
+    )
+    return Service.from_settings(settings)
+
+
+def seed(service: Service, symbol: str = "BTCUSDT", **changes: Any) -> None:
+    e = service.engine
+    features = {**EXAMPLE, "ts": e.clock_ms(), **changes}
+    e.redis.delete(e.keys.feat_last(symbol))
+    e.redis.hset(
+        e.keys.feat_last(symbol), mapping={k: str(v) for k, v in features.items() if k != "symbol"}
+    )
+    e.redis.set(e.keys.kill_switch, "OFF")
+    e.redis.set(e.keys.health, "GREEN")
+
+
+_counter = iter(range(10_000))
+
+
+@pytest.fixture
+def service(tmp_path: Path, redis_server: RedisServer, s4: S4Server) -> Iterator[Service]:
+    svc = make_service(tmp_path, redis_server.address, s4.url, f"h{next(_counter)}:")
+    seed(svc)
+    yield svc
+    svc.close()
+
+
+@pytest.fixture
+def client(service: Service) -> Iterator[TestClient[Any]]:
+    with TestClient(create_app(deps=service)) as c:
+        yield c
+
+
+def decide(c: TestClient[Any], **body: Any) -> httpx.Response:
+    return c.post("/decide", json={"symbol": "BTCUSDT", "sideHint": "BUY", **body}, headers=AUTH)
+
+
+def test_happy_path_opens_with_a_legal_intent(
+    client: TestClient[Any], service: Service, s4: S4Server
+) -> None:
+    r = decide(client, context={"t0": 1730000000000, "trigger": "manual"})
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["decision"], body["reason"], body["config_rev"]) == ("open", "OK", 1)
+    assert body["rules_fired"] == ["R-008", "R-026", "R-063"]
+    i = body["intent"]
+    assert set(i) >= {
+        "intent_id",
+        "market",
+        "symbol",
+        "side",
+        "qty",
+        "exec_policy",
+        "tp_px",
+        "sl_px",
+    }
+    assert (i["intent_id"], i["market"], i["side"], i["qty"], i["tp_px"], i["sl_px"]) == (
+        "s3-btc-1730000000000-d087ab75",
+        "FUT",
+        "BUY",
+        0.004,
+        62072.0,
+        61540.1,
+    )
+    assert isinstance(i["qty"], float)  # JSON numbers, as in spec §3
+    assert (body["submitted"], body["reservation"], body["replayed"]) == (
+        "accepted",
+        "committed",
+        False,
+    )
+    assert list(s4.orders) == ["s3-btc-1730000000000-d087ab75"]
+    signals = service.store.signals_by_symbol("BTCUSDT", limit=10)
+    assert [s.decision["action"] for s in signals] == ["open"]
+
+
+def test_a_retry_replays_the_first_result_and_takes_no_quota(
+    client: TestClient[Any], service: Service, s4: S4Server
+) -> None:
+    first = decide(client, context={"t0": 1730000000001})
+    inuse = service.engine.ledger.snapshot().inuse["FUT"]
+    seed(service, spread_bps=2.9)  # different features: the retry must still get the first answer
+    again = decide(client, context={"t0": 1730000000001})
+    a, b = first.json(), again.json()
+    assert b.pop("replayed") is True and a.pop("replayed") is False
+    assert a == b
+    assert service.engine.ledger.snapshot().inuse["FUT"] == inuse
+    assert len(s4.orders) == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "detail"),
+    [({"funding_next": 0.0009}, "GATE.FUNDING"), ({"spread_bps": 3.5}, "GATE.SPREAD")],
+)
+def test_gates_skip_with_200(
+    client: TestClient[Any], service: Service, changes: dict[str, Any], detail: str
+) -> None:
+    seed(service, **changes)
+    r = decide(client)
+    assert r.status_code == 200
+    assert (r.json()["decision"], r.json()["reason"], r.json()["reason_detail"]) == (
+        "skip",
+        "GATE",
+        detail,
+    )
+    assert r.json()["intent"] is None
+
+
+def test_model_timeout_degrades(tmp_path: Path, redis_server: RedisServer, s4: S4Server) -> None:
+    svc = make_service(tmp_path, redis_server.address, s4.url, f"m{next(_counter)}:")
+    from s3.adapters.model_runner import DeadlineModel
+
+    def slow(features: Any) -> ModelResult:
+        time.sleep(0.3)
+        return ModelResult(p=0.99)
+
+    svc.engine.model_factory = lambda snap: DeadlineModel(slow, 20)
+    seed(svc)
+    try:
+        with TestClient(create_app(deps=svc)) as c:
+            body = decide(c).json()
+    finally:
+        svc.close()
+    assert (
+        body["decision"] == "open"
+        and body["model_degraded"] == "model_timeout: no answer within 20 ms"
+    )
+    assert body["model_p"] is None
+
+
+def test_dry_run_decides_without_side_effects(
+    client: TestClient[Any], service: Service, s4: S4Server
+) -> None:
+    body = decide(client, dry_run=True).json()
+    assert body["decision"] == "open" and body["dry_run"] is True and body["submitted"] == "none"
+    assert body["reservation"] is None
+    assert service.engine.ledger.snapshot().inuse["FUT"] == 0
+    assert s4.orders == {} and service.store.signals_by_symbol("BTCUSDT", limit=10) == []
+
+
+def test_auth(client: TestClient[Any]) -> None:
+    assert client.post("/decide", json={"symbol": "BTCUSDT"}).status_code == 401
+    bad = client.post(
+        "/decide", json={"symbol": "BTCUSDT"}, headers={"Authorization": "Bearer nope"}
+    )
+    assert (bad.status_code, bad.json()["error"]) == (401, "UNAUTHORIZED")
+    assert client.post("/admin/reload").status_code == 401
+    assert client.get("/health").status_code == 200 and client.get("/metrics").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        ({"sideHint": "BUY"}, 400, "BAD_REQUEST"),
+        ({"symbol": "BTCUSDT", "sideHint": "BUY", "extra": 1}, 400, "BAD_REQUEST"),
+        ({"symbol": "BTCUSDT", "sideHint": "LONG"}, 400, "BAD_SIDE"),
+        (
+            {"symbol": "BTCUSDT", "sideHint": "BUY", "features": {"mid": 1.0}},
+            400,
+            "MISSING_FEATURES",
+        ),
+        ({"symbol": "DOGEUSDT", "sideHint": "BUY"}, 422, "SYMBOL_NOT_CONFIGURED"),
+    ],
+)
+def test_error_mapping(
+    client: TestClient[Any], body: dict[str, Any], status: int, error: str
+) -> None:
+    r = client.post("/decide", json=body, headers=AUTH)
+    assert (r.status_code, r.json()["error"]) == (status, error), r.text
+
+
+def test_missing_rule_features_say_which(client: TestClient[Any], service: Service) -> None:
+    features = {k: v for k, v in EXAMPLE.items() if k not in ("ret_1m", "vol_1m_bps")}
+    features["ts"] = service.engine.clock_ms()
+    r = decide(client, features=features)
+    assert r.status_code == 400
+    assert (
+        r.json()["detail"]
+        == "required feature 'ret_1m' is missing; required feature 'vol_1m_bps' is missing"
+    )
+
+
+def test_redis_down_is_503(tmp_path: Path, s4: S4Server) -> None:
+    server = RedisServer().start()
+    svc = make_service(tmp_path, server.address, s4.url, "d:")
+    seed(svc)
+    try:
+        with TestClient(create_app(deps=svc)) as c:
+            server.stop()
+            r = decide(c)
+            assert (r.status_code, r.json()["error"]) == (503, "REDIS_DOWN")
+            h = c.get("/health")
+            assert (
+                h.status_code == 503
+                and h.json()["status"] == "DEGRADED"
+                and h.json()["degraded"] == ["redis"]
+            )
+    finally:
+        svc.close()
+        server.stop()
+
+
+def test_health_and_metrics_and_openapi(client: TestClient[Any]) -> None:
+    h = client.get("/health").json()
+    assert h == {
+        "status": "OK",
+        "redis": "ok",
+        "arango": "ok",
+        "config_rev": 1,
+        "rules_loaded": 31,
+        "bundle_id": "default",
+        "streams": "ok",
+        "degraded": [],
+    }
+    decide(client)
+    text = client.get("/metrics").text
+    for name in (
+        "s3_strategy_decide_latency_ms_bucket",
+        "s3_decisions_total",
+        "s3_rules_fired_total",
+        "s3_intent_emit_total",
+        "s3_config_rev",
+    ):
+        assert name in text
+    schema = client.get("/schema/openapi.json").json()
+    assert {"/decide", "/health", "/metrics"} <= set(schema["paths"])
+    props = schema["components"]["schemas"]
+    assert any("sideHint" in json.dumps(v) for v in props.values())
+
+
+def test_s4_reject_releases_at_once(
+    client: TestClient[Any], service: Service, s4: S4Server
+) -> None:
+    s4.set_mode("reject", times=1)
+    body = decide(client, context={"t0": 1730000000111}).json()
+    assert (body["decision"], body["submitted"], body["reservation"]) == (
+        "open",
+        "rejected",
+        "released",
+    )
+    snap = service.engine.ledger.snapshot()
+    assert snap.inuse["FUT"] == 0 and snap.drift() == []
+    kinds = [e.kind for e in service.store.events_by_kind("ENTRY_REJECTED", limit=10)]
+    assert kinds == ["ENTRY_REJECTED"]
+
+
+def test_s4_timeout_goes_dual_track(
+    client: TestClient[Any], service: Service, s4: S4Server
+) -> None:
+    s4.set_mode("timeout", delay_ms=1000)
+    body = decide(client, context={"t0": 1730000000222}).json()
+    assert (body["submitted"], body["reservation"]) == ("stream", "released")
+    e = service.engine
+    entries = e.redis.xrange(e.keys.ord_cmd("BTCUSDT"))
+    assert len(entries) == 1 and entries[0][1]["intent_id"] == body["intent"]["intent_id"]
+
+
+# -- a real server on loopback --------------------------------------------------------------------------
+@pytest.fixture
+def live(service: Service) -> Iterator[str]:
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(deps=service), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_concurrent_requests_on_a_real_server(live: str, service: Service, s4: S4Server) -> None:
+    # 40 requests, 8 distinct t0s (each retried 5 times), both symbols: every retry gets the first
+    # answer, one order per intent, and the quota is exactly what the ledger holds.
+    seed(service, "ETHUSDT", mid=2650.25, atr=40.0)
+
+    def call(i: int) -> dict[str, Any]:
+        symbol = "BTCUSDT" if i % 2 else "ETHUSDT"
+        body = {"symbol": symbol, "sideHint": "BUY", "context": {"t0": 1730000001000 + i % 8}}
+        r = httpx.post(f"{live}/decide", json=body, headers=AUTH, timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(40)))
+    by_t0: dict[tuple[str, int], set[str]] = {}
+    for i, body in enumerate(results):
+        key = ("BTCUSDT" if i % 2 else "ETHUSDT", i % 8)
+        by_t0.setdefault(key, set()).add(
+            json.dumps({k: v for k, v in body.items() if k != "replayed"}, sort_keys=True)
+        )
+    assert all(len(v) == 1 for v in by_t0.values())
+    opens = {b["intent"]["intent_id"] for b in results if b["decision"] == "open"}
+    assert set(s4.orders) == opens
+    snap = service.engine.ledger.snapshot()
+    assert snap.drift() == []
+    # one entry per symbol at a time (concurrency limit 1): at most one open per symbol
+    assert (
+        len([o for o in opens if o.startswith("s3-btc")]) <= 1
+        and len([o for o in opens if o.startswith("s3-eth")]) <= 1
+    )
