@@ -98,8 +98,8 @@ def run_demo(*, events: int = 0, quiet: bool = False) -> int:
                         "BUY" if float(row.get("trade_flow_1m", 0.0)) >= 0 else "SELL"
                     )
                     symbol = row["symbol"]
-                    redis.hset(keys.feat_last(symbol), mapping=fields)
-                    redis.xadd(keys.feat_events(symbol), fields)
+                    redis.hset(keys.feat_last(symbol), mapping=dict(fields))  # type: ignore[arg-type]
+                    redis.xadd(keys.feat_events(symbol), dict(fields))  # type: ignore[arg-type]
                     # positions close after a while (S6's job): give their quota back
                     while opened and n - opened[0][0] >= CLOSE_AFTER_EVENTS:
                         engine.ledger.release(opened.popleft()[1], "position closed (demo)")

@@ -174,7 +174,7 @@ class Service:
         else:
             server = RedisServer().start()
             addresses = server.address
-        client, keys = connect(addresses)
+        client, keys = connect(addresses, timeout_s=settings.redis_timeout_s)
         keys = Keys(prefix=settings.redis_prefix, risk_tag=keys.risk_tag)
         store = open_store(settings)
         if store.get_active() is None:  # an empty store: publish the embedded default bundle

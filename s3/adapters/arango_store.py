@@ -21,12 +21,14 @@ from arango.collection import StandardCollection
 from arango.database import StandardDatabase
 from arango.errno import DUPLICATE_NAME, UNIQUE_CONSTRAINT_VIOLATED
 from arango.exceptions import (
+    ArangoClientError,
     ArangoServerError,
     CollectionCreateError,
     DatabaseCreateError,
     DocumentInsertError,
     ServerConnectionError,
 )
+from arango.http import DefaultHTTPClient
 from arango.job import AsyncJob, BatchJob
 
 from s3.adapters import store_docs as docs
@@ -134,12 +136,21 @@ class ArangoStore:
                 the database does not exist (and ``create_database`` is False).
         """
         target = ArangoTarget.parse(url, username=username, password=password)
-        client = ArangoClient(hosts=target.hosts, request_timeout=timeout_s)
+        # python-arango's defaults retry a refused connection for about 18 s (3 urllib3 retries
+        # with backoff, times 3 resolver tries); a decision path wants a quick 503 instead.
+        http = DefaultHTTPClient(
+            request_timeout=timeout_s, retry_attempts=1, backoff_factor=0.1, pool_maxsize=32
+        )
+        client = ArangoClient(hosts=target.hosts, http_client=http, resolver_max_tries=1)
+        where = f"arangodb {target.hosts}/{target.database}"
         try:
-            with _guard(f"arangodb {target.hosts}/{target.database}"):
+            with _guard(where):
                 if create_database:
                     _create_database(client, target)
-                db = client.db(target.database, target.username, target.password, verify=True)
+                try:
+                    db = client.db(target.database, target.username, target.password, verify=True)
+                except ArangoClientError as exc:  # verify wraps a refused connection this way
+                    raise DependencyUnavailable("STORE_UNAVAILABLE", f"{where}: {exc}") from exc
             return cls(db, client=client)
         except BaseException:
             client.close()
@@ -231,7 +242,7 @@ class ArangoStore:
     ) -> list[dict[str, Any]]:
         filters = [f"d.{name} == @v{i}" for i, name in enumerate(equal)]
         bind: dict[str, Any] = {f"v{i}": value for i, value in enumerate(equal.values())}
-        bind["limit"] = limit
+        bind["max_rows"] = limit
         if t_from is not None:
             filters.append(f"d.{time_field} >= @t_from")
             bind["t_from"] = t_from
@@ -242,7 +253,7 @@ class ArangoStore:
         aql = (
             f"FOR d IN {coll} "
             + (f"FILTER {' AND '.join(filters)} " if filters else "")
-            + f"SORT d.{time_field} {order}, d.{id_field} {order} LIMIT @limit RETURN {_STRIP}"
+            + f"SORT d.{time_field} {order}, d.{id_field} {order} LIMIT @max_rows RETURN {_STRIP}"
         )
         return self._query(aql, bind)
 

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
 
 from s3.adapters.redis_keys import Keys
 from s3.core.types import MarketState
@@ -34,8 +36,12 @@ def parse_addresses(raw: str | Sequence[str]) -> list[tuple[str, int]]:
 def connect(addresses: str | Sequence[str], *, timeout_s: float = 2.0) -> tuple[Client, Keys]:
     """One address: a standalone client; several: a Redis Cluster client. Keys follow the mode."""
     nodes = parse_addresses(addresses)
+    # Fail fast: one quick retry, then the caller answers 503 and its client retries.
     common: dict[str, Any] = dict(
-        decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        decode_responses=True,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
     )
     if len(nodes) == 1:
         host, port = nodes[0]

@@ -102,7 +102,11 @@ class SqliteStore:
             self._conn: sqlite3.Connection | None = sqlite3.connect(
                 self.path, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None
             )
-        self._create_schema()
+        try:
+            self._create_schema()
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def from_url(cls, url: str, *, busy_timeout_s: float = 10.0) -> SqliteStore:
@@ -361,7 +365,8 @@ class SqliteStore:
             ).fetchone()
             docs.check_activation(a, None if row is None else row[0])
             conn.execute(
-                f"INSERT OR REPLACE INTO config_active (id, {_ACTIVE_COLS}) VALUES (1, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO config_active (id, {_ACTIVE_COLS}) "
+                "VALUES (1, ?, ?, ?, ?, ?)",
                 (a.bundle_id, a.rev, a.checksum, a.activated_at, a.reason),
             )
         return a

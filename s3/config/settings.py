@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     # -- the service (issue 6) -------------------------------------------------------------------
     redis_addresses: str | None = None
     """host:port[,host:port...]; unset: the service starts its own redis-server. Several: Cluster."""
+    redis_timeout_s: float = Field(2.0, gt=0)
+    """Socket and connect timeout of Redis calls."""
     redis_prefix: str = ""
     """Optional prefix of every key S3 writes and reads."""
     db_arango_uri: str | None = None

@@ -233,7 +233,7 @@ def test_missing_rule_features_say_which(client: TestClient[Any], service: Servi
 
 def test_redis_down_is_503(tmp_path: Path, s4: S4Server) -> None:
     server = RedisServer().start()
-    svc = make_service(tmp_path, server.address, s4.url, "d:")
+    svc = make_service(tmp_path, server.address, s4.url, "d:", redis_timeout_s=0.3)
     seed(svc)
     try:
         with TestClient(create_app(deps=svc)) as c:
