@@ -254,6 +254,7 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
             HTTPException: on_http,
         },
         openapi_config=OpenAPIConfig(title="S3 strategy engine", version="1.0.0"),
+        logging_config=None,  # the process configures logging, not the app
         on_shutdown=[on_stop],
         debug=False,
     )
