@@ -1,21 +1,6 @@
 """The risk budget in Redis (spec §4, Part B5): atomic reservations, commit, release and self-heal,
-each one Lua script over keys that share a single cluster slot. Imports no HTTP or store code.
-
-Money is exact. The spec's keys `risk:budget:fut_margin:inuse` / `risk:budget:spot_quote:inuse`
-hold a plain decimal string with 8 decimals ("40.00000000"): readable by anyone as the spec's
-Float, and the only counter there is. Inside Lua it is parsed by string arithmetic into integer
-1e-8 USDT units, added or subtracted as integers and printed back, so thousands of reserve/release
-cycles never drift (no INCRBYFLOAT, no float sum). Lua numbers are doubles, exact up to 2**53
-units, hence the bound of 90,071,992.54740991 USDT per amount and per budget. An amount is
-quantized once, half-even to 1e-8 (a float's noise such as 0.30000000000000004 goes), and that
-exact value is what the ledger records, the counter adds and the release subtracts; a budget
-maximum rounds down, so rounding never raises a limit.
-
-Ledger layout: the hash `risk:ledger` maps intent_id to a JSON entry {intent_id, market, symbol,
-amount, state, ts, ...}; `risk:ledger:pending` (zset by reservation time) indexes pending entries
-for self-heal; `risk:ledger:released` (zset by release time) indexes released entries, which are
-pruned after a retention; `risk:symbols` lists every symbol with a concurrency counter. Committed
-entries stay until released (they hold budget while the position is open).
+each one Lua script over keys of a single cluster slot. It imports only redis, msgspec and the
+other Redis adapters; the design notes (exact money, ledger layout, retention) follow the imports.
 """
 
 from __future__ import annotations
@@ -23,7 +8,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Literal
 
 import msgspec
@@ -32,6 +17,24 @@ import redis
 from s3.adapters.redis_client import Client, connect
 from s3.adapters.redis_keys import Keys
 
+# Exact money. The spec's keys `risk:budget:fut_margin:inuse` / `risk:budget:spot_quote:inuse`
+# hold a plain decimal string with 8 decimals ("40.00000000"): readable by anyone as the spec's
+# Float, and the only counter there is (no hidden twin to disagree with it). Inside Lua it is
+# parsed by string arithmetic into integer 1e-8 USDT units, added or subtracted as integers and
+# printed back, so thousands of reserve/release cycles never drift (no INCRBYFLOAT, no float
+# sum). Lua numbers are doubles, exact up to 2**53 units: hence the bound of 90,071,992.54740991
+# USDT per amount and per budget. An amount is quantized once, half-even to 1e-8 (a float's noise
+# such as 0.30000000000000004 goes), and that exact value is what the ledger records, the counter
+# adds and the release subtracts; a budget maximum rounds down, so rounding never raises a limit.
+# A counter holding anything else (a hand edit) makes reservations fail closed until self-heal.
+#
+# Ledger layout: the hash `risk:ledger` maps intent_id to a JSON entry {intent_id, market,
+# symbol, amount, state, ts, committed_ts?, released_ts?, released_from?, reason?};
+# `risk:ledger:pending` (zset by reservation time) indexes pending entries for self-heal;
+# `risk:ledger:released` (zset by release time) indexes released ones, pruned after a retention
+# (one day by default, which must outlast any retry of an intent id: a pruned id could be
+# reserved again); `risk:symbols` lists every symbol with a concurrency counter. Committed
+# entries stay until released, since they hold budget while the position is open.
 UNITS_PER_USDT = 100_000_000
 MAX_UNITS = 2**53 - 1
 DAY_MS = 86_400_000
@@ -78,10 +81,15 @@ local function int(n) return string.format('%d', n) end
 
 -- Frees the entry's amount and slot and marks it released. A counter is never taken below zero
 -- and an unreadable one is left alone: self-heal recomputes both from the ledger.
+local function budget_key(market, fut, spot)
+  if market == 'FUT' then return fut elseif market == 'SPOT' then return spot end
+  return false
+end
+
 local function release_entry(id, e, ledger, pending, released, budget, conc, reason, now)
   local before = e.state
-  local inuse = units(redis.call('GET', budget))
-  if inuse ~= nil then
+  local inuse = budget and units(redis.call('GET', budget))
+  if inuse then
     redis.call('SET', budget, money(math.max(0, inuse - (units(e.amount) or 0))))
   end
   local c = count(redis.call('GET', conc))
@@ -147,12 +155,11 @@ if not raw then return {'unknown'} end
 local e = cjson.decode(raw)
 if e.state == 'released' then return {'already_released', raw} end
 if e.symbol ~= ARGV[4] then return {'wrong_symbol', raw} end
-local budget = KEYS[4]
-if e.market == 'SPOT' then budget = KEYS[5] end
+local budget = budget_key(e.market, KEYS[4], KEYS[5])
 local before = e.state
 local out = release_entry(ARGV[1], e, KEYS[1], KEYS[2], KEYS[3], budget, KEYS[6], ARGV[2],
   tonumber(ARGV[3]))
-return {'released', out, redis.call('GET', budget), redis.call('GET', KEYS[6]), before}
+return {'released', out, budget and redis.call('GET', budget), redis.call('GET', KEYS[6]), before}
 """
 
 # KEYS: ledger, pending, released, fut budget, spot budget, symbols, concurrency(s) for ARGV[4..].
@@ -238,8 +245,7 @@ end
 for _, id in ipairs(ids) do
   local e = entries[id]
   if e.state == 'pending' and (tonumber(e.ts) or now) < cutoff then
-    local budget = KEYS[4]
-    if e.market == 'SPOT' then budget = KEYS[5] end
+    local budget = budget_key(e.market, KEYS[4], KEYS[5])
     release_entry(id, e, KEYS[1], KEYS[2], KEYS[3], budget, conc_key[e.symbol], ARGV[3], now)
     note('RELEASED_STALE', KEYS[1], 'pending', 'released', id)
   end
@@ -394,7 +400,8 @@ class RiskSnapshot(msgspec.Struct, frozen=True):
 
 
 # -- exact amounts --------------------------------------------------------------------------------
-_PLAIN = re.compile(r"\s*\+?(\d*)\.?(\d*)\s*")
+_PLAIN = re.compile(r"[ \t\n\r\f\v]*\+?([0-9]*)\.?([0-9]*)[ \t\n\r\f\v]*")
+_COUNT = re.compile(r"[ \t\n\r\f\v]*\+?([0-9]{1,15})[ \t\n\r\f\v]*")
 
 
 def units_of(raw: str | None) -> int | None:
@@ -413,10 +420,11 @@ def units_of(raw: str | None) -> int | None:
 
 
 def count_of(raw: str | None) -> int | None:
+    """The Lua parse of a concurrency counter (missing is 0, anything but digits ``None``)."""
     if raw is None:
         return 0
-    s = raw.strip().removeprefix("+")
-    return int(s) if s.isdigit() and len(s) <= 15 else None
+    m = _COUNT.fullmatch(raw)
+    return None if m is None else int(m[1])
 
 
 def usdt(units: int) -> Decimal:
@@ -430,7 +438,10 @@ def maybe_usdt(units: int | None) -> Decimal | None:
 
 def to_units(amount: float | Decimal | str, *, floor: bool, what: str) -> int:
     """USDT to 1e-8 units: half-even (amounts), or down (maxima); a float via its repr."""
-    d = Decimal(repr(amount)) if isinstance(amount, float) else Decimal(amount)
+    try:
+        d = Decimal(repr(amount)) if isinstance(amount, float) else Decimal(amount)
+    except InvalidOperation:
+        d = Decimal("NaN")
     if not d.is_finite() or d < 0:
         raise ValueError(f"{what} must be a finite amount >= 0, got {amount!r}")
     u = int((d * UNITS_PER_USDT).to_integral_value(ROUND_FLOOR if floor else ROUND_HALF_EVEN))

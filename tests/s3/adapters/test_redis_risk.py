@@ -20,6 +20,7 @@ from s3.adapters.redis_risk import (
     ReleaseResult,
     ReserveResult,
     RiskLedger,
+    count_of,
     units_of,
 )
 from tests.conftest import RedisBackend
@@ -226,8 +227,12 @@ def test_amounts_are_quantized_once_and_validated(ledger: RiskLedger) -> None:
     assert str(info.value) == (
         "budget_max_usdt 100000000.0 exceeds the ledger's bound of 90071992.54740991 USDT"
     )
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as info:
+        ledger.reserve("r3", "FUT", BTC, "lots", 10, 5, now_ms=3)
+    assert str(info.value) == "amount_usdt must be a finite amount >= 0, got 'lots'"
+    with pytest.raises(ValueError) as info:
         ledger.reserve("", "FUT", BTC, 1, 10, 5, now_ms=3)
+    assert str(info.value) == "intent_id and symbol must not be empty"
 
 
 def test_an_unreadable_counter_fails_closed_until_self_heal(
@@ -252,6 +257,31 @@ def test_an_unreadable_counter_fails_closed_until_self_heal(
         Correction("COUNTER_FIXED", k.concurrency(BTC), "-1", "1"),
     ]
     assert ledger.reserve("u3", "FUT", BTC, 5, 100, 5, now_ms=11).ok
+
+
+COUNTER_VALUES = ["0", "12.5", " 7 ", "+3", "5.", ".25", "007.10", "3.0000000000000004", "4"]
+COUNTER_JUNK = ["", "1e3", "-1", "abc", "1.2.3", "123456789", "²", "inf", "nan"]
+
+
+def test_python_reads_counters_as_lua_does(ledger: RiskLedger, redis_backend: RedisBackend) -> None:
+    """The refusal sentences and snapshots parse counters in Python: same answers as the script."""
+    key = redis_backend.keys.budget_inuse("FUT")
+    for n, value in enumerate(COUNTER_VALUES + COUNTER_JUNK):
+        redis_backend.client.set(key, value)
+        res = ledger.reserve(f"v{n}", "FUT", BTC, "0.00000001", 1_000, 1_000, now_ms=n)
+        parsed = units_of(value)
+        assert res.ok is (parsed is not None), value
+        if parsed is not None:
+            assert res.inuse_usdt == (Decimal(parsed) + 1).scaleb(-8), value
+        else:
+            assert res.inuse_usdt is None and res.detail == "RISK_BUDGET.FUT_MARGIN", value
+    assert [units_of(v) for v in COUNTER_VALUES] == [
+        0, 1_250_000_000, 700_000_000, 300_000_000, 500_000_000, 25_000_000, 710_000_000,
+        300_000_001, 400_000_000,
+    ]  # fmt: skip
+    assert [count_of(v) for v in ["0", " 7 ", "+3", "007", "", "-1", "3.0", "²", "9" * 16]] == [
+        0, 7, 3, 7, None, None, None, None, None,
+    ]  # fmt: skip
 
 
 # -- self-heal ------------------------------------------------------------------------------------
@@ -343,6 +373,23 @@ def test_self_heal_repairs_a_crash_between_steps(
     assert ledger.self_heal(now_ms=60_000, pending_max_age_ms=30_000) == []
 
 
+def test_an_entry_of_no_known_market_frees_only_its_slot(
+    ledger: RiskLedger, redis_backend: RedisBackend
+) -> None:
+    k, c = redis_backend.keys, redis_backend.client
+    ledger.reserve("a", "FUT", BTC, 2, 100, 9, now_ms=0)
+    bad = {"intent_id": "m", "market": "OPT", "symbol": BTC, "amount": "1", "ts": 0}
+    c.hset(k.ledger, "m", json.dumps({**bad, "state": "pending"}))
+    c.zadd(k.ledger_pending, {"m": 0})
+    c.incr(k.concurrency(BTC))
+    assert ledger.self_heal(now_ms=10, pending_max_age_ms=5) == [
+        Correction("RELEASED_STALE", k.ledger, "pending", "released", "a"),
+        Correction("RELEASED_STALE", k.ledger, "pending", "released", "m"),
+    ]
+    assert ledger.snapshot().inuse_raw["FUT"] == "0.00000000"
+    assert ledger.snapshot().drift() == []
+
+
 def test_self_heal_prunes_old_released_entries(
     ledger: RiskLedger, redis_backend: RedisBackend
 ) -> None:
@@ -362,9 +409,11 @@ def test_snapshot(ledger: RiskLedger, redis_backend: RedisBackend) -> None:
     ledger.reserve("a", "FUT", BTC, 1.5, 100, 9, now_ms=1)
     ledger.reserve("b", "SPOT", ETH, 2, 100, 9, now_ms=2)
     ledger.release("b", "x", now_ms=3)
+    redis_backend.client.sadd(redis_backend.keys.risk_symbols, "DOGEUSDT")  # no counter yet
     snap = ledger.snapshot()
     assert snap.inuse_raw == {"FUT": "1.50000000", "SPOT": "0.00000000"}
-    assert snap.concurrency_raw == {BTC: "1", ETH: "0"}
+    assert snap.concurrency_raw == {BTC: "1", "DOGEUSDT": None, ETH: "0"}
+    assert snap.concurrency == {BTC: 1, "DOGEUSDT": 0, ETH: 0}
     assert [e.intent_id for e in snap.live()] == ["a"]
     assert snap.entries["b"].released_from == "pending"
 
