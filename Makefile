@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean test-redis7
 
 setup: $(VENV)/.installed
 
@@ -33,3 +33,8 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
+
+# The Redis contract suites on Debian's Redis 7 (the embedded binary is 6.2); needs apt.
+test-redis7: setup
+	command -v /usr/bin/redis-server >/dev/null || (apt-get update -q && apt-get install -y -q redis-server)
+	S3_REDIS_SERVER_BIN=/usr/bin/redis-server S3_TEST_REDIS7_BIN=/usr/bin/redis-server $(BIN)/pytest tests/s3/adapters -q
