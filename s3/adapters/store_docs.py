@@ -49,7 +49,7 @@ def signal_id(symbol: str, side: str | None, t0: int, config_rev: int) -> str:
     quoted in anything else keeps its full name after an underscore (``_BTCUSDC``), so no two
     symbols share a BASE.
     """
-    _check(SYMBOL_RE.match(symbol) is not None, "signals.symbol", f"{symbol!r} is not a symbol")
+    _symbol(symbol, "signals.symbol")
     if side not in (None, "BUY", "SELL"):
         raise ValueError(f"signals.side: expected BUY, SELL or None, found {side!r}")
     _int(t0, "signals.t0")
@@ -103,32 +103,38 @@ def signal_doc(doc: SignalDoc | Mapping[str, Any]) -> SignalDoc:
     """Validate a `signals` document; ValueError names the first bad field."""
     c = "signals"
     raw = _fields(doc, SignalDoc, c)
-    decision = _object(raw["decision"], f"{c}.decision")
-    for key in DECISION_KEYS:
-        if key not in decision:
-            raise ValueError(f"{c}.decision.{key}: missing")
-    for key in ("action", "reason"):
-        _text(decision[key], f"{c}.decision.{key}")
-    for key in ("size_mult", "tp_mult", "sl_mult"):
-        _number(decision[key], f"{c}.decision.{key}")
-    if decision["model_p"] is not None:
-        _number(decision["model_p"], f"{c}.decision.model_p")
     return SignalDoc(
         signal_id=_id(raw["signal_id"], f"{c}.signal_id"),
         t0=_int(raw["t0"], f"{c}.t0"),
         symbol=_symbol(raw["symbol"], f"{c}.symbol"),
         features=_object(raw["features"], f"{c}.features"),
-        decision=decision,
+        decision=_decision(raw["decision"], f"{c}.decision"),
         config_rev=_int(raw["config_rev"], f"{c}.config_rev"),
         created_at=_int(raw["created_at"], f"{c}.created_at"),
     )
+
+
+def _decision(value: Any, where: str) -> dict[str, Any]:
+    decision = _object(value, where)
+    for key in DECISION_KEYS:
+        if key not in decision:
+            raise ValueError(f"{where}.{key}: missing")
+    for key in ("action", "reason"):
+        _text(decision[key], f"{where}.{key}")
+    for key in ("size_mult", "tp_mult", "sl_mult"):
+        _number(decision[key], f"{where}.{key}")
+    if decision["model_p"] is not None:
+        _number(decision["model_p"], f"{where}.model_p")
+    return decision
 
 
 def event_doc(doc: EventDoc | Mapping[str, Any]) -> EventDoc:
     """Validate a `strategy_events` document; ValueError names the first bad field."""
     c = "strategy_events"
     raw = _fields(doc, EventDoc, c, optional=("symbol",))
-    symbol = raw.get("symbol") or None  # "" and None both mean "no symbol"
+    symbol = raw.get("symbol")
+    if symbol == "":  # "" and None both mean "no symbol"
+        symbol = None
     return EventDoc(
         event_id=_id(raw["event_id"], f"{c}.event_id"),
         kind=_kind(raw["kind"], f"{c}.kind"),
@@ -177,7 +183,7 @@ def bundle_id(value: Any, where: str = "bundle_id") -> str:
     _check(
         isinstance(value, str) and BUNDLE_ID_RE.match(value) is not None,
         where,
-        f"expected letters, digits, '_', '.', '-' (1-64, not starting with a sign), "
+        f"expected 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit, "
         f"found {value!r}",
     )
     return str(value)
@@ -210,9 +216,7 @@ def check_activation(active: ActiveDoc, stored_checksum: str | None) -> None:
         )
 
 
-def query_args(
-    t_from: int | None, t_to: int | None, limit: int, where: str
-) -> tuple[int | None, int | None, int]:
+def query_args(t_from: int | None, t_to: int | None, limit: int, where: str) -> None:
     """Check the common arguments of the range queries."""
     if t_from is not None:
         _int(t_from, f"{where}: t_from")
@@ -220,7 +224,6 @@ def query_args(
         _int(t_to, f"{where}: t_to")
     if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"{where}: limit must be an integer in 1..{MAX_LIMIT}, found {limit!r}")
-    return t_from, t_to, limit
 
 
 def check_id(value: Any, where: str) -> str:
@@ -333,8 +336,9 @@ def _path(value: Any, where: str) -> None:
 
 def _object(value: Any, where: str) -> dict[str, Any]:
     _check(isinstance(value, Mapping), where, f"expected an object, found {type(value).__name__}")
-    _json(value, where, 0)
-    return dict(value)
+    obj = dict(value)
+    _json(obj, where, 0)
+    return obj
 
 
 def _json(value: Any, where: str, depth: int) -> None:
@@ -348,7 +352,7 @@ def _json(value: Any, where: str, depth: int) -> None:
         _check(abs(value) <= MAX_JSON_INT, where, f"integer {value} is beyond 2**53")
     elif type(value) is float:
         _check(math.isfinite(value), where, f"{value!r} is not a JSON number")
-    elif isinstance(value, Mapping):
+    elif isinstance(value, dict):
         for key, item in value.items():
             _check(isinstance(key, str), where, f"key {key!r} is not a string")
             _json(item, f"{where}.{key}", depth + 1)
