@@ -9,7 +9,18 @@ from pathlib import Path
 from s3.metrics import Metrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "s3.json"
-PROMQL_WORDS = {"sum", "by", "rate", "histogram_quantile", "max", "topk", "clamp_min", "le", "without", "avg"}
+PROMQL_WORDS = {
+    "sum",
+    "by",
+    "rate",
+    "histogram_quantile",
+    "max",
+    "topk",
+    "clamp_min",
+    "le",
+    "without",
+    "avg",
+}
 
 
 def test_every_query_names_an_exported_metric() -> None:
@@ -28,6 +39,13 @@ def test_every_query_names_an_exported_metric() -> None:
         assert not missing, f"{expr}: {missing} not exported"
         used |= names
     # every SLI of spec §9 has a panel
-    for needed in ("s3_strategy_decide_latency_ms_bucket", "s3_gate_skip_total", "s3_rules_fired_total",
-                   "s3_intent_emit_total", "s3_config_rev", "s3_config_reload_lag_seconds", "s3_stream_lag_entries"):
+    for needed in (
+        "s3_strategy_decide_latency_ms_bucket",
+        "s3_gate_skip_total",
+        "s3_rules_fired_total",
+        "s3_intent_emit_total",
+        "s3_config_rev",
+        "s3_config_reload_lag_seconds",
+        "s3_stream_lag_entries",
+    ):
         assert needed in used

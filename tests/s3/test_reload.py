@@ -31,8 +31,11 @@ def make_dir(tmp_path: Path, name: str = "bundle") -> Path:
 
 def bump(root: Path, rev: int, extra_rule: str = "") -> None:
     manifest = root / "bundle.toml"
-    manifest.write_text(manifest.read_text().replace("rev = 1\n", f"rev = {rev}\n", 1)
-                        .replace(f"rev = {rev - 1}\n", f"rev = {rev}\n", 1))
+    manifest.write_text(
+        manifest.read_text()
+        .replace("rev = 1\n", f"rev = {rev}\n", 1)
+        .replace(f"rev = {rev - 1}\n", f"rev = {rev}\n", 1)
+    )
     if extra_rule:
         (root / "zz_extra.rule").write_text(extra_rule)
 
@@ -56,19 +59,35 @@ def test_startup_apply_unchanged_and_new_rev(tmp_path: Path) -> None:
     result = reloader.check_once("cfg:events")
     assert (result.status, result.rev) == ("applied", 2)
     assert registry.current.rev == 2 and "X-1" in registry.current.ruleset.rule_ids
-    assert events.items[-1] == ("CONFIG_APPLIED", {"bundle_id": "default", "rev": 2, "previous_rev": 1,
-                                                   "checksum": registry.current.checksum, "reason": "cfg:events"})
+    assert events.items[-1] == (
+        "CONFIG_APPLIED",
+        {
+            "bundle_id": "default",
+            "rev": 2,
+            "previous_rev": 1,
+            "checksum": registry.current.checksum,
+            "reason": "cfg:events",
+        },
+    )
 
 
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        ("rule X-1 when mid > then skip_entry\n", "E101 expected a value, found 'then' in rule X-1"),
-        ('rule X-1 when mid == "x" then skip_entry\n', "E204 cannot compare mid (number) with \"x\" (string)"),
+        (
+            "rule X-1 when mid > then skip_entry\n",
+            "E101 expected a value, found 'then' in rule X-1",
+        ),
+        (
+            'rule X-1 when mid == "x" then skip_entry\n',
+            'E204 cannot compare mid (number) with "x" (string)',
+        ),
         ("rule R-001 when mid > 0 then skip_entry\n", "E207 rule id 'R-001' is used twice"),
     ],
 )
-def test_a_bad_bundle_is_rejected_and_the_old_one_keeps_serving(tmp_path: Path, extra: str, needle: str) -> None:
+def test_a_bad_bundle_is_rejected_and_the_old_one_keeps_serving(
+    tmp_path: Path, extra: str, needle: str
+) -> None:
     root = make_dir(tmp_path)
     events = Events()
     reloader = Reloader(None, DirectorySource(root), on_event=events)
@@ -92,10 +111,16 @@ def test_missing_field_and_unknown_symbol_filter(tmp_path: Path) -> None:
     text = (root / "bundle.toml").read_text()
     (root / "bundle.toml").write_text(text.replace('step_size = "0.001"\n', "", 1))
     result = reloader.check_once()
-    assert result.status == "rejected" and any("symbols.BTCUSDT.step_size: field required" in r for r in result.reasons)
-    (root / "bundle.toml").write_text(text.replace('market_max_qty = "120"', 'market_max_qty = "120"\ntick_sizes = "1"'))
+    assert result.status == "rejected" and any(
+        "symbols.BTCUSDT.step_size: field required" in r for r in result.reasons
+    )
+    (root / "bundle.toml").write_text(
+        text.replace('market_max_qty = "120"', 'market_max_qty = "120"\ntick_sizes = "1"')
+    )
     result = reloader.check_once("cfg:events")
-    assert any("symbols.BTCUSDT.tick_sizes: extra inputs are not permitted" in r for r in result.reasons)
+    assert any(
+        "symbols.BTCUSDT.tick_sizes: extra inputs are not permitted" in r for r in result.reasons
+    )
     assert registry.current.rev == 1
 
 
@@ -117,7 +142,9 @@ class FlakySource:
         if doc is not None and self.bad_checksum:
             files = dict(doc.files)
             files["bundle.toml"] += "\n# tampered\n"
-            return BundleDoc(doc.bundle_id, doc.rev, doc.checksum, files)  # checksum no longer matches
+            return BundleDoc(
+                doc.bundle_id, doc.rev, doc.checksum, files
+            )  # checksum no longer matches
         return doc
 
 
@@ -141,9 +168,13 @@ def test_restart_while_the_store_is_down_serves_the_last_good_copy(tmp_path: Pat
     source.down = True
     restarted = Reloader(None, source, cache_dir=cache)
     registry = restarted.start_registry()
-    assert registry.current.rev == 1 and registry.current.checksum == checksum_files(read_bundle_files(root))
+    assert registry.current.rev == 1 and registry.current.checksum == checksum_files(
+        read_bundle_files(root)
+    )
     empty = Reloader(None, source, cache_dir=tmp_path / "nothing")
-    with pytest.raises(RuntimeError, match="no bundle to serve: cannot read the active pointer: store unreachable"):
+    with pytest.raises(
+        RuntimeError, match="no bundle to serve: cannot read the active pointer: store unreachable"
+    ):
         empty.start_registry()
 
 
@@ -158,8 +189,14 @@ def test_decisions_never_see_a_mix_of_two_bundles(tmp_path: Path) -> None:
 
     def once() -> tuple[int, tuple[str, ...]]:
         snap = registry.current  # read once per decision (RCU)
-        inp = DecisionInput(symbol="BTCUSDT", side_hint="BUY", features=features, now_ms=BASE["ts"] + 100,
-                            t0_ms=BASE["ts"], state=MarketState(kill_switch="OFF", health="GREEN"))
+        inp = DecisionInput(
+            symbol="BTCUSDT",
+            side_hint="BUY",
+            features=features,
+            now_ms=BASE["ts"] + 100,
+            t0_ms=BASE["ts"],
+            state=MarketState(kill_switch="OFF", health="GREEN"),
+        )
         d = decide(inp, snap, build_model(snap.params.model))
         return d.config_rev, d.rules_fired
 
