@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from s3.adapters import store_docs
 from s3.adapters.model_runner import DeadlineModel
 from s3.adapters.redis_client import Client, read_state
 from s3.adapters.redis_keys import Keys
@@ -211,7 +212,7 @@ class Engine:
         return DecideResult(d, submitted=submitted, reservation=reservation_state)
 
     def _persist(self, d: Decision, inp: DecisionInput) -> None:
-        signal_id = f"SIG-{inp.t0_ms}-{inp.symbol}-{d.side or 'NONE'}-{d.config_rev}"
+        signal_id = store_docs.signal_id(inp.symbol, d.side, inp.t0_ms, d.config_rev)
         self.store.put_signal(
             {
                 "signal_id": signal_id,
