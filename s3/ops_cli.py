@@ -23,6 +23,22 @@ def _settings() -> Settings:
         raise UsageError(f"invalid S3_* settings:\n{exc}") from None
 
 
+def _uvicorn_server_class() -> type:
+    import contextlib
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM after its own shutdown, which would kill the process before
+        the worker drains; S3 handles the signals itself instead."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            yield
+
+    return Server
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -35,16 +51,25 @@ def serve(args: argparse.Namespace) -> int:
     runner.start()
     service.start_reload_watch()
     app = create_app(deps=service)
+    _Server = _uvicorn_server_class()
     print(
         f"s3: serving on http://{args.host}:{args.port} (bundle {service.engine.registry.current.bundle_id} "
         f"rev {service.engine.registry.current.rev}; redis {'embedded' if service.redis_server else 'external'})",
         flush=True,
     )
+    server = _Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+
+    def on_signal(*_: object) -> None:
+        server.should_exit = True  # stop taking requests; in-flight ones finish
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    finally:  # uvicorn returns on SIGINT/SIGTERM: stop taking work, finish in-flight, ack, close
+        server.run()
+    finally:  # then the stream worker finishes its in-flight entry and acks what it handled
         runner.stop()
         service.close()
+    print("s3: stopped", flush=True)
     return 0
 
 
