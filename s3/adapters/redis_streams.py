@@ -332,6 +332,11 @@ class StreamWorker:
     an unparsable entry at once, a failing one after ``max_attempts`` deliveries. Under a cluster
     each stream is in its own slot, so one reader thread per slot does the blocking reads while
     the handler always runs on the thread that called `run`.
+
+    Delivery is at least once: a handler may see an entry again after a crash (or, with
+    ``ack_batch=0``, after a crash anywhere in the batch), so it must be idempotent (spec B6).
+    A retried entry comes after later entries of its stream; feature events are snapshots and
+    the staleness gate judges each on its own ``ts``.
     """
 
     def __init__(
@@ -719,7 +724,7 @@ def _encode(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def _stream_fields(fields: Mapping[str, Any], required: Iterable[str], what: str) -> dict[str, str]:
+def _stream_fields(fields: Mapping[str, Any], required: Iterable[str], what: str) -> dict[Any, Any]:
     missing = [f for f in required if f not in fields]
     if missing:
         raise ValueError(f"{what}: missing field(s) {', '.join(missing)}")
@@ -737,7 +742,7 @@ def emit_signal(
     if not isinstance(fields.get("rules_fired", []), list | tuple):
         raise ValueError("sig:events: rules_fired must be a list of rule ids")
     data = _stream_fields(fields, SIG_FIELDS, "sig:events")
-    return str(client.xadd(keys.sig_events, data, maxlen=maxlen, approximate=True))  # type: ignore[arg-type]
+    return str(client.xadd(keys.sig_events, data, maxlen=maxlen, approximate=True))
 
 
 def emit_order_cmd(
@@ -757,7 +762,7 @@ def emit_order_cmd(
     qty = _number(data["qty"])
     if qty is None or not math.isfinite(qty) or qty <= 0:
         raise ValueError(f"ord:cmd:{symbol}: qty must be a number > 0, found {data['qty']!r}")
-    return str(client.xadd(keys.ord_cmd(symbol), data, maxlen=maxlen, approximate=True))  # type: ignore[arg-type]
+    return str(client.xadd(keys.ord_cmd(symbol), data, maxlen=maxlen, approximate=True))
 
 
 class CfgEvent(msgspec.Struct, frozen=True):

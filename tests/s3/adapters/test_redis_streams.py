@@ -14,10 +14,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
+from redis.crc import key_slot
 
 from s3.adapters.redis_client import Client
 from s3.adapters.redis_keys import Keys
@@ -59,14 +60,12 @@ def produce(client: Client, keys: Keys, symbol: str, n: int, start: int = 0) -> 
     return [str(client.xadd(keys.feat_events(symbol), feat(start + i))) for i in range(n)]  # type: ignore[arg-type]
 
 
-def pending_ids(
-    client: Client, key: str, group: str = "g", consumer: str | None = None
-) -> list[str]:
+def pending_ids(client: Any, key: str, group: str = "g", consumer: str | None = None) -> list[str]:
     rows = client.xpending_range(key, group, "-", "+", 1000, consumername=consumer)
     return [r["message_id"] for r in rows]
 
 
-def dead_letters(client: Client, keys: Keys) -> list[dict[str, str]]:
+def dead_letters(client: Any, keys: Keys) -> list[dict[str, str]]:
     return [f for _, f in client.xrange(keys.feat_dead_letter)]
 
 
@@ -174,7 +173,15 @@ def test_a_payload_entry_parses_and_keeps_flat_fields_beside_it() -> None:
         (
             feat(0, spread_bps="nan"),
             ParseError(
-                "PARSE.BAD_VALUE", "spread_bps", "field 'spread_bps' must be finite, found 'nan'"
+                "PARSE.BAD_TYPE", "spread_bps", "field 'spread_bps' must be a number, found 'nan'"
+            ),
+        ),
+        (
+            feat(0, depth_top1_usdt="1e999"),
+            ParseError(
+                "PARSE.BAD_VALUE",
+                "depth_top1_usdt",
+                "field 'depth_top1_usdt' must be finite, found '1e999'",
             ),
         ),
         (
@@ -212,6 +219,7 @@ def test_a_payload_entry_parses_and_keeps_flat_fields_beside_it() -> None:
         "ts-fraction",
         "ts-bool",
         "spread-nan",
+        "depth-infinite",
         "mid-negative",
         "depth-negative",
         "ts-zero",
@@ -328,10 +336,10 @@ def test_a_dead_consumers_entries_are_reclaimed_and_deleted_ones_dead_lettered(
     client.xdel(key, ids[2])
     seen: list[str] = []
     worker = StreamWorker(
-        client, keys, lambda s, i, f: seen.append(i), config(min_idle_ms=50, count=2)
+        client, keys, lambda s, i, f: seen.append(i), config(min_idle_ms=200, count=2)
     )
     assert worker.poll(reclaim=True) == 0  # not idle long enough yet
-    time.sleep(0.08)
+    time.sleep(0.25)
     while worker.poll(reclaim=True):
         pass
     assert seen == [ids[0], ids[1], ids[3], ids[4]]
@@ -387,17 +395,17 @@ def _check_a_failing_handler_is_retried_then_dead_lettered(client: Client, keys:
         if fields["seq"] == "2" and calls.count(entry_id) == 1:
             raise RuntimeError("flaky")
 
-    worker = StreamWorker(client, keys, handler, config(max_attempts=3, min_idle_ms=40))
+    worker = StreamWorker(client, keys, handler, config(max_attempts=3, min_idle_ms=150))
     worker.ensure_groups()
     ids = produce(client, keys, BTC, 3)
     assert worker.poll() == 3
     assert pending_ids(client, key) == [ids[1], ids[2]]  # failed: left pending, not acked
     assert worker.poll(reclaim=True) == 0  # not idle yet
-    time.sleep(0.06)
+    time.sleep(0.2)
     assert worker.poll(reclaim=True) == 2  # delivery 2: "flaky" succeeds, "boom" fails again
     assert pending_ids(client, key) == [ids[1]]
     assert dead_letters(client, keys) == []
-    time.sleep(0.06)
+    time.sleep(0.2)
     assert worker.poll(reclaim=True) == 1  # delivery 3 = max_attempts: dead-lettered, acked
     assert calls == [ids[0], ids[1], ids[2], ids[1], ids[2], ids[1]]
     assert pending_ids(client, key) == []
@@ -436,8 +444,9 @@ def test_the_handler_sees_every_entry_of_every_symbol_in_order(redis_backend: Re
         lambda s, i, f: seen[s].append((i, f)),
         config(symbols=(BTC, ETH, SOL), count=7),
     )
-    if redis_backend.mode == "cluster":  # each stream in its own slot: one reader per slot
-        assert len(worker.stream_groups) == 3
+    if redis_backend.mode == "cluster":  # one reader per slot
+        slots = {key_slot(keys.feat_events(s).encode()) for s in (BTC, ETH, SOL)}
+        assert len(worker.stream_groups) == len(slots) > 1
     else:
         assert worker.stream_groups == [tuple(keys.feat_events(s) for s in (BTC, ETH, SOL))]
     produced = {
@@ -566,6 +575,14 @@ def test_the_worker_needs_decoded_responses_and_a_sane_config(redis_server: Redi
         config(symbols=())
     with pytest.raises(ValueError, match=r"must be >= 1$"):
         config(max_attempts=0)
+    slow = redis_server.client(socket_timeout=0.5)
+    with pytest.raises(ValueError) as info:
+        StreamWorker(slow, Keys(), lambda s, i, f: None, config(block_ms=500))
+    assert str(info.value) == (
+        "WorkerConfig.block_ms (500) must be shorter than the client's socket timeout (0.5 s), "
+        "or every blocking read times out"
+    )
+    slow.close()
 
 
 # -- kill -9 -----------------------------------------------------------------------------------------
@@ -656,7 +673,7 @@ def test_emit_signal_writes_the_spec_fields(redis_backend: RedisBackend) -> None
         keys,
         dict(ts=1, symbol=ETH, decision="skip", rules_fired=(), model_p=None, config_rev=129),
     )
-    rows = client.xrange(keys.sig_events)
+    rows: Any = client.xrange(keys.sig_events)
     assert rows[0] == (
         entry_id,
         {
@@ -691,7 +708,7 @@ def test_emit_order_cmd_writes_the_spec_fields_exactly(redis_backend: RedisBacke
         "policy": "MakerThenTaker",
     }
     emit_order_cmd(client, keys, BTC, fields)
-    [(_, written)] = client.xrange(keys.ord_cmd(BTC))
+    [(_, written)] = cast(Any, client.xrange(keys.ord_cmd(BTC)))
     assert written == {
         "intent_id": "s3-btc-1730000000000-x",
         "market": "FUT",
