@@ -176,7 +176,7 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
     @post(
         "/decide",
         guards=[auth_guard],
-        sync_to_thread=True,
+        sync_to_thread=True,  # S4 submission may block up to its timeout: never on the event loop
         summary="Decide one entry (spec §3)",
         status_code=HTTP_200_OK,
     )
