@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import json
-import tempfile
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,11 @@ def run_demo(*, events: int = 0, quiet: bool = False) -> int:
 
     console = Console()
     rows = _rows(events)
-    with tempfile.TemporaryDirectory(prefix="s3-demo-") as tmp, S4Server() as s4:
+    workdir = Path("var/demo")
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    tmp = str(workdir)
+    with S4Server() as s4:
         settings = Settings(
             auth_disabled=True,
             redis_addresses=None,
@@ -146,6 +150,9 @@ def _summary(
         t.add_row(f"  submitted: {outcome}", str(n))
     for reason, n in by_reason.most_common():
         t.add_row(f"skip {reason}", str(n))
+    fired = collections.Counter(r for d in decisions for r in d.decision.rules_fired)
+    top = ", ".join(f"{rid} {n}" for rid, n in fired.most_common(6))
+    t.add_row("rules fired (top)", top or "-")
     t.add_row("orders S4 recorded", str(len(s4.orders)))
     t.add_row(
         "ord:cmd entries (dual track)",
@@ -161,8 +168,12 @@ def _summary(
         ),
     )
     console.print(t)
-    p = _latency_percentiles(engine)
-    console.print(f"decide latency (stream): p50 {p[0]:.1f} ms, p95 {p[1]:.1f} ms (bucket bounds)")
+    lat = sorted(engine.latencies_ms)
+    if lat:
+        p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+        console.print(
+            f"decide latency (stream, end to end in the engine): p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        )
     snap = engine.ledger.snapshot()
     inuse = {m: f"{v:.2f}" if v is not None else "?" for m, v in snap.inuse.items()}
     console.print(
@@ -170,30 +181,18 @@ def _summary(
         f"ledger drift: {snap.drift() or 'none'}"
     )
     decides = service.store.events_by_kind("DECIDE", limit=10_000)
-    console.print(f"store: {len(decides)} DECIDE events")
-
-
-def _latency_percentiles(engine: Any) -> tuple[float, float]:
-    samples = []
-    for metric in engine.metrics.registry.collect():
-        if metric.name == "s3_strategy_decide_latency_ms":
-            buckets = [
-                (float(s.labels["le"]), s.value)
-                for s in metric.samples
-                if s.name.endswith("_bucket") and s.labels.get("trigger") == "stream"
-            ]
-            samples = sorted(buckets)
-    if not samples or samples[-1][1] == 0:
-        return (0.0, 0.0)
-    total = samples[-1][1]
-
-    def q(p: float) -> float:
-        for le, c in samples:
-            if c >= p * total:
-                return le
-        return samples[-1][0]
-
-    return q(0.5), q(0.95)
+    console.print(f"store: {len(decides)} DECIDE events in {service.settings.sqlite_path}")
+    console.print(
+        "where to look:\n"
+        f"  sqlite3 {service.settings.sqlite_path} "
+        "\"select signal_id, json_extract(decision, '$.action'), json_extract(decision, '$.reason') "
+        'from signals limit 5"\n'
+        "  run the service:  S3_AUTH_DISABLED=1 s3 serve --port 8080\n"
+        "  curl -s localhost:8080/health\n"
+        "  curl -s -X POST localhost:8080/decide -H 'content-type: application/json' "
+        '-d \'{"symbol":"BTCUSDT","sideHint":"BUY","dry_run":true}\'\n'
+        "  curl -s localhost:8080/metrics | grep s3_"
+    )
 
 
 __all__ = ["run_demo"]

@@ -12,6 +12,7 @@ released, and an idempotency claim whose request failed is abandoned so a retry 
 
 from __future__ import annotations
 
+import collections
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -75,6 +76,9 @@ class Engine:
     clock_ms: Callable[[], int] = field(default=lambda: int(time.time() * 1000))
     model_factory: Callable[[BundleSnapshot], Model] | None = None
     atr_states: dict[str, AtrState] = field(default_factory=dict)
+    latencies_ms: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=100_000)
+    )
     _models: dict[tuple[str, int], Model] = field(default_factory=dict)
 
     def model_for(self, snap: BundleSnapshot) -> Model:
@@ -303,6 +307,7 @@ class Engine:
     def _observe(self, d: Decision, trigger: str, took_ms: float) -> None:
         m = self.metrics
         m.decide_latency_ms.labels(trigger).observe(took_ms)
+        self.latencies_ms.append(took_ms)
         m.decisions.labels(d.decision, d.reason).inc()
         if d.decision == "skip":
             m.gate_skips.labels(d.reason_detail.split(":")[0]).inc()
