@@ -45,7 +45,7 @@ def run_demo(*, events: int = 0, quiet: bool = False) -> int:
     from s3.service import Service
     from s3.worker import Runner
 
-    console = Console()
+    console = Console(width=max(Console().width, 110))
     rows = _rows(events)
     workdir = Path("var/demo")
     shutil.rmtree(workdir, ignore_errors=True)

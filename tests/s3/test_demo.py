@@ -19,7 +19,7 @@ def test_demo_replays_the_sample(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert "events replayed" in out and "ledger drift: none" in out and "where to look" in out
+    assert "events replayed" in out and "drift: none" in out and "where to look" in out
     db = tmp_path / "var" / "demo" / "s3.db"
     with sqlite3.connect(db) as conn:
         (signals,) = conn.execute("select count(*) from signals").fetchone()
