@@ -170,6 +170,7 @@ class Runner:
         )
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+        self._dead_seen = 0
 
     def _handle(self, symbol: str, entry_id: str, fields: dict[str, str]) -> None:
         engine = self.service.engine
@@ -207,6 +208,25 @@ class Runner:
             jt.start()
             self._threads.append(jt)
 
+    def update_stream_metrics(self) -> None:
+        """Stream lag per symbol (entries delivered and not acknowledged, plus, on Redis 7, entries
+        not yet delivered to the group) and dead letters since the last call."""
+        engine = self.service.engine
+        group = self.service.settings.stream_group
+        for symbol in self.symbols:
+            key = engine.keys.feat_events(symbol)
+            lag = 0
+            with contextlib.suppress(Exception):
+                lag = int(engine.redis.xpending(key, group)["pending"])
+                for g in engine.redis.xinfo_groups(key):
+                    if g.get("name") == group and isinstance(g.get("lag"), int):
+                        lag += int(g["lag"])
+            engine.metrics.stream_lag.labels(symbol).set(lag)
+        dead = self.worker.stats.dead_lettered
+        if dead > self._dead_seen:
+            engine.metrics.dead_letters.labels("all").inc(dead - self._dead_seen)
+            self._dead_seen = dead
+
     def _jobs_loop(self) -> None:
         s = self.service.settings
         assert self.jobs is not None
@@ -215,6 +235,7 @@ class Runner:
         while not self._stop.wait(0.2):
             now = time.monotonic()
             with contextlib.suppress(Exception):
+                self.update_stream_metrics()
                 if now >= next_hb:
                     self.jobs.heartbeat()
                     next_hb = now + s.heartbeat_sec

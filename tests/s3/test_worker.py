@@ -245,3 +245,22 @@ def test_bundle_cli_publish_list_show_rollback(
     # the same rev with other content is refused: a rev is immutable
     (two / "risk.rule").write_text((two / "risk.rule").read_text() + "\n# changed\n")
     assert main(["bundle", "publish", str(two)]) == 1
+
+
+def test_stream_metrics(service: Service) -> None:
+    runner = Runner(service, block_ms=50, jobs=False)
+    e = service.engine
+    push(service)
+    push(service, "ETHUSDT", "SELL", mid="bad")
+    runner.worker.ensure_groups()
+    runner.update_stream_metrics()
+    runner.start()
+    try:
+        wait_for(lambda: runner.handled >= 1 and runner.worker.stats.dead_lettered >= 1)
+        time.sleep(0.1)
+        runner.update_stream_metrics()
+    finally:
+        runner.stop()
+    text = e.metrics.exposition().decode()
+    assert 's3_stream_lag_entries{symbol="BTCUSDT"} 0.0' in text
+    assert "s3_stream_event_age_ms" in text and 's3_dead_letter_total{symbol="all"} 1.0' in text
