@@ -89,6 +89,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=20)
+        if proc.stdout is not None:
+            proc.stdout.close()
         r.close()
 
 
