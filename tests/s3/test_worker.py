@@ -165,7 +165,9 @@ def test_publish_reload_and_the_next_signal_carries_the_new_rev(
     wait_for(lambda: e.registry.current.rev == 2, timeout=5)
     lag = time.monotonic() - started
     assert lag < 5.0  # spec SLO; the benchmark measures it properly
-    wait_for(lambda: e.redis.get(e.keys.cfg_rcu_rev) == "2", timeout=2)  # written right after the swap
+    wait_for(
+        lambda: e.redis.get(e.keys.cfg_rcu_rev) == "2", timeout=2
+    )  # written right after the swap
     result = e.decide(
         symbol="BTCUSDT",
         side_hint="BUY",
