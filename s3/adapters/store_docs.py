@@ -343,21 +343,49 @@ def _object(value: Any, where: str) -> dict[str, Any]:
 
 def _json(value: Any, where: str, depth: int) -> None:
     """Only what JSON can hold, the same on both backends: no NaN/Infinity, no Decimal/datetime,
-    string keys, integers a double holds exactly."""
-    if depth > _MAX_DEPTH:
-        raise ValueError(f"{where}: nested deeper than {_MAX_DEPTH} levels")
-    if value is None or isinstance(value, bool | str):
-        return
-    if type(value) is int:
-        _check(abs(value) <= MAX_JSON_INT, where, f"integer {value} is beyond 2**53")
-    elif type(value) is float:
-        _check(math.isfinite(value), where, f"{value!r} is not a JSON number")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check(isinstance(key, str), where, f"key {key!r} is not a string")
-            _json(item, f"{where}.{key}", depth + 1)
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            _json(item, f"{where}[{i}]", depth + 1)
-    else:
-        raise ValueError(f"{where}: a {type(value).__name__} is not a JSON value")
+    string keys, integers a double holds exactly. The path of a bad value is only spelled out
+    when there is one (this runs on every write)."""
+    path: list[str | int] = []
+
+    def spelled() -> str:
+        return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path)
+
+    def fail(message: str) -> None:
+        raise ValueError(f"{where}{spelled()}: {message}")
+
+    def walk(v: Any, d: int) -> None:
+        if d > _MAX_DEPTH:
+            raise ValueError(f"{where}{spelled()}: nested deeper than {_MAX_DEPTH} levels")
+        t = type(v)
+        if v is None or t is bool or t is str:
+            return
+        if t is int:
+            if abs(v) > MAX_JSON_INT:
+                fail(f"integer {v} is beyond 2**53")
+        elif t is float:
+            if not math.isfinite(v):
+                fail(f"{v!r} is not a JSON number")
+        elif isinstance(v, dict):
+            for key, item in v.items():
+                if not isinstance(key, str):
+                    fail(f"key {key!r} is not a string")
+                path.append(key)
+                walk(item, d + 1)
+                path.pop()
+        elif isinstance(v, list | tuple):
+            for i, item in enumerate(v):
+                path.append(i)
+                walk(item, d + 1)
+                path.pop()
+        elif isinstance(v, bool | str):
+            return
+        elif isinstance(v, int) and not isinstance(v, bool):
+            if abs(v) > MAX_JSON_INT:
+                fail(f"integer {v} is beyond 2**53")
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                fail(f"{v!r} is not a JSON number")
+        else:
+            fail(f"a {type(v).__name__} is not a JSON value")
+
+    walk(value, depth)
