@@ -39,14 +39,22 @@ def _uvicorn_server_class() -> type:
     return Server
 
 
+def _service() -> Any:
+    from s3.service import Service
+
+    try:
+        return Service.from_settings(_settings())
+    except (ValueError, RuntimeError) as exc:  # a clear reason, not a traceback
+        raise UsageError(str(exc)) from None
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from s3.http.app import create_app
-    from s3.service import Service
     from s3.worker import Runner
 
-    service = Service.from_settings(_settings())
+    service = _service()
     runner = Runner(service)
     runner.start()
     service.start_reload_watch()
@@ -74,10 +82,9 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
-    from s3.service import Service
     from s3.worker import Runner
 
-    service = Service.from_settings(_settings())
+    service = _service()
     runner = Runner(service)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -266,3 +266,28 @@ def test_stream_metrics(service: Service) -> None:
     text = e.metrics.exposition().decode()
     assert 's3_stream_lag_entries{symbol="BTCUSDT"} 0.0' in text
     assert "s3_stream_event_age_ms" in text and 's3_dead_letter_total{symbol="all"} 1.0' in text
+
+
+def test_serve_refuses_bad_settings_with_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("S3_API_TOKEN", raising=False)
+    monkeypatch.delenv("S3_AUTH_DISABLED", raising=False)
+    assert main(["serve"]) == 2
+    assert (
+        "S3_API_TOKEN is not set: set it, or set S3_AUTH_DISABLED=1 for local use"
+        in capsys.readouterr().err
+    )
+    monkeypatch.setenv("S3_API_TOKEN", "x")
+    monkeypatch.setenv("S3_LEVERAGE_DEFAULT", "500")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "invalid S3_* settings" in err
+        and "leverage_default" in err
+        and "less than or equal to 125" in err
+    )
+    monkeypatch.setenv("S3_LEVERAGE_DEFAULT", "20")
+    monkeypatch.setenv("S3_REDIS_ADDRESSES", "nohostport")
+    assert main(["serve"]) == 2
+    assert "S3_REDIS_ADDRESSES: 'nohostport' is not host:port" in capsys.readouterr().err
