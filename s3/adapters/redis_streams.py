@@ -7,222 +7,40 @@ reader of `cfg:events`. Imports redis and `s3.adapters`, never `s3.core` logic.
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import msgspec
 import redis
 from redis.crc import key_slot
 
+from s3.adapters.feature_events import (
+    ParsedEvent,
+    ParseError,
+    check_feature_entry,
+    parse_feature_entry,
+)
 from s3.adapters.redis_client import Client, connect, is_cluster
 from s3.adapters.redis_keys import Keys
+from s3.adapters.redis_producers import (
+    CfgEvent,
+    _stream_batches,
+    _text,
+    emit_order_cmd,
+    emit_signal,
+    read_cfg_events,
+)
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[str, str, dict[str, str]], None]
-"""``handler(symbol, entry_id, fields)``; it returns once the signal is persisted, or raises."""
-
-REQUIRED_FEATURES = ("ts", "mid", "spread_bps", "depth_top1_usdt")
-SIG_FIELDS = ("ts", "symbol", "decision", "rules_fired", "model_p", "config_rev")
-ORD_FIELDS = ("intent_id", "market", "side", "qty", "policy")
-ORD_OPTIONAL = ("px", "sl_px", "tp_px")
-
-
-# -- parsing a feature event ------------------------------------------------------------------------
-class ParsedEvent(msgspec.Struct, frozen=True):
-    """A valid `feat:events` entry: the spec's required fields typed, every other field kept."""
-
-    ts_ms: int
-    mid: float
-    spread_bps: float
-    depth_top1_usdt: float
-    features: dict[str, Any]
-    """All fields but ``ts`` and ``payload``: numbers as int/float, anything else as text."""
-
-
-class ParseError(msgspec.Struct, frozen=True):
-    """Why an entry cannot be used; ``code`` is PARSE.BAD_JSON, MISSING_FIELD, BAD_TYPE or BAD_VALUE."""
-
-    code: str
-    field: str
-    message: str
-
-
-_NUMBER_START = frozenset("+-.0123456789")
-
-
-def _number(value: Any) -> int | float | None:
-    """A JSON number or a numeric string as int/float; anything else (bools too) is None."""
-    kind = type(value)
-    if kind is int or kind is float:
-        return value
-    if kind is not str or not value or value[0] not in _NUMBER_START:
-        return None
-    try:
-        return float(value) if "." in value or "e" in value or "E" in value else int(value)
-    except ValueError:
-        try:
-            return float(value)
-        except ValueError:
-            return None
-
-
-def _merged(fields: Mapping[str, Any]) -> Mapping[str, Any] | ParseError:
-    """The flat fields, with those of a JSON ``payload`` object added (a name given both ways is
-    an error)."""
-    if "payload" not in fields:
-        return fields
-    values = dict(fields)
-    raw = values.pop("payload")
-    try:
-        payload = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, TypeError) as exc:
-        return ParseError("PARSE.BAD_JSON", "payload", f"field 'payload' is not valid JSON: {exc}")
-    if not isinstance(payload, dict):
-        kind = type(payload).__name__
-        return ParseError(
-            "PARSE.BAD_JSON", "payload", f"field 'payload' must be a JSON object, found {kind}"
-        )
-    for name, value in payload.items():
-        if name in values:
-            return ParseError(
-                "PARSE.BAD_VALUE", name, f"field '{name}' is given both flat and in 'payload'"
-            )
-        values[name] = value
-    return values
-
-
-def _measure(values: Mapping[str, Any], name: str) -> float | ParseError:
-    raw = values[name]
-    number = _number(raw)
-    if number is None:
-        return ParseError("PARSE.BAD_TYPE", name, f"field '{name}' must be a number, found {raw!r}")
-    if not math.isfinite(number):
-        return ParseError("PARSE.BAD_VALUE", name, f"field '{name}' must be finite, found {raw!r}")
-    return float(number)
-
-
-def _required(
-    values: Mapping[str, Any], symbol: str | None
-) -> tuple[int, float, float, float] | ParseError:
-    """The four required fields typed. The first test is the hot path of every entry the worker
-    reads; anything it does not accept goes through `_explain` (which finds the precise reason)."""
-    get = values.get
-    raw_ts, raw_mid, raw_spread, raw_depth = (
-        get("ts"),
-        get("mid"),
-        get("spread_bps"),
-        get("depth_top1_usdt"),
-    )
-    if (
-        type(raw_ts) is str
-        and type(raw_mid) is str
-        and type(raw_spread) is str
-        and type(raw_depth) is str
-    ):
-        try:
-            ts, mid = int(raw_ts), float(raw_mid)
-            spread, depth = float(raw_spread), float(raw_depth)
-        except ValueError:
-            return _explain(values, symbol)
-        if (
-            ts > 0
-            and 0 < mid < _INF
-            and 0 <= spread < _INF
-            and 0 <= depth < _INF
-            and (symbol is None or get("symbol", symbol) == symbol)
-        ):
-            return ts, mid, spread, depth
-    return _explain(values, symbol)
-
-
-_INF = math.inf
 _MAX_REMEMBERED_ERRORS = 10_000
 
-
-def _explain(
-    values: Mapping[str, Any], symbol: str | None
-) -> tuple[int, float, float, float] | ParseError:
-    for name in REQUIRED_FEATURES:
-        if name not in values:
-            return ParseError("PARSE.MISSING_FIELD", name, f"missing required field '{name}'")
-    ts = _measure(values, "ts")
-    if isinstance(ts, ParseError):
-        return ts
-    if not ts.is_integer():
-        found = values["ts"]
-        return ParseError(
-            "PARSE.BAD_TYPE", "ts", f"field 'ts' must be integer milliseconds, found {found!r}"
-        )
-    if ts <= 0:
-        return ParseError(
-            "PARSE.BAD_VALUE", "ts", f"field 'ts' must be > 0, found {values['ts']!r}"
-        )
-    mid, spread, depth = (_measure(values, n) for n in REQUIRED_FEATURES[1:])
-    for name, value, low in (
-        ("mid", mid, None),
-        ("spread_bps", spread, 0.0),
-        ("depth_top1_usdt", depth, 0.0),
-    ):
-        if isinstance(value, ParseError):
-            return value
-        if (value <= 0.0) if low is None else (value < low):
-            bound = "> 0" if low is None else ">= 0"
-            return ParseError(
-                "PARSE.BAD_VALUE", name, f"field '{name}' must be {bound}, found {values[name]!r}"
-            )
-    found_symbol = values.get("symbol")
-    if symbol is not None and found_symbol is not None and found_symbol != symbol:
-        return ParseError(
-            "PARSE.BAD_VALUE",
-            "symbol",
-            f"field 'symbol' is {found_symbol!r} but the stream is for {symbol!r}",
-        )
-    return int(ts), mid, spread, depth  # type: ignore[return-value]
-
-
-def check_feature_entry(
-    fields: Mapping[str, Any], *, symbol: str | None = None
-) -> ParseError | None:
-    """What `parse_feature_entry` would reject, without building the event (the worker's check)."""
-    values = _merged(fields)
-    if isinstance(values, ParseError):
-        return values
-    required = _required(values, symbol)
-    return required if isinstance(required, ParseError) else None
-
-
-def parse_feature_entry(
-    fields: Mapping[str, Any], *, symbol: str | None = None
-) -> ParsedEvent | ParseError:
-    """Check and type one `feat:events` entry.
-
-    Features come as flat fields, or as a JSON object in ``payload`` (flat fields beside it are
-    kept; a name given both ways is an error). ``ts`` is integer epoch milliseconds > 0; ``mid`` a
-    finite number > 0; ``spread_bps`` and ``depth_top1_usdt`` finite numbers >= 0. A ``symbol``
-    field, when present, must name the stream's symbol.
-    """
-    values = _merged(fields)
-    if isinstance(values, ParseError):
-        return values
-    required = _required(values, symbol)
-    if isinstance(required, ParseError):
-        return required
-    features: dict[str, Any] = {}
-    for name, value in values.items():
-        if name != "ts":
-            number = _number(value)
-            features[name] = value if number is None or not math.isfinite(number) else number
-    ts, mid, spread, depth = required
-    return ParsedEvent(
-        ts_ms=ts, mid=mid, spread_bps=spread, depth_top1_usdt=depth, features=features
-    )
+Handler = Callable[[str, str, dict[str, str]], None]
+"""``handler(symbol, entry_id, fields)``; it returns once the signal is persisted, or raises."""
 
 
 # -- XAUTOCLAIM's two reply shapes ------------------------------------------------------------------
@@ -235,10 +53,6 @@ class AutoclaimReply(msgspec.Struct, frozen=True):
     entries: list[tuple[str, dict[str, str]]]
     deleted_ids: list[str]
     nil_entries: int
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _fields(raw: Any) -> dict[str, str]:
@@ -262,18 +76,6 @@ def parse_autoclaim_reply(reply: Sequence[Any]) -> AutoclaimReply:
         entries.append((_text(item[0]), _fields(item[1])))
     deleted = [_text(i) for i in reply[2] or ()] if len(reply) == 3 else []
     return AutoclaimReply(_text(reply[0]), entries, deleted, nils)
-
-
-def _stream_batches(reply: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
-    """XREADGROUP/XREAD reply (RESP2 list or RESP3 dict) -> [(key, [(id, fields)])]."""
-    if not reply:
-        return []
-    # RESP3 answers {key: [entries]}, the entry list wrapped once more
-    pairs = [(k, v[0] if v else []) for k, v in reply.items()] if isinstance(reply, dict) else reply
-    out = []
-    for key, entries in pairs:
-        out.append((_text(key), [(i, f) for i, f in entries if i is not None and f is not None]))
-    return out
 
 
 # -- the worker ----------------------------------------------------------------------------------------
@@ -709,100 +511,6 @@ class StreamWorker:
 
 _ABANDONED = "unknown, its consumer stopped or crashed while handling it"
 _DELETED = "the entry was deleted from the stream (trimmed by MAXLEN?) before it was handled"
-
-
-# -- producers ---------------------------------------------------------------------------------------------
-def _encode(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float | Decimal):
-        return str(value)
-    return msgspec.json.encode(value).decode()
-
-
-def _stream_fields(fields: Mapping[str, Any], required: Iterable[str], what: str) -> dict[Any, Any]:
-    missing = [f for f in required if f not in fields]
-    if missing:
-        raise ValueError(f"{what}: missing field(s) {', '.join(missing)}")
-    return {k: _encode(v) for k, v in fields.items()}
-
-
-def emit_signal(
-    client: Client, keys: Keys, fields: Mapping[str, Any], *, maxlen: int = 100_000
-) -> str:
-    """XADD a decision snapshot to `sig:events` (MAXLEN ~ ``maxlen``); returns the entry id.
-
-    Required: ts, symbol, decision, rules_fired (a list, written as JSON), model_p (None is
-    written as ""), config_rev; extra fields are kept.
-    """
-    if not isinstance(fields.get("rules_fired", []), list | tuple):
-        raise ValueError("sig:events: rules_fired must be a list of rule ids")
-    data = _stream_fields(fields, SIG_FIELDS, "sig:events")
-    return str(client.xadd(keys.sig_events, data, maxlen=maxlen, approximate=True))
-
-
-def emit_order_cmd(
-    client: Client, keys: Keys, symbol: str, fields: Mapping[str, Any], *, maxlen: int = 100_000
-) -> str:
-    """XADD an order command to `ord:cmd:{SYMBOL}` (the dual-track backup, spec §8).
-
-    Required: intent_id, market (FUT/SPOT), side (BUY/SELL), qty (> 0), policy; optional px,
-    sl_px, tp_px (a None is left out). Decimals are written exactly.
-    """
-    present = {k: v for k, v in fields.items() if not (k in ORD_OPTIONAL and v is None)}
-    data = _stream_fields(present, ORD_FIELDS, f"ord:cmd:{symbol}")
-    if data["market"] not in ("FUT", "SPOT"):
-        raise ValueError(f"ord:cmd:{symbol}: market must be FUT or SPOT, found {data['market']!r}")
-    if data["side"] not in ("BUY", "SELL"):
-        raise ValueError(f"ord:cmd:{symbol}: side must be BUY or SELL, found {data['side']!r}")
-    qty = _number(data["qty"])
-    if qty is None or not math.isfinite(qty) or qty <= 0:
-        raise ValueError(f"ord:cmd:{symbol}: qty must be a number > 0, found {data['qty']!r}")
-    return str(client.xadd(keys.ord_cmd(symbol), data, maxlen=maxlen, approximate=True))
-
-
-class CfgEvent(msgspec.Struct, frozen=True):
-    """One `cfg:events` entry ({rev, bundle_id, reason}); ``rev`` is None when not an integer."""
-
-    entry_id: str
-    rev: int | None
-    bundle_id: str
-    reason: str
-    fields: dict[str, str]
-
-
-def read_cfg_events(
-    client: Client, keys: Keys, last_id: str = "$", block_ms: int | None = None, *, count: int = 100
-) -> tuple[str, list[CfgEvent]]:
-    """XREAD `cfg:events` after ``last_id`` (every instance sees every event: no group).
-
-    Returns the id to pass next time and the events. ``"$"`` means only events after now;
-    ``block_ms=None`` does not wait. ``"$"`` is resolved to the stream's last id before reading, so
-    the id returned is always concrete and the next call misses nothing written in between.
-    """
-    if last_id == "$":
-        newest = client.xrevrange(keys.cfg_events, "+", "-", count=1)
-        last_id = str(newest[0][0]) if newest else "0-0"
-    reply = client.xread({keys.cfg_events: last_id}, count=count, block=block_ms)
-    events = []
-    for _, entries in _stream_batches(reply):
-        for entry_id, fields in entries:
-            rev = _number(fields.get("rev", ""))
-            events.append(
-                CfgEvent(
-                    entry_id=entry_id,
-                    rev=rev if isinstance(rev, int) else None,
-                    bundle_id=fields.get("bundle_id", ""),
-                    reason=fields.get("reason", ""),
-                    fields=dict(fields),
-                )
-            )
-            last_id = entry_id
-    return last_id, events
 
 
 __all__ = [
