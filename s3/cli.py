@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from s3 import ops_cli, rules_cli
+from s3 import ops_cli, replay_cli, rules_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--format", choices=("human", "json"), default="human")
     test.set_defaults(func=rules_cli.test)
     ops_cli.add_commands(sub, _Parser)
+    replay_cli.add_commands(sub, _Parser)
     return parser
 
 

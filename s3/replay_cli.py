@@ -1,0 +1,433 @@
+"""`s3 record`, `s3 replay` and `s3 tape sample|synth|info` (see docs/replay.md).
+
+Exit codes: 0 done; 1 a bundle does not build, or `--check-live` found a decision the replay does
+not reproduce; 2 usage errors (a file that does not exist, an unreadable tape).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from s3 import ops_cli
+
+
+class UsageError(ops_cli.UsageError):
+    """Caught by `s3.cli.main` (exit 2), like the other subcommands' usage errors."""
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text)
+
+
+def _progress(quiet: bool, description: str) -> Any:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
+        transient=True,
+    )
+
+
+# -- s3 record ----------------------------------------------------------------------------------------------
+def record(args: argparse.Namespace) -> int:
+    from s3.adapters.redis_client import connect
+    from s3.adapters.redis_keys import Keys
+    from s3.replay import record as rec
+
+    settings = ops_cli._settings()
+    addresses = args.redis or settings.redis_addresses
+    if not addresses:
+        raise UsageError(
+            "no Redis to record from: pass --redis HOST:PORT or set S3_REDIS_ADDRESSES"
+        )
+    prefix = settings.redis_prefix if args.prefix is None else args.prefix
+    client, keys = connect(addresses)
+    keys = Keys(prefix=prefix, risk_tag=keys.risk_tag)
+    symbols = [
+        s.strip().upper() for s in (args.symbols or settings.symbols).split(",") if s.strip()
+    ]
+    store = None
+    if args.decisions:
+        from s3.service import open_store
+
+        store = open_store(settings)
+    source = f"redis {addresses}" + (f" prefix {prefix!r}" if prefix else "")
+    try:
+        with _progress(args.quiet, "recording feat:events") as progress:
+            task = progress.add_task("record", total=None)
+
+            def tick(done: int, total: int | None) -> None:
+                progress.update(task, completed=done, total=total)
+
+            if args.follow:
+                stats = rec.follow(
+                    client,
+                    keys,
+                    symbols,
+                    args.out,
+                    duration_s=args.duration,
+                    count=args.count,
+                    store=store,
+                    source=source,
+                    tick=tick,
+                )
+            else:
+                stats = rec.backfill(
+                    client,
+                    keys,
+                    symbols,
+                    args.out,
+                    since=args.since,
+                    until=args.until,
+                    count=args.count,
+                    store=store,
+                    source=source,
+                    tick=tick,
+                )
+    except KeyboardInterrupt:
+        _err("s3 record: interrupted; the tape holds what was written so far")
+        return 0
+    finally:
+        client.close()
+    per = ", ".join(f"{s} {n}" for s, n in stats.by_symbol.items())
+    _out(
+        f"recorded {stats.events} events ({per}), {stats.states} state records, "
+        f"{stats.decisions} live decisions to {args.out}\n"
+    )
+    return 0
+
+
+# -- s3 replay ----------------------------------------------------------------------------------------------
+def _bundle(path: str) -> Any:
+    from s3.config.bundle import load_dir
+
+    if not Path(path).is_dir():
+        raise UsageError(f"bundle '{path}' is not a directory")
+    result = load_dir(path, ops_cli._settings())
+    if result.snapshot is None:
+        for d in result.diagnostics:
+            _err(d.render(result.texts))
+        _err(f"{path}: the bundle has errors (above); nothing was replayed")
+    return result.snapshot
+
+
+def _tape(path: str, limit: int) -> Any:
+    from s3.replay.tape import TapeError, load
+
+    if not Path(path).is_file():
+        raise UsageError(f"tape '{path}' does not exist")
+    try:
+        return load(path, limit=limit)
+    except (TapeError, OSError, EOFError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _write(path: str, text: str) -> None:
+    if path == "-":
+        _out(text)
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def replay_cmd(args: argparse.Namespace) -> int:
+    from s3.replay import output, report
+    from s3.replay.diff import diff as ab_diff
+    from s3.replay.diff import summarize
+    from s3.replay.replay import ReplayConfig, check_live, replay
+
+    if args.hold_events is not None and args.hold_events < 1:
+        raise UsageError("--hold-events must be at least 1")
+    tape = _tape(args.tape, args.limit)
+    snap_a = _bundle(args.bundle)
+    snap_b = _bundle(args.against) if args.against else None
+    if snap_a is None or (args.against and snap_b is None):
+        return 1
+    cfg = ReplayConfig(
+        hold_ms=None if args.hold_ms is not None and args.hold_ms < 0 else args.hold_ms,
+        hold_events=args.hold_events,
+        latency_ms=args.latency_ms,
+        clock=args.clock,
+        budgets=not args.no_budgets,
+        health=args.health,
+        kill_switch=args.kill_switch,
+    )
+    n = len(tape.events)
+    with _progress(args.quiet, "replaying") as progress:
+        task = progress.add_task("replay", total=n * (2 if snap_b else 1))
+        a = replay(tape, snap_a, cfg, progress=lambda i: progress.update(task, completed=i))
+        b = (
+            replay(tape, snap_b, cfg, progress=lambda i: progress.update(task, completed=n + i))
+            if snap_b is not None
+            else None
+        )
+    d = ab_diff(a, b) if b is not None else None
+    took = a.elapsed_s + (b.elapsed_s if b else 0.0)
+    rate = (n * (2 if b else 1)) / took if took > 0 else 0.0
+    to_stdout = args.json == "-" or args.snapshot == "-"
+    if not to_stdout:
+        if d is not None and b is not None:
+            _out(output.diff_text(a, b, d, limit=args.max_list))
+        else:
+            _out(output.summary_text(a, summarize(a), rules=not args.no_rules))
+        _out(
+            f"replayed {n} events x {2 if b else 1} bundle(s) in {took:.2f} s ({rate:,.0f} decisions/s)\n"
+        )
+    if args.json:
+        doc = (
+            output.diff_json(a, b, d)
+            if d is not None and b is not None
+            else output.result_json(a, events=args.events)
+        )
+        _write(args.json, output.dumps(doc))
+    if args.html:
+        page = (
+            report.html_diff(a, b, d) if d is not None and b is not None else report.html_report(a)
+        )
+        _write(args.html, page)
+        if not to_stdout:
+            _out(f"HTML report: {args.html}\n")
+    if args.snapshot:
+        _write(args.snapshot, output.snapshot_text(output.snapshot_data(a)))
+        if args.snapshot_b and b is not None:
+            _write(args.snapshot_b, output.snapshot_text(output.snapshot_data(b)))
+    code = 0
+    if args.check_live:
+        check = check_live(tape, a)
+        stream = sys.stderr if to_stdout else sys.stdout
+        stream.write(
+            f"live check: {check.compared} live decisions compared, {check.matched} identical, "
+            f"{len({m.key for m in check.mismatches})} differ, {check.no_live_record} replayed "
+            f"without a live record, {len(check.live_not_replayed)} live decisions not replayed\n"
+        )
+        for m in check.mismatches[: args.max_list]:
+            stream.write(f"  {m.key} {m.path}: live {m.live!r} != replay {m.replay!r}\n")
+        for k in check.live_not_replayed[: args.max_list]:
+            stream.write(f"  live decision {k} has no replayed decision\n")
+        if not check.compared:
+            stream.write("  (the tape holds no live decisions: record with --decisions)\n")
+        code = 0 if check.ok and check.compared else 1
+    return code
+
+
+# -- s3 tape ------------------------------------------------------------------------------------------------
+def tape_sample(args: argparse.Namespace) -> int:
+    from s3.replay import synth
+    from s3.replay.tape import write_tape
+
+    src = Path(args.source)
+    if not src.is_file():
+        raise UsageError(f"'{args.source}' does not exist")
+    rows = synth.sample_rows(src)
+    rows = [
+        r
+        for r in rows
+        if (not args.symbol or r["symbol"] == args.symbol)
+        and (args.ts_from is None or r["ts"] >= args.ts_from)
+        and (args.ts_to is None or r["ts"] < args.ts_to)
+    ]
+    if not rows:
+        raise UsageError("no sample rows match --symbol/--ts-from/--ts-to")
+    lines = write_tape(
+        args.out,
+        synth.sample_header(src, note=args.note),
+        synth.sample_records(rows, limit=args.limit),
+    )
+    _out(f"wrote {args.out}: {lines - 2} events from {src}\n")
+    return 0
+
+
+def tape_synth(args: argparse.Namespace) -> int:
+    from s3.replay import synth
+    from s3.replay.tape import write_tape
+
+    if args.events < 1:
+        raise UsageError("--events must be at least 1")
+    with _progress(args.quiet, "generating") as progress:
+        task = progress.add_task("synth", total=args.events)
+        records = synth.synth_records(args.events, seed=args.seed)
+
+        def counted() -> Any:
+            for n, r in enumerate(records):
+                if n % 5000 == 0:
+                    progress.update(task, completed=n)
+                yield r
+
+        lines = write_tape(args.out, synth.synth_header(args.events, args.seed), counted())
+    _out(f"wrote {args.out}: {args.events} events ({lines - 1 - args.events} state records)\n")
+    return 0
+
+
+def tape_info(args: argparse.Namespace) -> int:
+    import collections
+
+    from s3.replay.output import when
+
+    tape = _tape(args.tape, 0)
+    h = tape.header
+    by_symbol = collections.Counter(e.symbol for e in tape.events)
+    bad = sum(e.error is not None for e in tape.events)
+    ts = [e.ts for e in tape.events if e.ts is not None]
+    states = len({id(e.state) for e in tape.events})
+    _out(
+        f"{args.tape}: {h.format} v{h.version}, source: {h.source or '-'}\n"
+        f"  {len(tape.events)} events ("
+        + ", ".join(f"{s} {n}" for s, n in sorted(by_symbol.items()))
+        + f"), {bad} unparseable, {states} distinct states, {len(tape.decisions)} live decisions\n"
+        + (f"  tape time {when(min(ts))} -> {when(max(ts))} UTC\n" if ts else "")
+        + (f"  note: {h.note}\n" if h.note else "")
+    )
+    return 0
+
+
+# -- wiring --------------------------------------------------------------------------------------------------
+def add_commands(sub: Any, parser_class: Any) -> None:
+    r = sub.add_parser("record", help="capture feat:events and the state into a tape (JSON lines)")
+    r.add_argument("out", metavar="OUT", help="the tape to write (.gz: gzip)")
+    r.add_argument(
+        "--redis", default=None, metavar="HOST:PORT[,...]", help="default: S3_REDIS_ADDRESSES"
+    )
+    r.add_argument("--prefix", default=None, help="key prefix (default: S3_REDIS_PREFIX)")
+    r.add_argument("--symbols", default=None, help="comma-separated (default: S3_SYMBOLS)")
+    r.add_argument("--since", default="-", metavar="ID", help="first stream id (backfill)")
+    r.add_argument("--until", default="+", metavar="ID", help="last stream id (backfill)")
+    r.add_argument("--count", type=int, default=0, help="stop after N events (0: no limit)")
+    r.add_argument(
+        "--follow",
+        action="store_true",
+        help="record new entries as they arrive, re-reading the state with each",
+    )
+    r.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --follow: stop after this long",
+    )
+    r.add_argument(
+        "--decisions",
+        action="store_true",
+        help="add the live decisions from the store (S3_DB_ARANGO_URI / S3_SQLITE_PATH)",
+    )
+    r.add_argument("--quiet", action="store_true", help="no progress display")
+    r.set_defaults(func=record)
+
+    p = sub.add_parser(
+        "replay", help="decide a tape with a bundle (and --against another): what would it do?"
+    )
+    p.add_argument("tape", metavar="TAPE")
+    p.add_argument("--bundle", required=True, metavar="A", help="bundle directory")
+    p.add_argument("--against", default=None, metavar="B", help="second bundle: A/B diff")
+    p.add_argument(
+        "--hold-ms",
+        type=int,
+        default=60_000,
+        metavar="MS",
+        help="close a position this long after it opened, in tape time "
+        "(default 60000; negative: never)",
+    )
+    p.add_argument(
+        "--hold-events",
+        type=int,
+        default=None,
+        metavar="N",
+        help="close a position N events after it opened (replaces --hold-ms)",
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=int,
+        default=0,
+        metavar="MS",
+        help="now_ms = ts + this, where the tape has no live clock reading",
+    )
+    p.add_argument(
+        "--clock",
+        choices=("recorded", "tape"),
+        default="recorded",
+        help="recorded: the live clock reading when the tape has it (default)",
+    )
+    p.add_argument(
+        "--no-budgets",
+        action="store_true",
+        help="no budget or concurrency limit (isolates the rules' effect)",
+    )
+    p.add_argument(
+        "--health",
+        default=None,
+        choices=("GREEN", "YELLOW", "ORANGE", "RED"),
+        help="force a health state (what-if)",
+    )
+    p.add_argument(
+        "--kill-switch", default=None, choices=("ON", "OFF"), help="force the kill switch (what-if)"
+    )
+    p.add_argument("--limit", type=int, default=0, help="the first N events only")
+    p.add_argument(
+        "--json", default=None, metavar="FILE", help="machine-readable result ('-': stdout)"
+    )
+    p.add_argument("--events", action="store_true", help="with --json: one row per event too")
+    p.add_argument("--html", default=None, metavar="FILE", help="HTML report with charts")
+    p.add_argument(
+        "--snapshot",
+        default=None,
+        metavar="FILE",
+        help="A's full decision records, stable and diff-friendly (the syrupy format)",
+    )
+    p.add_argument("--snapshot-b", default=None, metavar="FILE", help="the same for B")
+    p.add_argument(
+        "--check-live",
+        action="store_true",
+        help="compare with the live decisions on the tape, field by field (exit 1 if any differ)",
+    )
+    p.add_argument(
+        "--max-list", type=int, default=20, metavar="N", help="events listed per section"
+    )
+    p.add_argument("--no-rules", action="store_true", help="leave the per-rule table out")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=replay_cmd)
+
+    t = sub.add_parser("tape", help="make and inspect tapes: sample, synth, info")
+    tsub = t.add_subparsers(dest="tape_command", required=True, parser_class=parser_class)
+    s = tsub.add_parser("sample", help="a tape from the real feature sample (data/samples)")
+    s.add_argument("out", metavar="OUT")
+    s.add_argument(
+        "--source",
+        default=str(
+            Path(__file__).resolve().parents[1] / "data" / "samples" / "features_real.jsonl"
+        ),
+        help="a features JSONL file",
+    )
+    s.add_argument("--symbol", default=None, help="one symbol only")
+    s.add_argument("--ts-from", type=int, default=None, metavar="MS", help="rows with ts >= MS")
+    s.add_argument("--ts-to", type=int, default=None, metavar="MS", help="rows with ts < MS")
+    s.add_argument("--limit", type=int, default=0, help="the first N events (in time order)")
+    s.add_argument("--note", default="", help="a note for the header")
+    s.set_defaults(func=tape_sample)
+    y = tsub.add_parser("synth", help="a synthetic tape of any length (seeded, reproducible)")
+    y.add_argument("out", metavar="OUT")
+    y.add_argument("--events", type=int, default=10_000)
+    y.add_argument("--seed", type=int, default=1)
+    y.add_argument("--quiet", action="store_true")
+    y.set_defaults(func=tape_synth)
+    i = tsub.add_parser("info", help="what a tape holds")
+    i.add_argument("tape", metavar="TAPE")
+    i.set_defaults(func=tape_info)
