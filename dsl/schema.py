@@ -105,6 +105,13 @@ class Schema:
 
 
 def _type_problem(spec: FeatureSpec, value: object) -> str | None:
+    t = type(value)  # the common cases first: no message is built unless there is a problem
+    if t is float and spec.type == "number" and math.isfinite(value):  # type: ignore[arg-type]
+        return None
+    if t is str and (spec.type == "string" or (spec.type == "enum" and value in spec.values)):
+        return None
+    if t is bool and spec.type == "bool":
+        return None
     shown = show(value)
     if len(shown) > 40:
         shown = shown[:37] + "..."

@@ -6,6 +6,9 @@ number it emits is a `Decimal` computed exactly, and every price and quantity li
 
 from __future__ import annotations
 
+import functools
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import (
     ROUND_HALF_EVEN,
@@ -310,8 +313,21 @@ class _Pnl:
         return self.c * p - self.d
 
 
-def _read_params(params: SizingParams) -> dict[str, Decimal]:
-    """Every parameter as a checked Decimal (a Struct built by hand may hold floats)."""
+def _read_params(params: SizingParams) -> Mapping[str, Decimal]:
+    """Every parameter as a checked Decimal (a Struct built by hand may hold floats). Checked once
+    per parameter set: the same frozen Struct comes back for every decision of a revision."""
+    try:
+        return _read_params_cached(params)
+    except TypeError:  # unhashable (a hand-built Struct holding a list): check it every time
+        return _read_params_uncached(params)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_params_cached(params: SizingParams) -> Mapping[str, Decimal]:
+    return types.MappingProxyType(_read_params_uncached(params))
+
+
+def _read_params_uncached(params: SizingParams) -> dict[str, Decimal]:
     checks = {
         "max_loss_usdt": _positive,
         "atr_mult": _positive,
@@ -351,7 +367,31 @@ def _read_prices(
 
 
 def _read_lots(filters: SymbolFilters, policy: str, guardian: bool, notes: list[str]) -> _Lots:
-    """LOT_SIZE, and MARKET_LOT_SIZE for orders that may execute at market (the stricter wins)."""
+    """LOT_SIZE, and MARKET_LOT_SIZE for orders that may execute at market (the stricter wins);
+    worked out once per (filters, policy, guardian)."""
+    try:
+        lots, note = _read_lots_cached(filters, policy, guardian)
+    except TypeError:  # unhashable filters built by hand: no cache
+        found: list[str] = []
+        lots = _read_lots_uncached(filters, policy, guardian, found)
+        note = found[0] if found else None
+    if note is not None:
+        notes.append(note)
+    return lots
+
+
+@functools.lru_cache(maxsize=256)
+def _read_lots_cached(
+    filters: SymbolFilters, policy: str, guardian: bool
+) -> tuple[_Lots, str | None]:
+    found: list[str] = []
+    lots = _read_lots_uncached(filters, policy, guardian, found)
+    return lots, (found[0] if found else None)
+
+
+def _read_lots_uncached(
+    filters: SymbolFilters, policy: str, guardian: bool, notes: list[str]
+) -> _Lots:
     step = _positive(filters.step_size, "step_size")
     min_qty = _non_negative(filters.min_qty, "min_qty")
     max_qty = _optional(filters.max_qty, "max_qty")
