@@ -8,6 +8,14 @@ commit or release the reservation → store the result under the idempotency key
 
 Nothing is left behind on failure: a reservation whose decision could not be persisted is
 released, and an idempotency claim whose request failed is abandoned so a retry can proceed.
+A claim lives `claim_ttl_ms` (not 24 h) until its result is stored, so a process killed in the
+middle of a decision blocks that intent only briefly; the retry then resumes from the decision
+the first attempt persisted, if it got that far, instead of deciding again (docs/reliability.md).
+
+S4's outcome "unknown" (timeouts, 5xx, connection errors after the retries) keeps the
+reservation pending: S4 may hold the order (it may accept after the client gave up) and the dual
+track hands the command to the guarded router as well. `reconcile` (run by the self-heal job)
+asks S4 again with the same idempotency key and commits or releases.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from s3.errors import DependencyUnavailable, InputError, Rejected
 from s3.metrics import Metrics
 
 IDEM_TTL_MS = 24 * 3600 * 1000
+CLAIM_TTL_MS = 30_000
+"""Default life of an in-progress idempotency claim (the service derives it from the S4 budget)."""
 NUMERIC_FIELDS_SKIP = ("symbol", "side", "side_hint", "regime")
 
 
@@ -75,6 +85,8 @@ class Engine:
     metrics: Metrics = field(default_factory=Metrics)
     clock_ms: Callable[[], int] = field(default=lambda: int(time.time() * 1000))
     model_factory: Callable[[BundleSnapshot], Model] | None = None
+    claim_ttl_ms: int = CLAIM_TTL_MS
+    """How long an in-progress claim holds an intent: longer than a live decision takes."""
     atr_states: dict[str, AtrState] = field(default_factory=dict)
     latencies_ms: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=100_000)
@@ -133,6 +145,10 @@ class Engine:
                 missing=["mid", "spread_bps", "depth_top1_usdt"],
             )
         t0 = t0_ms if t0_ms is not None else now_ms
+        if not 0 <= t0 < store_docs.MAX_JSON_INT:  # the store's range: refuse before any effect
+            raise InputError(
+                "BAD_T0", f"t0 must be epoch milliseconds in 0..2**53-1, found {t0}", t0=t0
+            )
         inp = DecisionInput(
             symbol=symbol,
             side_hint=side_hint,
@@ -148,8 +164,16 @@ class Engine:
         side = side_hint or feats.get("side_hint") or ""
         iid = intent_id(symbol, str(side).upper(), t0, snap.rev) if side else None
         claim = None
+        prior: Decision | None = None
         if iid and not dry_run:
-            claim = self.idem.begin(iid, IDEM_TTL_MS)
+            # An earlier attempt that persisted its decision and then died: resume from it. A
+            # stream event redelivered after a reload is the same event, under any revision.
+            prior = self._prior(symbol, str(side).upper(), t0, snap.rev, trigger == "stream")
+            if prior is not None and prior.intent is not None:
+                iid = prior.intent.intent_id
+            elif prior is not None:
+                iid = intent_id(symbol, str(side).upper(), t0, prior.config_rev)
+            claim = self.idem.begin(iid, self.claim_ttl_ms)
             if claim.status == "replay":
                 result = msgspec.json.decode(claim.result, type=DecideResult)
                 return msgspec.structs.replace(result, replayed=True)
@@ -158,10 +182,11 @@ class Engine:
                     "IN_PROGRESS",
                     f"a decision for {iid} is in progress; retry shortly",
                     intent_id=iid,
+                    ttl_ms=claim.ttl_ms,
                 )
         try:
             result = (
-                self._decide_live(inp, snap)
+                self._decide_live(inp, snap, prior)
                 if not dry_run
                 else DecideResult(
                     decide(inp, snap, self.model_for(snap)), submitted="none", reservation=None
@@ -178,8 +203,25 @@ class Engine:
             raise Rejected("SYMBOL_NOT_CONFIGURED", result.decision.sentence, symbol=symbol)
         return result
 
-    def _decide_live(self, inp: DecisionInput, snap: BundleSnapshot) -> DecideResult:
-        d = decide(inp, snap, self.model_for(snap))
+    def _prior(self, symbol: str, side: str, t0: int, rev: int, any_rev: bool) -> Decision | None:
+        """The decision a previous attempt persisted for (symbol, side, t0), if any."""
+        if side not in ("BUY", "SELL"):
+            return None
+        if any_rev:
+            docs = self.store.signals_by_symbol(symbol, t0, t0 + 1, limit=50)
+        else:
+            doc = self.store.get_signal(store_docs.signal_id(symbol, side, t0, rev))
+            docs = [doc] if doc is not None else []
+        for doc in sorted(docs, key=lambda x: (x.created_at, x.signal_id)):
+            record = doc.decision.get("record")
+            if isinstance(record, dict) and record.get("side") == side:
+                return msgspec.convert(record, Decision, strict=False)
+        return None
+
+    def _decide_live(
+        self, inp: DecisionInput, snap: BundleSnapshot, prior: Decision | None = None
+    ) -> DecideResult:
+        d = prior if prior is not None else decide(inp, snap, self.model_for(snap))
         reservation_state = None
         if d.decision == "open" and d.reservation is not None and d.intent is not None:
             r = d.reservation
@@ -193,6 +235,11 @@ class Engine:
                 inp.now_ms,
             )
             self.metrics.reservations.labels("ok" if res.ok else "refused").inc()
+            if not res.ok and prior is not None and res.detail == "RESERVATION.RELEASED":
+                # The earlier attempt ended already (S4 rejected it, or it never reached S4 and
+                # self-heal released it): the decision stands, nothing is submitted again.
+                self._persist(d, inp)
+                return DecideResult(d, submitted="none", reservation="released")
             if not res.ok:
                 d = msgspec.structs.replace(
                     d,
@@ -206,9 +253,12 @@ class Engine:
                 reservation_state = "pending"
         try:
             self._persist(d, inp)
-        except BaseException:
+        except BaseException as exc:
             if reservation_state == "pending" and d.intent is not None:
                 self.ledger.release(d.intent.intent_id, "persist_failed")
+            if isinstance(exc, ValueError):  # the store refused the features (its contract: bad
+                # input, nothing written), e.g. an integer beyond 2**53: the request's fault
+                raise InputError("UNSTORABLE_FEATURES", str(exc)) from exc
             raise
         submitted = "none"
         if d.decision == "open" and d.intent is not None:
@@ -260,8 +310,14 @@ class Engine:
         assert d.intent is not None
         iid = d.intent.intent_id
         order = OrderCmdRequest.from_intent(d.intent)
-        self._event(
-            "ENTRY_SUBMITTED", d.symbol, {"intent_id": iid, "route": "s4" if self.s4 else "stream"}
+        self._event(  # before S4 is called: `reconcile` re-sends exactly this command
+            "ENTRY_SUBMITTED",
+            d.symbol,
+            {
+                "intent_id": iid,
+                "route": "s4" if self.s4 else "stream",
+                "order": msgspec.to_builtins(order),
+            },
         )
         if self.s4 is None:
             self.emitter.emit_order_cmd(order)
@@ -269,12 +325,14 @@ class Engine:
             return "stream", "pending"
         result: SubmitResult = self.s4.submit(order)
         if result.outcome == "accepted":
-            self.ledger.commit(iid)
-            self._event("ENTRY_ACCEPTED", d.symbol, {"intent_id": iid, "attempts": result.attempts})
+            committed = self.ledger.commit(iid)
+            self._event(
+                "ENTRY_ACCEPTED",
+                d.symbol,
+                {"intent_id": iid, "attempts": result.attempts, "commit": committed.outcome},
+            )
             self.metrics.intent_emit.labels("ok", "s4").inc()
-            return "accepted", "committed"
-        # Rejected or unknown: the quota goes back at once (spec §8); with the dual track on, the
-        # command goes to ord:cmd:{SYMBOL}, where the guarded router owns it (and its quota).
+            return "accepted", "committed" if committed.ok else "released"
         self.metrics.intent_emit.labels("fail", "s4").inc()
         self._event(
             "ENTRY_REJECTED",
@@ -284,14 +342,54 @@ class Engine:
                 "outcome": result.outcome,
                 "detail": result.detail,
                 "attempts": result.attempts,
+                "reservation": "released" if result.outcome == "rejected" else "pending",
             },
         )
-        self.ledger.release(iid, f"s4_{result.outcome}")
-        if self.dual_track and result.outcome == "unknown":
+        if result.outcome == "rejected":  # S4 said no: the quota goes back at once (spec §8)
+            self.ledger.release(iid, "s4_rejected")
+            return "rejected", "released"
+        # Unknown: S4 may hold the order (or accept it after we gave up), and with the dual track
+        # the guarded router gets the command too. The reservation stays pending: releasing it
+        # now would let the budget be spent twice while the order lives. `reconcile` settles it.
+        if self.dual_track:
             self.emitter.emit_order_cmd(order)
             self.metrics.intent_emit.labels("ok", "stream").inc()
-            return "stream", "released"
-        return result.outcome, "released"
+            return "stream", "pending"
+        return "unknown", "pending"
+
+    def reconcile(self, now_ms: int, min_age_ms: int, *, limit: int = 500) -> list[dict[str, Any]]:
+        """Settle pending reservations older than ``min_age_ms`` whose command went to S4.
+
+        Each is sent again, exactly as first sent and with the same idempotency key, so S4
+        answers for the order it holds (a late accept comes back as accepted) and creates none
+        twice: accepted → commit; rejected → release; unknown → left pending for the next round.
+        A pending reservation without ENTRY_SUBMITTED never reached S4; self-heal's stale
+        release is right for it. Returns one record per reservation settled or tried.
+        """
+        if self.s4 is None:
+            return []
+        ids = self.redis.zrangebyscore(
+            self.keys.ledger_pending, "-inf", now_ms - min_age_ms, start=0, num=limit
+        )
+        out: list[dict[str, Any]] = []
+        for raw in ids:
+            iid = raw.decode() if isinstance(raw, bytes) else str(raw)
+            submitted = self.store.get_event(f"EVT-ENTRY_SUBMITTED-{iid}")
+            if submitted is None or not isinstance(submitted.detail.get("order"), dict):
+                continue
+            order = msgspec.convert(submitted.detail["order"], OrderCmdRequest)
+            result = self.s4.submit(order)
+            if result.outcome == "accepted":
+                outcome = self.ledger.commit(iid).outcome
+            elif result.outcome == "rejected":
+                outcome = self.ledger.release(iid, "s4_rejected", symbol=order.symbol).outcome
+            else:
+                outcome = "still_unknown"
+            record = {"intent_id": iid, "s4": result.outcome, "ledger": outcome}
+            out.append(record)
+            if outcome != "still_unknown":
+                self._event("ENTRY_RECONCILED", order.symbol, {**record, "detail": result.detail})
+        return out
 
     def _event(self, kind: str, symbol: str, detail: dict[str, Any]) -> None:
         self.store.put_event(

@@ -134,6 +134,15 @@ class Emitter:
         )
 
 
+def claim_ttl_ms(settings: Settings) -> int:
+    """How long an in-progress idempotency claim lives: twice the longest S4 submission (every
+    attempt timing out, with the client's backoff) plus 2 s for Redis and the store. A process
+    killed mid-decision then blocks its intent for this long, not for the result's 24 h."""
+    retries = settings.s4_retries
+    s4_budget_s = settings.s4_timeout_s * (retries + 1) + 0.05 * retries * (retries + 1) / 2
+    return int(2000 * s4_budget_s) + 2000
+
+
 def open_store(settings: Settings) -> Any:
     if settings.db_arango_uri:
         from s3.adapters.arango_store import ArangoStore
@@ -226,12 +235,16 @@ class Service:
             emitter=Emitter(client, keys, settings.stream_maxlen),
             s4=s4,
             dual_track=settings.dual_track,
+            claim_ttl_ms=claim_ttl_ms(settings),
         )
         engine.metrics.config_rev.set(registry.current.rev)
 
         def applied(snap: Any) -> None:
-            client.set(keys.cfg_rcu_rev, str(snap.rev))
             engine.metrics.config_rev.set(snap.rev)
+            # Redis down at this moment must not undo the swap (already made) nor stop the
+            # reload watch; the watch writes cfg:rcu:rev again at its next poll.
+            with contextlib.suppress(Exception):
+                client.set(keys.cfg_rcu_rev, str(snap.rev))
 
         reloader.on_applied = applied
         return cls(settings, engine, reloader, store, server, settings.api_token)
@@ -301,13 +314,20 @@ class Service:
                     published = max(
                         (int(e.fields.get("published_at_ms", "0") or 0) for e in events), default=0
                     )
-                    result = self.reload("cfg:events")
+                    try:
+                        result = self.reload("cfg:events")
+                    except Exception:  # the poll below tries again; the thread must live on
+                        result = ReloadResult("unavailable")
                     if result.status == "applied" and published:
                         self.engine.metrics.config_reload_lag_s.set(
                             max(0.0, time.time() - published / 1000)
                         )
                 if time.monotonic() >= next_poll:
-                    self.reload("poll")
+                    with contextlib.suppress(Exception):  # see `applied`
+                        self.reload("poll")
+                        self.engine.redis.set(
+                            self.engine.keys.cfg_rcu_rev, str(self.engine.registry.current.rev)
+                        )
                     next_poll = time.monotonic() + self.settings.config_poll_sec
 
         t = threading.Thread(target=watch, name="s3-reload", daemon=True)

@@ -73,7 +73,12 @@ class Jobs:
         stale_ms = int(self.service.settings.stale_after_sec * 1000)
         marked = []
         for symbol in self.symbols:
-            last = self.last_event_ms.get(symbol, 0)
+            # The feed is alive when something was appended to its stream lately, whichever
+            # instance handles it: this instance's own last event says nothing when several
+            # share the group, nor when it is working through a backlog. An empty stream or
+            # Redis unreachable: fall back to what this instance handled.
+            appended = self._last_appended_ms(symbol)
+            last = appended or self.last_event_ms.get(symbol, 0)
             if now - last <= stale_ms:
                 self.stale_symbols.discard(symbol)
                 continue
@@ -99,11 +104,25 @@ class Jobs:
             marked.append(symbol)
         return marked
 
+    def _last_appended_ms(self, symbol: str) -> int | None:
+        """When the last entry was appended to `feat:events:{symbol}` (its id's milliseconds;
+        0 for an empty stream), or None when Redis cannot say."""
+        engine = self.service.engine
+        try:
+            newest = engine.redis.xrevrange(engine.keys.feat_events(symbol), "+", "-", count=1)
+        except Exception:
+            return None
+        return int(str(newest[0][0]).split("-")[0]) if newest else 0
+
     def self_heal(self, now_ms: int | None = None) -> list[Any]:
+        """Reconcile reservations whose S4 outcome is unknown (S4 asked again, same idempotency
+        key), then release the pending ones still stale and repair the counters."""
         if not self.selfheal_lease.acquire():
             return []
         engine = self.service.engine
         now = now_ms if now_ms is not None else engine.clock_ms()
+        with contextlib.suppress(Exception):  # S4 or the store down: self-heal still runs
+            engine.reconcile(now, engine.claim_ttl_ms)
         corrections = engine.ledger.self_heal(now, self.service.settings.pending_max_age_ms)
         for i, c in enumerate(corrections):
             engine.store.put_event(
@@ -166,6 +185,13 @@ class Runner:
                 block_ms=block_ms,
                 min_idle_ms=min_idle_ms,
                 start_id=start_id,
+                # Acknowledge each entry once decided: with the batch default, a crash re-delivers
+                # every decided entry of the batch, and a few crashes in a row push them past
+                # max_attempts into the dead-letter stream although they were decided.
+                ack_batch=1,
+                # Entries delivered to a consumer that dies wait min_idle_ms to be taken over (and
+                # a feature event that waits goes stale); read few at a time so few wait.
+                count=10,
             ),
         )
         self._threads: list[threading.Thread] = []
@@ -186,14 +212,29 @@ class Runner:
         }
         bar_update(engine.atr_states, symbol, features, engine.registry.current.params.atr_period)
         side = features.pop("side_hint", None)
-        result = engine.decide(
-            symbol=symbol,
-            side_hint=str(side) if side else None,
-            t0_ms=parsed.ts_ms,
-            trigger="stream",
-            features=features,
-            features_ts_ms=parsed.ts_ms,
-        )
+
+        def decide() -> Any:
+            return engine.decide(
+                symbol=symbol,
+                side_hint=str(side) if side else None,
+                t0_ms=parsed.ts_ms,
+                trigger="stream",
+                features=features,
+                features_ts_ms=parsed.ts_ms,
+            )
+
+        try:
+            result = decide()
+        except Rejected as exc:
+            if exc.code != "IN_PROGRESS":
+                raise
+            # Another attempt holds the intent's claim: a live one finishes within the claim's
+            # life, a killed one's claim lapses. Wait for that once rather than failing the entry
+            # (every failed delivery counts towards max_attempts and the dead-letter stream).
+            left_ms = exc.extra.get("ttl_ms")
+            wait_ms = left_ms if isinstance(left_ms, int) and left_ms > 0 else engine.claim_ttl_ms
+            time.sleep(min(wait_ms, engine.claim_ttl_ms) / 1000 + 0.05)
+            result = decide()
         self.handled += 1
         if self.on_decision is not None:
             self.on_decision(result)

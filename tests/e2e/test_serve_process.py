@@ -138,11 +138,11 @@ def test_s4_failure_releases_and_s4_down_goes_to_ord_cmd(served: Served) -> None
         "/decide", {"symbol": "ETHUSDT", "sideHint": "SELL", "context": {"t0": 1730000000500}}
     ).json()
     assert (r["decision"], r["submitted"], r["reservation"]) == ("open", "rejected", "released"), r
-    served.s4.set_mode("fail", times=5)  # 500s: unknown outcome, released, command on ord:cmd
+    served.s4.set_mode("fail", times=5)  # 500s: outcome unknown, quota held, command on ord:cmd
     r = served.post(
         "/decide", {"symbol": "ETHUSDT", "sideHint": "SELL", "context": {"t0": 1730000000600}}
     ).json()
-    assert (r["submitted"], r["reservation"]) == ("stream", "released"), r
+    assert (r["submitted"], r["reservation"]) == ("stream", "pending"), r
     cmds = served.r.xrange(f"{PREFIX}ord:cmd:ETHUSDT")
     assert [f["intent_id"] for _, f in cmds] == [r["intent"]["intent_id"]]
     served.s4.set_mode("ok")

@@ -300,7 +300,8 @@ def test_s4_timeout_goes_dual_track(
 ) -> None:
     s4.set_mode("timeout", delay_ms=1000)
     body = decide(client, context={"t0": 1730000000222}).json()
-    assert (body["submitted"], body["reservation"]) == ("stream", "released")
+    # S4 may hold the order (a late accept): the quota stays reserved until `reconcile` settles it
+    assert (body["submitted"], body["reservation"]) == ("stream", "pending")
     e = service.engine
     entries = e.redis.xrange(e.keys.ord_cmd("BTCUSDT"))
     assert len(entries) == 1 and entries[0][1]["intent_id"] == body["intent"]["intent_id"]

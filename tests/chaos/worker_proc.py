@@ -1,0 +1,125 @@
+"""One S3 worker process for the chaos suite: what `s3 worker` runs (the service from `S3_*`
+settings, the stream worker and the scheduled jobs, the reload watch), with the consumer's idle
+bound and read block short enough for a bounded test, and optional crash points.
+
+A crash point kills the process with SIGKILL (no cleanup, no flush: a `kill -9` at that exact
+place in the loop) with probability ``--crash-p`` each time the worker passes it; the point's name
+is appended to ``--crash-log`` first (line-buffered, so it survives). The points cover every step
+of a live decision and the acknowledgement:
+
+    handle      an entry was delivered, nothing done yet
+    reserved    the reservation is taken, nothing persisted
+    signal      the signal is stored, its DECIDE event not yet
+    decided     signal and DECIDE stored, `sig:events` not yet written
+    submit      ENTRY_SUBMITTED stored, S4 not yet called
+    submitted   S4 answered, the reservation not yet committed or released
+    committed   the reservation is committed, nothing after it done
+    result      the idempotency result is about to be stored
+    ack         the decision is complete, the XACK not yet sent
+
+    python -m tests.chaos.worker_proc --min-idle-ms 800 --crash-p 0.01 --crash-log /tmp/crashes
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import functools
+import os
+import random
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+CRASH_POINTS = (
+    "handle",
+    "reserved",
+    "signal",
+    "decided",
+    "submit",
+    "submitted",
+    "committed",
+    "result",
+    "ack",
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--consumer", default=None)
+    ap.add_argument("--min-idle-ms", type=int, default=800)
+    ap.add_argument("--block-ms", type=int, default=200)
+    ap.add_argument("--crash-p", type=float, default=0.0)
+    ap.add_argument("--crash-log", default=os.devnull)
+    ap.add_argument("--seed", type=int, default=None)
+    args = ap.parse_args(argv)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the harness asks when stuck
+
+    from s3.config.settings import Settings
+    from s3.service import Service
+    from s3.worker import Runner
+
+    service = Service.from_settings(Settings())
+    runner = Runner(
+        service, consumer=args.consumer, min_idle_ms=args.min_idle_ms, block_ms=args.block_ms
+    )
+    if args.crash_p > 0:
+        _arm(service, runner, args.crash_p, args.crash_log, random.Random(args.seed))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    runner.start()
+    service.start_reload_watch()
+    print(f"chaos worker {os.getpid()} up", flush=True)
+    stop.wait()
+    runner.stop()
+    service.close()
+    return 0
+
+
+def _arm(service: Any, runner: Any, p: float, log_path: str, rng: random.Random) -> None:
+    log = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    lock = threading.Lock()
+
+    def maybe_crash(point: str) -> None:
+        with lock:
+            hit = rng.random() < p
+        if hit:
+            log.write(f"{os.getpid()} {point}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def before(point: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapped(*a: Any, **kw: Any) -> Any:
+            maybe_crash(point)
+            return fn(*a, **kw)
+
+        return wrapped
+
+    def after(point: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapped(*a: Any, **kw: Any) -> Any:
+            out = fn(*a, **kw)
+            maybe_crash(point)
+            return out
+
+        return wrapped
+
+    engine = service.engine
+    engine.ledger.reserve = after("reserved", engine.ledger.reserve)
+    engine.ledger.commit = after("committed", engine.ledger.commit)
+    engine.emitter.emit_signal = before("decided", engine.emitter.emit_signal)
+    engine.idem.complete = before("result", engine.idem.complete)
+    if engine.s4 is not None:
+        engine.s4.submit = after("submitted", before("submit", engine.s4.submit))
+    store = engine.store
+    put_signal = store.put_signal
+    store.put_signal = after("signal", put_signal)
+    worker = runner.worker
+    worker.handler = before("handle", worker.handler)
+    worker.client.xack = before("ack", worker.client.xack)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
