@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 
+from s3 import shadow
 from s3.adapters import store_docs
 from s3.adapters.model_runner import DeadlineModel
 from s3.adapters.redis_client import Client, read_state
@@ -222,6 +223,8 @@ class Engine:
         self, inp: DecisionInput, snap: BundleSnapshot, prior: Decision | None = None
     ) -> DecideResult:
         d = prior if prior is not None else decide(inp, snap, self.model_for(snap))
+        if prior is None:  # a shadow bundle (S3_SHADOW_BUNDLE) decides the same input, no effects
+            shadow.observe(self, inp, d)
         reservation_state = None
         if d.decision == "open" and d.reservation is not None and d.intent is not None:
             r = d.reservation

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from s3 import shadow
 from s3.adapters.redis_client import Client, connect
 from s3.adapters.redis_keys import Keys
 from s3.adapters.redis_server import RedisServer
@@ -238,6 +239,7 @@ class Service:
             claim_ttl_ms=claim_ttl_ms(settings),
         )
         engine.metrics.config_rev.set(registry.current.rev)
+        shadow.install_from_env(engine, store, settings)
 
         def applied(snap: Any) -> None:
             engine.metrics.config_rev.set(snap.rev)

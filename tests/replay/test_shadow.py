@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-import s3.engine
 from s3 import shadow
 from s3.adapters.sqlite_store import SqliteStore
 from s3.core.decide import BundleSnapshot, decide
@@ -132,21 +131,13 @@ def test_install_from_env(
 def test_live_service_with_the_hook_and_a_shadow_bundle(
     service: Service, monkeypatch: pytest.MonkeyPatch, bundle_b_dir: Path
 ) -> None:
-    """The hook the lead adds to Engine._decide_live, `shadow.observe(self, inp, d)` right after
-    `d = decide(...)`, emulated by wrapping `s3.engine.decide`; the shadow comes from
-    S3_SHADOW_BUNDLE as `install_from_env` (the hook in Service.from_settings) reads it."""
+    """The hook in Engine._decide_live (`shadow.observe(self, inp, d)` right after the decision);
+    the shadow comes from S3_SHADOW_BUNDLE as `install_from_env` (the hook in
+    Service.from_settings) reads it."""
     engine = service.engine
     monkeypatch.setenv(shadow.SHADOW_ENV, str(bundle_b_dir))
     sh = shadow.install_from_env(engine, service.store)
     assert sh is not None
-    real_decide = getattr(s3.engine, "decide")  # noqa: B009
-
-    def hooked(inp: DecisionInput, snap: BundleSnapshot, model: Any) -> Any:
-        d = real_decide(inp, snap, model)
-        shadow.observe(engine, inp, d)  # <- the one-line hook
-        return d
-
-    monkeypatch.setattr(s3.engine, "decide", hooked)
     events = [r for _, r in iter_records(REAL) if isinstance(r, Event)][START:]
     live = run_live(service, events)
     try:
