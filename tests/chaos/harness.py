@@ -136,6 +136,8 @@ class ChaosConfig:
     aof: bool = False
     crash_p: float = 0.0
     """Chance of a SIGKILL at each crash point a worker passes (see worker_proc)."""
+    kill_every: tuple[float, float] = (0.8, 1.6)
+    """Seconds between two external SIGKILLs of a random worker (scenarios that kill)."""
     malformed: float = 0.04
     """Share of malformed entries in the feed."""
     slow_malformed: bool = True
@@ -223,6 +225,8 @@ class ChaosEnv:
         self.procs: list[subprocess.Popen[bytes]] = []
         self._killed_by_us: set[int] = set()
         self._logs: dict[int, Path] = {}
+        self.exits: Counter[str] = Counter()
+        """Workers that exited by themselves, by their last words (e.g. Redis down at start)."""
         self._procs_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.crash_log = tmp / "crashes.log"
@@ -353,7 +357,7 @@ class ChaosEnv:
                         tail = (
                             log.read_text(errors="replace").strip().splitlines()[-1:] if log else []
                         )
-                        self.notes.append(f"worker {p.pid} exited {code}: {' '.join(tail)[:200]}")
+                        self.exits[f"exited {code}: {' '.join(tail)[:160]}"] += 1
                 self.spawn(slot)
 
     def stop_workers(self) -> None:
@@ -733,6 +737,7 @@ def run_scenario(
         report.seconds = time.monotonic() - t0
         report.faults.update(env.faults)
         report.notes.extend(env.notes)
+        report.notes.extend(f"{n} worker(s) {why}" for why, n in env.exits.items())
         if env.crash_log.exists():
             points = Counter(
                 line.split()[1] for line in env.crash_log.read_text().splitlines() if line

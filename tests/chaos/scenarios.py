@@ -26,8 +26,10 @@ def _at(env: ChaosEnv, started: float, fraction: float) -> bool:
 
 # -- kill -9 ----------------------------------------------------------------------------------------
 def kill9_faults(env: ChaosEnv, started: float) -> None:
-    """SIGKILL a random worker every 0.8-1.6 s; the workers also kill themselves at crash points."""
-    while not env.stop_feed.wait(env.rng.uniform(0.8, 1.6)):
+    """SIGKILL a random worker every 0.8-1.6 s (``cfg.kill_every``); the workers also kill
+    themselves at crash points."""
+    low, high = env.cfg.kill_every
+    while not env.stop_feed.wait(env.rng.uniform(low, high)):
         env.kill_random_worker()
 
 
@@ -238,6 +240,7 @@ EVERYTHING = ChaosConfig(
     crash_p=0.002,
     via_proxy=True,
     aof=True,
+    kill_every=(2.0, 4.0),
 )
 
 
