@@ -223,18 +223,22 @@ class Runner:
                 features_ts_ms=parsed.ts_ms,
             )
 
-        try:
-            result = decide()
-        except Rejected as exc:
-            if exc.code != "IN_PROGRESS":
-                raise
-            # Another attempt holds the intent's claim: a live one finishes within the claim's
-            # life, a killed one's claim lapses. Wait for that once rather than failing the entry
-            # (every failed delivery counts towards max_attempts and the dead-letter stream).
-            left_ms = exc.extra.get("ttl_ms")
-            wait_ms = left_ms if isinstance(left_ms, int) and left_ms > 0 else engine.claim_ttl_ms
-            time.sleep(min(wait_ms, engine.claim_ttl_ms) / 1000 + 0.05)
-            result = decide()
+        for tries_left in range(2, -1, -1):
+            try:
+                result = decide()
+                break
+            except Rejected as exc:
+                if exc.code != "IN_PROGRESS" or not tries_left:
+                    raise
+                # Another attempt holds the intent's claim: a live one finishes within the
+                # claim's life, a killed one's claim lapses. Wait for that (a few times, in case
+                # another taker dies holding it too) rather than failing the entry: every failed
+                # delivery counts towards max_attempts and the dead-letter stream.
+                left_ms = exc.extra.get("ttl_ms")
+                wait_ms = (
+                    left_ms if isinstance(left_ms, int) and left_ms > 0 else engine.claim_ttl_ms
+                )
+                time.sleep(min(wait_ms, engine.claim_ttl_ms) / 1000 + 0.05)
         self.handled += 1
         if self.on_decision is not None:
             self.on_decision(result)
