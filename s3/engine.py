@@ -31,7 +31,7 @@ import msgspec
 
 from s3 import shadow
 from s3.adapters import store_docs
-from s3.adapters.model_runner import DeadlineModel
+from s3.adapters.model_runner import DeadlineModel, TimedModel
 from s3.adapters.redis_client import Client, read_state
 from s3.adapters.redis_keys import Keys
 from s3.adapters.s4_client import OrderCmdRequest, S4Client, SubmitResult
@@ -102,8 +102,9 @@ class Engine:
                 model = self.model_factory(snap)
             elif snap.params.model.kind == "none":
                 model = build_model(snap.params.model)
-            else:  # the built-in model under the bundle's deadline (spec §10: timeout -> x1.0)
-                model = DeadlineModel(build_model(snap.params.model), snap.params.model.deadline_ms)
+            else:  # the built-in model under the bundle's deadline (spec §10: timeout -> x1.0);
+                # bounded arithmetic, so it runs inline (no thread hop) and a late answer is dropped
+                model = TimedModel(build_model(snap.params.model), snap.params.model.deadline_ms)
             for old in self._models.values():
                 if isinstance(old, DeadlineModel):
                     old.close()

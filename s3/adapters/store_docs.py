@@ -341,10 +341,58 @@ def _object(value: Any, where: str) -> dict[str, Any]:
     return obj
 
 
+_SCALARS = frozenset({str, bool, type(None)})
+
+
+def _json_ok(value: Any, depth: int) -> bool:
+    """The fast check behind `_json` (it runs on every write): one loop, no calls per value.
+    False means "look closer": `_json` then walks again to name the first bad value."""
+    stack: list[tuple[Any, int]] = [(value, depth)]
+    scalars, isfinite, top = _SCALARS, math.isfinite, MAX_JSON_INT
+    while stack:
+        v, d = stack.pop()
+        if d > _MAX_DEPTH:
+            return False
+        t = type(v)
+        if (t is dict or t is list or t is tuple) and v and d >= _MAX_DEPTH:
+            return False  # its items lie beyond the depth limit
+        if t is dict:
+            for key, item in v.items():
+                ti = type(item)
+                if type(key) is not str:
+                    return False
+                if ti in scalars:
+                    continue
+                if ti is float:
+                    if not isfinite(item):
+                        return False
+                elif ti is int:
+                    if item > top or item < -top:
+                        return False
+                else:
+                    stack.append((item, d + 1))
+        elif t is list or t is tuple:
+            for item in v:
+                stack.append((item, d + 1))
+        elif t in scalars:
+            continue
+        elif t is float:
+            if not isfinite(v):
+                return False
+        elif t is int:
+            if v > top or v < -top:
+                return False
+        else:  # a subclass or another type: the careful walk decides
+            return False
+    return True
+
+
 def _json(value: Any, where: str, depth: int) -> None:
     """Only what JSON can hold, the same on both backends: no NaN/Infinity, no Decimal/datetime,
     string keys, integers a double holds exactly. The path of a bad value is only spelled out
     when there is one (this runs on every write)."""
+    if _json_ok(value, depth):
+        return
     path: list[str | int] = []
 
     def spelled() -> str:

@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from s3.adapters import store_docs
 from s3.adapters.arango_store import INDEXES, ArangoStore, ArangoTarget
 from s3.adapters.sqlite_store import SqliteStore
 from s3.adapters.store_docs import event_id, signal_from_decision, signal_id
@@ -606,3 +609,51 @@ def test_arango_urls_and_an_unreachable_server() -> None:
         ArangoStore.from_url("http://root:secret@127.0.0.1:1/s3", timeout_s=1)
     assert down.value.code == "STORE_UNAVAILABLE"
     assert "secret" not in str(down.value)
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.text(max_size=5)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.integers(min_value=-(2**54), max_value=2**54)
+    | st.decimals(allow_nan=False, places=2, max_value=10, min_value=-10),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.dictionaries(st.text(max_size=3) | st.integers(0, 3), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def _nested(depth: int, leaf: Any) -> Any:
+    v = leaf
+    for k in range(depth):
+        v = {"k": v} if k % 2 else [v]
+    return v
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_json_values)
+def test_the_fast_json_check_agrees_with_the_careful_walk(value: Any) -> None:
+    """`_json_ok` (every write) only says yes where the walk that names a bad value agrees."""
+    try:
+        store_docs._json(value, "x", 0)
+        careful = True
+    except ValueError:
+        careful = False
+    # exact types only in these values: the fast check never has to defer, so they agree
+    assert store_docs._json_ok(value, 0) == careful
+
+
+@pytest.mark.parametrize("depth", [63, 64, 65, 66])
+@pytest.mark.parametrize("leaf", [1, {}, [], "s", 2**60])
+def test_the_depth_limit_is_the_same_either_way(depth: int, leaf: Any) -> None:
+    value = _nested(depth, leaf)
+    try:
+        store_docs._json(value, "x", 0)
+        careful = True
+    except ValueError:
+        careful = False
+    assert store_docs._json_ok(value, 0) == careful

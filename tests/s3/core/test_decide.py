@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from s3.adapters.model_runner import DeadlineModel
+from s3.adapters.model_runner import DeadlineModel, TimedModel
 from s3.config.bundle import load_dir
 from s3.core import gates
 from s3.core.decide import BundleSnapshot, decide, entry_price, intent_id
@@ -269,6 +269,27 @@ def test_model_timeout_degrades_to_one(snap: BundleSnapshot) -> None:
     assert d.model_degraded == "model_timeout: no answer within 20 ms"
 
 
+def test_a_late_inline_model_counts_as_a_timeout(snap: BundleSnapshot) -> None:
+    """`TimedModel` (the built-in models: inline, no thread) drops an answer that came late."""
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def took(ms: float) -> Callable[[Mapping[str, Any]], ModelResult]:
+        def model(features: Mapping[str, Any]) -> ModelResult:
+            now[0] += ms / 1000
+            return ModelResult(p=0.99)
+
+        return model
+
+    late = run(snap, model=TimedModel(took(21), deadline_ms=20, clock=clock))
+    assert late.decision == "open" and late.size_mult_ml == 1.0 and late.model_p is None
+    assert late.model_degraded == "model_timeout: no answer within 20 ms"
+    on_time = run(snap, model=TimedModel(took(19), deadline_ms=20, clock=clock))
+    assert on_time.model_p == 0.99 and on_time.model_degraded is None
+
+
 def test_model_error_degrades_to_one(snap: BundleSnapshot) -> None:
     def broken(features: Mapping[str, Any]) -> ModelResult:
         raise RuntimeError("weights file corrupt")
@@ -282,6 +303,8 @@ def test_model_error_degrades_to_one(snap: BundleSnapshot) -> None:
         d.model_degraded == "model_error: RuntimeError: weights file corrupt"
         and d.size_mult_ml == 1.0
     )
+    inline = run(snap, model=TimedModel(broken, deadline_ms=200))
+    assert inline.model_degraded == d.model_degraded and inline.size_mult_ml == 1.0
     lm = LogisticModel(ModelSpec(kind="logistic", weights={"nope": 1.0}))
     assert lm({"x": 1.0}).degraded == "model_error: feature 'nope' is missing"
     assert no_model({}) == ModelResult()
