@@ -1,10 +1,11 @@
 """The engine at work: one decision with its side effects, around the pure core.
 
 Order of a live decision (spec §2, §8, Part B5/B6): read the snapshot in force once (RCU) → read
-the state in one round trip → claim the idempotency key (a retry replays the first result) →
+the state and claim the idempotency key in one round trip (a retry replays the first result) →
 decide (pure) → reserve the risk budget atomically → persist the signal and its DECIDE event →
 emit `sig:events` → submit the intent to S4 (dual track: `ord:cmd:{SYMBOL}` when S4 fails) →
-commit or release the reservation → store the result under the idempotency key.
+commit or release the reservation → store the result under the idempotency key. A skip's
+`sig:events` entry and its result go in one round trip.
 
 Nothing is left behind on failure: a reservation whose decision could not be persisted is
 released, and an idempotency claim whose request failed is abandoned so a retry can proceed.
@@ -21,6 +22,7 @@ asks S4 again with the same idempotency key and commits or releases.
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -32,7 +34,14 @@ import msgspec
 from s3 import shadow
 from s3.adapters import store_docs
 from s3.adapters.model_runner import DeadlineModel, TimedModel
-from s3.adapters.redis_client import Client, read_state
+from s3.adapters.redis_client import (
+    STATE_COMMANDS,
+    Client,
+    is_cluster,
+    parse_state,
+    queue_state,
+    read_state,
+)
 from s3.adapters.redis_keys import Keys
 from s3.adapters.s4_client import OrderCmdRequest, S4Client, SubmitResult
 from s3.config.reload import Registry
@@ -60,6 +69,18 @@ def features_from_hash(raw: Mapping[str, str]) -> dict[str, Any]:
         except ValueError:
             out[k] = {"true": True, "false": False}.get(v, v)
     return out
+
+
+@dataclass(frozen=True)
+class Submission:
+    """An open decided, reserved and persisted, whose intent still has to go to S4."""
+
+    decision: Decision
+    intent_id: str | None
+    token: str | None
+    """The idempotency claim's token: the result is stored under it after S4 answered."""
+    trigger: str
+    started: float
 
 
 class DecideResult(msgspec.Struct, frozen=True):
@@ -123,6 +144,36 @@ class Engine:
         features: Mapping[str, Any] | None = None,
         features_ts_ms: int | None = None,
     ) -> DecideResult:
+        """One decision with every side effect, S4 included (blocks up to S4's budget)."""
+        step = self.decide_until_submit(
+            symbol=symbol,
+            side_hint=side_hint,
+            t0_ms=t0_ms,
+            trigger=trigger,
+            dry_run=dry_run,
+            features=features,
+            features_ts_ms=features_ts_ms,
+        )
+        return self.submit(step) if isinstance(step, Submission) else step
+
+    def decide_until_submit(
+        self,
+        *,
+        symbol: str,
+        side_hint: str | None,
+        t0_ms: int | None,
+        trigger: str,
+        dry_run: bool = False,
+        features: Mapping[str, Any] | None = None,
+        features_ts_ms: int | None = None,
+    ) -> DecideResult | Submission:
+        """Everything up to the S4 call: a finished `DecideResult`, or a `Submission` (an open,
+        reserved and persisted) to finish with `submit`, which may block up to S4's budget. The
+        HTTP handler runs this part on the event loop and only `submit` on a thread.
+
+        Round trips to Redis for a fresh skip (standalone): one for the state and the
+        idempotency claim, one for `sig:events` and the result (a cluster: one more for each).
+        """
         started = time.perf_counter()
         snap = self.registry.current  # read once: this decision runs on this revision only
         now_ms = self.clock_ms()
@@ -132,24 +183,43 @@ class Engine:
                 f"{symbol} is not configured in bundle {snap.bundle_id} rev {snap.rev}",
                 symbol=symbol,
             )
-        try:
-            state, last = read_state(self.redis, self.keys, symbol)
-        except Exception as exc:
-            raise DependencyUnavailable(
-                "REDIS_DOWN", f"cannot read the state from Redis: {exc}"
-            ) from exc
-        feats = dict(features) if features is not None else features_from_hash(last)
-        if not feats:
-            raise InputError(
-                "MISSING_FEATURES",
-                f"no features for {symbol}: feat:last:{symbol} is empty "
-                "and the request carries none",
-                missing=["mid", "spread_bps", "depth_top1_usdt"],
-            )
         t0 = t0_ms if t0_ms is not None else now_ms
         if not 0 <= t0 < store_docs.MAX_JSON_INT:  # the store's range: refuse before any effect
             raise InputError(
                 "BAD_T0", f"t0 must be epoch milliseconds in 0..2**53-1, found {t0}", t0=t0
+            )
+        iid: str | None = None
+        prior: Decision | None = None
+        if side_hint and not dry_run:  # the intent is known before any read: claim it with them
+            iid, prior = self._identify(symbol, side_hint, t0, snap.rev, trigger)
+        state, last, claim = self._read(symbol, iid)
+        try:
+            feats = dict(features) if features is not None else features_from_hash(last)
+            if not feats:
+                raise InputError(
+                    "MISSING_FEATURES",
+                    f"no features for {symbol}: feat:last:{symbol} is empty "
+                    "and the request carries none",
+                    missing=["mid", "spread_bps", "depth_top1_usdt"],
+                )
+            side = side_hint or feats.get("side_hint") or ""
+            if iid is None and side and not dry_run:  # the side came with the features
+                iid, prior = self._identify(symbol, side, t0, snap.rev, trigger)
+                claim = self.idem.begin(iid, self.claim_ttl_ms)
+        except BaseException:
+            if iid and claim is not None and claim.status == "first":
+                self.idem.abandon(iid, token=claim.token)
+            raise
+        if claim is not None and claim.status == "replay":
+            assert claim.result is not None
+            result = msgspec.json.decode(claim.result, type=DecideResult)
+            return msgspec.structs.replace(result, replayed=True)
+        if claim is not None and claim.status == "in_progress":
+            raise Rejected(
+                "IN_PROGRESS",
+                f"a decision for {iid} is in progress; retry shortly",
+                intent_id=iid,
+                ttl_ms=claim.ttl_ms,
             )
         inp = DecisionInput(
             symbol=symbol,
@@ -163,47 +233,122 @@ class Engine:
             trigger=trigger,
             dry_run=dry_run,
         )
-        side = side_hint or feats.get("side_hint") or ""
-        iid = intent_id(symbol, str(side).upper(), t0, snap.rev) if side else None
-        claim = None
-        prior: Decision | None = None
-        if iid and not dry_run:
-            # An earlier attempt that persisted its decision and then died: resume from it. A
-            # stream event redelivered after a reload is the same event, under any revision.
-            prior = self._prior(symbol, str(side).upper(), t0, snap.rev, trigger == "stream")
-            if prior is not None and prior.intent is not None:
-                iid = prior.intent.intent_id
-            elif prior is not None:
-                iid = intent_id(symbol, str(side).upper(), t0, prior.config_rev)
-            claim = self.idem.begin(iid, self.claim_ttl_ms)
-            if claim.status == "replay":
-                result = msgspec.json.decode(claim.result, type=DecideResult)
-                return msgspec.structs.replace(result, replayed=True)
-            if claim.status == "in_progress":
-                raise Rejected(
-                    "IN_PROGRESS",
-                    f"a decision for {iid} is in progress; retry shortly",
-                    intent_id=iid,
-                    ttl_ms=claim.ttl_ms,
-                )
+        token = claim.token if claim is not None else None
         try:
-            result = (
-                self._decide_live(inp, snap, prior)
-                if not dry_run
-                else DecideResult(
-                    decide(inp, snap, self.model_for(snap)), submitted="none", reservation=None
+            if dry_run:
+                d = decide(inp, snap, self.model_for(snap))
+                return self._finish(
+                    DecideResult(d, submitted="none"), None, None, trigger, started, emit=False
                 )
-            )
+            step = self._decide_live(inp, snap, prior, iid, token, trigger, started)
         except BaseException:
-            if iid and claim is not None:
-                self.idem.abandon(iid, token=claim.token)
+            if iid and token is not None:
+                self.idem.abandon(iid, token=token)
             raise
-        if iid and claim is not None:
-            self.idem.complete(iid, msgspec.json.encode(result), IDEM_TTL_MS, token=claim.token)
-        self._observe(result.decision, trigger, (time.perf_counter() - started) * 1000)
-        if result.decision.reason_detail == "GATE.SYMBOL_NOT_CONFIGURED":
-            raise Rejected("SYMBOL_NOT_CONFIGURED", result.decision.sentence, symbol=symbol)
+        if isinstance(step, Submission):
+            return step
+        return self._finish(step, iid, token, trigger, started, emit=True)
+
+    def submit(self, step: Submission) -> DecideResult:
+        """Send an open's intent to S4 (dual track on failure) and store the result."""
+        try:
+            submitted, reservation = self._submit(step.decision)
+        except BaseException:
+            if step.intent_id and step.token is not None:
+                self.idem.abandon(step.intent_id, token=step.token)
+            raise
+        result = DecideResult(step.decision, submitted=submitted, reservation=reservation)
+        return self._finish(
+            result, step.intent_id, step.token, step.trigger, step.started, emit=False
+        )
+
+    def _finish(
+        self,
+        result: DecideResult,
+        iid: str | None,
+        token: str | None,
+        trigger: str,
+        started: float,
+        *,
+        emit: bool,
+    ) -> DecideResult:
+        """Emit `sig:events` (``emit``: not yet done) and store the result under the key."""
+        d = result.decision
+        if iid and token is not None:
+            payload = msgspec.json.encode(result)
+            try:
+                if emit and self._pipelined:
+                    self._emit_and_complete(d, iid, payload, token)
+                else:
+                    if emit:
+                        self.emitter.emit_signal(d)
+                    self.idem.complete(iid, payload, IDEM_TTL_MS, token=token)
+            except BaseException:
+                self.idem.abandon(iid, token=token)  # no-op once the result is stored
+                raise
+        elif emit:
+            self.emitter.emit_signal(d)
+        self._observe(d, trigger, (time.perf_counter() - started) * 1000)
+        if d.reason_detail == "GATE.SYMBOL_NOT_CONFIGURED":
+            raise Rejected("SYMBOL_NOT_CONFIGURED", d.sentence, symbol=d.symbol)
         return result
+
+    @property
+    def _pipelined(self) -> bool:
+        """Scripts go in pipelines on a standalone server only (redis-py refuses EVALSHA in a
+        cluster pipeline)."""
+        return not is_cluster(self.redis)
+
+    def _read(self, symbol: str, iid: str | None) -> tuple[MarketState, dict[str, str], Any]:
+        """The state, `feat:last` and (with ``iid``) the idempotency claim, in one round trip."""
+        claim = None
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            queue_state(pipe, self.keys, symbol)
+            queued = iid is not None and self._pipelined
+            token = self.idem.queue_begin(pipe, iid, self.claim_ttl_ms) if queued else None
+            replies = pipe.execute(raise_on_error=False)
+            if iid is not None:
+                claim = (
+                    self.idem.begin_reply(iid, token, self.claim_ttl_ms, replies[-1])
+                    if token is not None
+                    else self.idem.begin(iid, self.claim_ttl_ms)
+                )
+            bad = next((r for r in replies[:STATE_COMMANDS] if isinstance(r, Exception)), None)
+            if bad is not None:
+                raise bad
+            state, last = parse_state(replies[:STATE_COMMANDS])
+        except Exception as exc:
+            if iid is not None and claim is not None and claim.status == "first":
+                with contextlib.suppress(Exception):
+                    self.idem.abandon(iid, token=claim.token)
+            raise DependencyUnavailable(
+                "REDIS_DOWN", f"cannot read the state from Redis: {exc}"
+            ) from exc
+        return state, last, claim
+
+    def _emit_and_complete(self, d: Decision, iid: str, payload: bytes, token: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        self.emitter.emit_signal(d, pipe)
+        self.idem.queue_complete(pipe, iid, payload, IDEM_TTL_MS, token=token)
+        emitted, completed = pipe.execute(raise_on_error=False)
+        self.idem.complete_reply(iid, payload, IDEM_TTL_MS, token, completed)
+        if isinstance(emitted, Exception):
+            raise emitted
+
+    def _identify(
+        self, symbol: str, side: str, t0: int, rev: int, trigger: str
+    ) -> tuple[str, Decision | None]:
+        """The intent id of (symbol, side, t0) and the decision an earlier attempt persisted for
+        it: a retry resumes from it. A stream event redelivered after a reload is the same
+        event, under any revision."""
+        side = str(side).upper()
+        prior = self._prior(symbol, side, t0, rev, trigger == "stream")
+        if prior is not None and prior.intent is not None:
+            return prior.intent.intent_id, prior
+        if prior is not None:
+            return intent_id(symbol, side, t0, prior.config_rev), prior
+        return intent_id(symbol, side, t0, rev), None
 
     def _prior(self, symbol: str, side: str, t0: int, rev: int, any_rev: bool) -> Decision | None:
         """The decision a previous attempt persisted for (symbol, side, t0), if any."""
@@ -221,8 +366,15 @@ class Engine:
         return None
 
     def _decide_live(
-        self, inp: DecisionInput, snap: BundleSnapshot, prior: Decision | None = None
-    ) -> DecideResult:
+        self,
+        inp: DecisionInput,
+        snap: BundleSnapshot,
+        prior: Decision | None,
+        iid: str | None,
+        token: str | None,
+        trigger: str,
+        started: float,
+    ) -> DecideResult | Submission:
         d = prior if prior is not None else decide(inp, snap, self.model_for(snap))
         if prior is None:  # a shadow bundle (S3_SHADOW_BUNDLE) decides the same input, no effects
             shadow.observe(self, inp, d)
@@ -242,7 +394,7 @@ class Engine:
             if not res.ok and prior is not None and res.detail == "RESERVATION.RELEASED":
                 # The earlier attempt ended already (S4 rejected it, or it never reached S4 and
                 # self-heal released it): the decision stands, nothing is submitted again.
-                self._persist(d, inp)
+                self._persist(d, inp, emit=False)  # `_finish` emits it with the result
                 return DecideResult(d, submitted="none", reservation="released")
             if not res.ok:
                 d = msgspec.structs.replace(
@@ -255,8 +407,9 @@ class Engine:
                 )
             else:
                 reservation_state = "pending"
-        try:
-            self._persist(d, inp)
+        opens = d.decision == "open" and d.intent is not None
+        try:  # a skip's sig:events entry goes with the result, in `_finish`
+            self._persist(d, inp, emit=opens)
         except BaseException as exc:
             if reservation_state == "pending" and d.intent is not None:
                 self.ledger.release(d.intent.intent_id, "persist_failed")
@@ -264,12 +417,11 @@ class Engine:
                 # input, nothing written), e.g. an integer beyond 2**53: the request's fault
                 raise InputError("UNSTORABLE_FEATURES", str(exc)) from exc
             raise
-        submitted = "none"
-        if d.decision == "open" and d.intent is not None:
-            submitted, reservation_state = self._submit(d)
-        return DecideResult(d, submitted=submitted, reservation=reservation_state)
+        if opens:
+            return Submission(d, iid, token, trigger, started)
+        return DecideResult(d, submitted="none", reservation=reservation_state)
 
-    def _persist(self, d: Decision, inp: DecisionInput) -> None:
+    def _persist(self, d: Decision, inp: DecisionInput, *, emit: bool) -> None:
         signal_id = store_docs.signal_id(inp.symbol, d.side, inp.t0_ms, d.config_rev)
         self.store.put_signal(
             {
@@ -308,7 +460,8 @@ class Engine:
                 },
             }
         )
-        self.emitter.emit_signal(d)
+        if emit:
+            self.emitter.emit_signal(d)
 
     def _submit(self, d: Decision) -> tuple[str, str | None]:
         assert d.intent is not None

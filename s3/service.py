@@ -97,9 +97,11 @@ class Emitter:
     def __init__(self, redis: Client, keys: Keys, maxlen: int):
         self.redis, self.keys, self.maxlen = redis, keys, maxlen
 
-    def emit_signal(self, d: Decision) -> None:
+    def emit_signal(self, d: Decision, pipe: Any = None) -> None:
+        """XADD the decision to `sig:events`, or queue it on ``pipe`` (the engine's last round
+        trip, with the idempotency result)."""
         emit_signal(
-            self.redis,
+            self.redis if pipe is None else pipe,
             self.keys,
             {
                 "ts": d.now_ms,

@@ -63,13 +63,12 @@ def _float(v: Any) -> float | None:
         return None
 
 
-def read_state(client: Client, keys: Keys, symbol: str) -> tuple[MarketState, dict[str, str]]:
-    """Kill switch, health, funding, budgets, concurrency and `feat:last:{SYMBOL}` in one pipeline.
+STATE_COMMANDS = 7
+"""How many replies `queue_state` adds to a pipeline."""
 
-    A value that is not a number (someone wrote garbage) reads as missing: the gates then treat
-    it as the spec says (kill switch OFF only when truly missing, health RED).
-    """
-    pipe = client.pipeline(transaction=False)
+
+def queue_state(pipe: Any, keys: Keys, symbol: str) -> None:
+    """Queue the reads of `read_state` on a pipeline (``STATE_COMMANDS`` replies, in order)."""
     pipe.get(keys.kill_switch)
     pipe.get(keys.health)
     pipe.get(keys.funding_next(symbol))
@@ -77,7 +76,11 @@ def read_state(client: Client, keys: Keys, symbol: str) -> tuple[MarketState, di
     pipe.get(keys.budget_inuse("SPOT"))
     pipe.get(keys.concurrency(symbol))
     pipe.hgetall(keys.feat_last(symbol))
-    kill, health, funding, fut, spot, conc, last = pipe.execute()
+
+
+def parse_state(replies: Sequence[Any]) -> tuple[MarketState, dict[str, str]]:
+    """The replies of `queue_state` as the market state and `feat:last:{SYMBOL}`."""
+    kill, health, funding, fut, spot, conc, last = replies
     state = MarketState(
         kill_switch=kill,
         health=health,
@@ -87,3 +90,14 @@ def read_state(client: Client, keys: Keys, symbol: str) -> tuple[MarketState, di
         concurrency=int(_float(conc) or 0),
     )
     return state, dict(last or {})
+
+
+def read_state(client: Client, keys: Keys, symbol: str) -> tuple[MarketState, dict[str, str]]:
+    """Kill switch, health, funding, budgets, concurrency and `feat:last:{SYMBOL}` in one pipeline.
+
+    A value that is not a number (someone wrote garbage) reads as missing: the gates then treat
+    it as the spec says (kill switch OFF only when truly missing, health RED).
+    """
+    pipe = client.pipeline(transaction=False)
+    queue_state(pipe, keys, symbol)
+    return parse_state(pipe.execute())

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import msgspec
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import NoScriptError
 
 from s3.adapters.redis_client import Client, parse_addresses
 from s3.adapters.redis_keys import Keys
@@ -120,7 +121,33 @@ class Idempotency:
             raise ValueError(f"ttl_ms must be positive, got {ttl_ms}")
         token = secrets.token_hex(TOKEN_LEN // 2)
         out = self._begin(keys=[self.keys.idem(intent_id)], args=["P" + token, int(ttl_ms)])
-        if _as_bytes(out[0]) == b"first":
+        return self._began(intent_id, token, ttl_ms, out)
+
+    def queue_begin(self, pipe: Any, intent_id: str, ttl_ms: int) -> str:
+        """Queue `begin` on a standalone pipeline (one round trip with other reads); returns the
+        token to hand to `begin_reply` with the reply. Not for cluster pipelines (redis-py
+        refuses EVALSHA there): use `begin`."""
+        if not intent_id:
+            raise ValueError("intent_id must not be empty")
+        if ttl_ms <= 0:
+            raise ValueError(f"ttl_ms must be positive, got {ttl_ms}")
+        token = secrets.token_hex(TOKEN_LEN // 2)
+        pipe.evalsha(self._begin.sha, 1, self.keys.idem(intent_id), "P" + token, int(ttl_ms))
+        return token
+
+    def begin_reply(self, intent_id: str, token: str, ttl_ms: int, reply: Any) -> Begin:
+        """`begin`'s answer from the reply of `queue_begin` (a pipeline run with
+        ``raise_on_error=False``). A server that lost the script (restarted) ran nothing: the
+        claim is taken again directly, loading the script."""
+        if isinstance(reply, NoScriptError):
+            return self.begin(intent_id, ttl_ms)
+        if isinstance(reply, Exception):
+            raise reply
+        return self._began(intent_id, token, ttl_ms, reply)
+
+    def _began(self, intent_id: str, token: str, ttl_ms: int, out: Any) -> Begin:
+        # our own marker: the client's retry re-sent a claim whose first answer was lost
+        if _as_bytes(out[0]) == b"first" or _as_bytes(out[1]) == b"P" + token.encode():
             self._tokens[intent_id] = token
             return Begin("first", intent_id, token=token, ttl_ms=int(ttl_ms))
         value, left = _as_bytes(out[1]), int(out[2])
@@ -139,6 +166,34 @@ class Idempotency:
         Raises:
             ValueError: no token for this intent, or a non-UTF-8 result on a decoding client.
         """
+        token = self._complete_token(intent_id, result, token)
+        out = self._complete(
+            keys=[self.keys.idem(intent_id)], args=self._complete_args(token, result, ttl_ms)
+        )
+        return self._completed(intent_id, out)
+
+    def queue_complete(
+        self, pipe: Any, intent_id: str, result: bytes, ttl_ms: int, *, token: str | None = None
+    ) -> str:
+        """Queue `complete` on a standalone pipeline (one round trip with the signal's XADD);
+        returns the token to hand to `complete_reply`."""
+        token = self._complete_token(intent_id, result, token)
+        args = self._complete_args(token, result, ttl_ms)
+        pipe.evalsha(self._complete.sha, 1, self.keys.idem(intent_id), *args)
+        return token
+
+    def complete_reply(
+        self, intent_id: str, result: bytes, ttl_ms: int, token: str, reply: Any
+    ) -> Literal["stored", "already_stored", "not_owner"]:
+        """`complete`'s answer from the reply of `queue_complete` (``raise_on_error=False``); a
+        server that lost the script ran nothing, so the result is stored again directly."""
+        if isinstance(reply, NoScriptError):
+            return self.complete(intent_id, result, ttl_ms, token=token)
+        if isinstance(reply, Exception):
+            raise reply
+        return self._completed(intent_id, reply)
+
+    def _complete_token(self, intent_id: str, result: bytes, token: str | None) -> str:
         token = token or self._tokens.get(intent_id)
         if token is None:
             raise ValueError(f"complete({intent_id!r}): this store did not begin that intent")
@@ -150,12 +205,16 @@ class Idempotency:
                     "this client decodes responses, so results must be UTF-8 to come back "
                     "verbatim; use Idempotency.from_addresses for a bytes client"
                 ) from exc
-        out = _as_bytes(
-            self._complete(
-                keys=[self.keys.idem(intent_id)],
-                args=["P" + token, b"R" + token.encode() + result, int(ttl_ms), "R" + token],
-            )
-        ).decode()
+        return token
+
+    @staticmethod
+    def _complete_args(token: str, result: bytes, ttl_ms: int) -> list[Any]:
+        return ["P" + token, b"R" + token.encode() + result, int(ttl_ms), "R" + token]
+
+    def _completed(
+        self, intent_id: str, reply: Any
+    ) -> Literal["stored", "already_stored", "not_owner"]:
+        out = _as_bytes(reply).decode()
         self._tokens.pop(intent_id, None)
         assert out in ("stored", "already_stored", "not_owner")
         return out  # type: ignore[return-value]

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import msgspec
+import redis
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
@@ -232,6 +233,12 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
     def on_s3_error(_: Request[Any, Any, Any], exc: S3Error) -> Response[bytes]:
         return _json(ErrorBody(exc.code, exc.detail, dict(exc.extra)), exc.status)
 
+    def on_redis(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+        # Redis lost in the middle of a request (after the state was read): the same 503 as a
+        # Redis found down at the start. The claim lapses after its short life and a pending
+        # reservation is settled by reconcile/self-heal (docs/reliability.md)
+        return _json(ErrorBody("REDIS_DOWN", f"Redis is unavailable: {exc}"), 503)
+
     def on_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
         extra = exc.extra if isinstance(exc.extra, dict) else {"errors": exc.extra}
         return _json(ErrorBody("BAD_REQUEST", str(exc.detail), extra or {}), 400)
@@ -250,6 +257,8 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
         route_handlers=[health, decide_route, metrics, admin_reload, admin_bundle],
         exception_handlers={
             S3Error: on_s3_error,
+            redis.ConnectionError: on_redis,
+            redis.TimeoutError: on_redis,
             ValidationException: on_validation,
             HTTPException: on_http,
         },

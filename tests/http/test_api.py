@@ -251,6 +251,30 @@ def test_redis_down_is_503(tmp_path: Path, s4: S4Server) -> None:
         server.stop()
 
 
+def test_redis_lost_in_the_middle_of_a_decision_is_503(
+    tmp_path: Path, s4: S4Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis goes away after the state was read (here: its connection to the server is cut by
+    stopping the server just before the last round trip): 503 REDIS_DOWN, not a 500."""
+    server = RedisServer().start()
+    svc = make_service(tmp_path, server.address, s4.url, "m:", redis_timeout_s=0.3)
+    seed(svc)
+    persist = svc.engine._persist
+
+    def then_redis_dies(*a: Any, **kw: Any) -> None:
+        persist(*a, **kw)
+        server.stop()
+
+    monkeypatch.setattr(svc.engine, "_persist", then_redis_dies)
+    try:
+        with TestClient(create_app(deps=svc)) as c:
+            r = decide(c)
+            assert (r.status_code, r.json()["error"]) == (503, "REDIS_DOWN"), r.text
+    finally:
+        svc.close()
+        server.stop()
+
+
 def test_health_and_metrics_and_openapi(client: TestClient[Any]) -> None:
     h = client.get("/health").json()
     assert h == {

@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 
 from s3.adapters.redis_idem import TOKEN_LEN, Begin, Idempotency
+from s3.adapters.redis_server import RedisServer
 from tests.conftest import RedisBackend
 
 TTL_MS = 60_000
@@ -139,3 +141,46 @@ def test_bad_arguments(idem: Idempotency) -> None:
     with pytest.raises(ValueError) as info:
         idem.complete("never-begun", b"x", TTL_MS)
     assert str(info.value) == "complete('never-begun'): this store did not begin that intent"
+
+
+def test_a_claim_sent_again_after_its_answer_was_lost_is_still_ours(
+    idem: Idempotency, other: Idempotency, redis_backend: RedisBackend
+) -> None:
+    """redis-py retries a command once when the connection drops: the claim may have been taken
+    by the first send, and the second must not read our own marker as someone else's."""
+    token = "a" * TOKEN_LEN
+    key = redis_backend.keys.idem("s3-btc-lost-x")
+    redis_backend.client.set(key, "P" + token, px=TTL_MS)  # the first send, whose answer was lost
+    reply = idem._begin(keys=[key], args=["P" + token, TTL_MS])  # the retry, same token
+    claim = idem.begin_reply("s3-btc-lost-x", token, TTL_MS, reply)
+    assert (claim.status, claim.token) == ("first", token)
+    assert idem.complete("s3-btc-lost-x", b"{}", TTL_MS) == "stored"
+    assert other.begin("s3-btc-lost-x", TTL_MS).result == b"{}"
+    assert other.begin("s3-btc-held-x", TTL_MS).status == "first"
+    assert idem.begin("s3-btc-held-x", TTL_MS).status == "in_progress"  # another token: not ours
+
+
+def test_pipelined_claim_and_result(redis_server: RedisServer) -> None:
+    """`queue_begin`/`queue_complete` ride on the caller's pipeline; a server without the
+    scripts (restarted) is served by the direct calls, which load them."""
+    idem = Idempotency.from_addresses(redis_server.address, prefix="pipelined:")
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    for flush in (False, True):
+        iid = f"s3-btc-pipe-{flush}"
+        if flush:
+            client.script_flush()
+        pipe = client.pipeline(transaction=False)
+        pipe.get("unrelated")
+        token = idem.queue_begin(pipe, iid, TTL_MS)
+        _, reply = pipe.execute(raise_on_error=False)
+        claim = idem.begin_reply(iid, token, TTL_MS, reply)
+        assert claim.status == "first" and claim.token is not None
+        if flush:
+            client.script_flush()
+        pipe = client.pipeline(transaction=False)
+        token = idem.queue_complete(pipe, iid, b'{"x":1}', TTL_MS, token=claim.token)
+        (reply,) = pipe.execute(raise_on_error=False)
+        assert idem.complete_reply(iid, b'{"x":1}', TTL_MS, token, reply) == "stored"
+        assert idem.begin(iid, TTL_MS).result == b'{"x":1}'
+    idem.close()
+    client.close()
