@@ -20,7 +20,14 @@ from s3.core import atr as atr_mod
 from s3.core import execution, gates
 from s3.core.model import Model, map_p
 from s3.core.params import EngineParams, SymbolSpec
-from s3.core.sizing import Sized, SizingSkip, SymbolFilters, size_entry
+from s3.core.sizing import (
+    Sized,
+    SizingParams,
+    SizingSkip,
+    SymbolFilters,
+    once_per_object,
+    size_entry,
+)
 from s3.core.types import (
     Decision,
     DecisionInput,
@@ -256,7 +263,7 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
 
     sizing = params.sizing if spec.market == "FUT" else params.spot_sizing
     if spec.leverage is not None and spec.market == "FUT":
-        sizing = msgspec.structs.replace(sizing, leverage=spec.leverage)
+        sizing = _with_leverage(sizing, spec.leverage)
     entry = entry_price(mid, spread, side, spec.filters)
     sized = size_entry(
         side=side,
@@ -311,6 +318,13 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
         reservation=reservation,
         **base,
     )
+
+
+@once_per_object
+def _with_leverage(sizing: SizingParams, leverage: int) -> SizingParams:
+    """The bundle's sizing with a symbol's own leverage: one Struct per revision and symbol, so
+    sizing's checks of it are done once."""
+    return msgspec.structs.replace(sizing, leverage=leverage)
 
 
 def _oco_legs(sized: Sized) -> tuple[OcoLeg, ...]:

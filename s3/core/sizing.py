@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import (
     ROUND_HALF_EVEN,
@@ -21,7 +21,7 @@ from decimal import (
     Overflow,
     localcontext,
 )
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -183,6 +183,9 @@ class _Grid:
         return (x - self.anchor) % self.step == 0
 
 
+_MARGIN_GRID = _Grid(_ZERO, _USDT_QUANTUM)
+
+
 def _exponent(x: Decimal) -> int:
     exp = x.as_tuple().exponent
     if not isinstance(exp, int):
@@ -268,7 +271,7 @@ class _Lots:
     exit_min_qty: Decimal
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Case:
     """Validated inputs, every number a Decimal."""
 
@@ -297,7 +300,7 @@ class _Case:
     lots: _Lots
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Pnl:
     """P&L of the position at an exit price P, fees included: loss = a - b*P, net = c*P - d."""
 
@@ -313,17 +316,40 @@ class _Pnl:
         return self.c * p - self.d
 
 
+_R = TypeVar("_R")
+
+
+def once_per_object(fn: Callable[..., _R]) -> Callable[..., _R]:
+    """Memoise ``fn`` on the identity of its arguments, for values read from a bundle revision:
+    the same frozen Structs come back for every decision of a revision, so a hit costs a lookup
+    by their ids, not a hash of every field. Only hashable arguments are remembered (a frozen
+    Struct whose fields are all hashable cannot change); others are computed every time. Bounded:
+    the table starts afresh past 256 entries."""
+    table: dict[tuple[int, ...], tuple[tuple[Any, ...], _R]] = {}
+
+    @functools.wraps(fn)
+    def memo(*args: Any) -> _R:
+        key = tuple(map(id, args))
+        hit = table.get(key)
+        if hit is not None:  # the table keeps its arguments alive: their ids are still theirs
+            return hit[1]
+        result = fn(*args)
+        try:
+            hash(args)
+        except TypeError:  # a hand-built Struct holding a list: check it every time
+            return result
+        if len(table) >= 256:
+            table.clear()
+        table[key] = (args, result)
+        return result
+
+    return memo
+
+
+@once_per_object
 def _read_params(params: SizingParams) -> Mapping[str, Decimal]:
     """Every parameter as a checked Decimal (a Struct built by hand may hold floats). Checked once
     per parameter set: the same frozen Struct comes back for every decision of a revision."""
-    try:
-        return _read_params_cached(params)
-    except TypeError:  # unhashable (a hand-built Struct holding a list): check it every time
-        return _read_params_uncached(params)
-
-
-@functools.lru_cache(maxsize=64)
-def _read_params_cached(params: SizingParams) -> Mapping[str, Decimal]:
     return types.MappingProxyType(_read_params_uncached(params))
 
 
@@ -348,11 +374,8 @@ def _read_prices(
     filters: SymbolFilters, buy: bool, entry_px: object, policy: str, notes: list[str]
 ) -> tuple[_Grid, Decimal, Decimal]:
     """The price grid, the lowest legal price (> 0 and >= min_price) and the snapped entry."""
-    tick = _positive(filters.tick_size, "tick_size")
-    min_price = _non_negative(filters.min_price, "min_price")
-    price = _Grid(min_price if filters.anchored else _ZERO, tick)
-    lowest = price.ceil(min_price)
-    lowest_px = lowest if lowest > 0 else lowest + tick
+    price, lowest_px, _ = _price_grid(filters)
+    tick = price.step
     given = _positive(entry_px, "entry_px")
     maker = policy == "Maker"
     # A Maker entry rests passively (BUY below, SELL above); any other policy may take, so the
@@ -366,21 +389,28 @@ def _read_prices(
     return price, lowest_px, entry
 
 
+@once_per_object
+def _price_grid(filters: SymbolFilters) -> tuple[_Grid, Decimal, Decimal]:
+    """The tick grid, the lowest legal price (> 0 and >= min_price) and min_notional, checked
+    once per filters."""
+    tick = _positive(filters.tick_size, "tick_size")
+    min_price = _non_negative(filters.min_price, "min_price")
+    price = _Grid(min_price if filters.anchored else _ZERO, tick)
+    lowest = price.ceil(min_price)
+    min_notional = _non_negative(filters.min_notional, "min_notional")
+    return price, (lowest if lowest > 0 else lowest + tick), min_notional
+
+
 def _read_lots(filters: SymbolFilters, policy: str, guardian: bool, notes: list[str]) -> _Lots:
     """LOT_SIZE, and MARKET_LOT_SIZE for orders that may execute at market (the stricter wins);
     worked out once per (filters, policy, guardian)."""
-    try:
-        lots, note = _read_lots_cached(filters, policy, guardian)
-    except TypeError:  # unhashable filters built by hand: no cache
-        found: list[str] = []
-        lots = _read_lots_uncached(filters, policy, guardian, found)
-        note = found[0] if found else None
+    lots, note = _read_lots_cached(filters, policy, guardian)
     if note is not None:
         notes.append(note)
     return lots
 
 
-@functools.lru_cache(maxsize=256)
+@once_per_object
 def _read_lots_cached(
     filters: SymbolFilters, policy: str, guardian: bool
 ) -> tuple[_Lots, str | None]:
@@ -480,7 +510,7 @@ def _read(
         buffer=p["liquidation_buffer"],
         stop_limit_offset=p["stop_limit_offset"],
         guardian=guardian,
-        min_notional=_non_negative(filters.min_notional, "min_notional"),
+        min_notional=_price_grid(filters)[2],
         price=price,
         lowest_px=lowest_px,
         lots=_read_lots(filters, exec_policy, guardian, notes),
@@ -690,7 +720,7 @@ def _size(case: _Case, notes: list[str]) -> Sized:
         base, leg = _spot_exit_qty(case, qty, notes)
         margin = cost
     else:
-        margin = _Grid(_ZERO, _USDT_QUANTUM).ceil(cost, Decimal(case.leverage))
+        margin = _MARGIN_GRID.ceil(cost, Decimal(case.leverage))
     pnl = _pnl(case, qty, base, leg)
     sl = _stop(case, pnl, qty, notes)
     liq = None if case.spot else _liquidation(case, qty, sl, notes)

@@ -807,3 +807,23 @@ def test_any_input_gives_a_result_never_an_exception(
     assert isinstance(r, Sized | SizingSkip)
     if isinstance(r, SizingSkip):
         assert r.reason_detail in DETAILS and r.sentence
+
+
+def test_once_per_object_remembers_by_identity_and_only_hashable_arguments() -> None:
+    from s3.core.sizing import once_per_object
+
+    calls: list[object] = []
+
+    @once_per_object
+    def work(x: object) -> int:
+        calls.append(x)
+        return len(calls)
+
+    a, b = tuple([1, 2]), tuple([1, 2])  # equal, not identical
+    assert work(a) == work(a) == 1 and len(calls) == 1
+    assert work(b) == 2  # another object: worked out again (a value match is not needed)
+    unhashable = [1, 2]
+    assert work(unhashable) == 3 and work(unhashable) == 4  # may change: never remembered
+    for k in range(300):  # bounded: the table starts afresh
+        work((k, "x"))
+    assert work(a) == len(calls)
