@@ -212,6 +212,11 @@ class CompiledRuleset:
     def rule_ids(self) -> tuple[str, ...]:
         return tuple(r.rule_id for r in self.rules)
 
+    @cached_property
+    def veto_rule_ids(self) -> frozenset[str]:
+        """The ids of the rules that can veto (`skip_entry`)."""
+        return frozenset(r.rule_id for r in self.rules if r.skip)
+
     def source_of(self, rule_id: str) -> str:
         """The generated Python of one rule, for golden tests and for the curious."""
         return self._per_rule[rule_id]
