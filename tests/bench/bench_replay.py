@@ -1,7 +1,7 @@
 """Benchmark of `s3 replay`: events per second on one core, and where the time goes.
 
 Run from the repository root:  python -m tests.bench.bench_replay  [--json] [--strict]
-                                 [--events N] [--repeats N] [--profile] [--what-if-core]
+                                 [--events N] [--repeats N] [--profile]
 
 1. Tapes: a seeded synthetic tape of ``--events`` events (default 100,000; `s3.replay.synth`)
    written to a temporary .jsonl.gz and loaded (timed: read + decode + the worker's parser), and
@@ -17,12 +17,6 @@ Run from the repository root:  python -m tests.bench.bench_replay  [--json] [--s
    compiled rules, the model, entry price, sizing, execution hints, intent id, and the rest of
    `decide` itself: building the records), on the synthetic tape without budgets. ``--profile``
    adds the cProfile functions with the most own time.
-5. ``--what-if-core`` (informational, nothing ships): the budget-free replay again with two
-   candidate fixes in code this benchmark does not own, patched in for the run only: a cache of
-   the checked sizing parameters (`s3.core.sizing._read_params`, re-validated on every call) and
-   a fast path in `dsl.schema._type_problem` (it formats every value for an error message it
-   almost never needs).
-
 Target (issue 8): >= 20,000 events/s for the default bundle on one core (the default replay of
 the synthetic tape). Exit status is 0 unless --strict is given and the target is missed (1).
 """
@@ -35,7 +29,6 @@ import functools
 import gc
 import io
 import json
-import math
 import platform
 import pstats
 import shutil
@@ -228,40 +221,6 @@ def profile_top(tape: Tape, snap: BundleSnapshot, cfg: ReplayConfig, n: int = 15
     return out.getvalue()
 
 
-def what_if_core(
-    tape: Tape, snap: BundleSnapshot, cfg: ReplayConfig, repeats: int
-) -> dict[str, Any]:
-    """Informational: the same replay with two candidate fixes patched in for this run only."""
-    import dsl.schema as schema
-    import s3.core.sizing as sizing
-
-    n = len(tape.events)
-    before = rate(n, timed(lambda: replay(tape, snap, cfg), repeats))
-    orig_read, orig_type = sizing._read_params, schema._type_problem
-    setattr(sizing, "_read_params", functools.lru_cache(maxsize=64)(orig_read))  # noqa: B010
-
-    def fast_type_problem(spec: Any, value: Any) -> str | None:
-        kind = type(value)
-        if spec.type == "number" and (kind is float and math.isfinite(value)):
-            return None
-        if spec.type == "enum" and kind is str and value in spec.values:
-            return None
-        return orig_type(spec, value)
-
-    try:
-        after_sizing = rate(n, timed(lambda: replay(tape, snap, cfg), repeats))
-        setattr(schema, "_type_problem", fast_type_problem)  # noqa: B010
-        after_both = rate(n, timed(lambda: replay(tape, snap, cfg), repeats))
-    finally:
-        setattr(sizing, "_read_params", orig_read)  # noqa: B010
-        setattr(schema, "_type_problem", orig_type)  # noqa: B010
-    return {
-        "as_is": before,
-        "cached_sizing_params": after_sizing,
-        "plus_schema_fast_path": after_both,
-    }
-
-
 def ab(tape: Tape, a: BundleSnapshot, b: BundleSnapshot, cfg: ReplayConfig) -> Any:
     return diff(replay(tape, a, cfg), replay(tape, b, cfg))
 
@@ -338,8 +297,6 @@ def run_benchmark(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     fig["pass"] = headline >= TARGET
     if args.profile:
         fig["profile"] = profile_top(tape, snap, free_cfg)
-    if args.what_if_core:
-        fig["what_if_core"] = what_if_core(tape, snap, free_cfg, args.repeats)
     return fig
 
 
@@ -376,15 +333,6 @@ def print_table(fig: dict[str, Any]) -> None:
         print(
             f"  {s['stage']:<50} {s['us_per_decision']:7.2f} us  {100 * s['share_of_decide']:5.1f}%"
         )
-    if "what_if_core" in fig:
-        w = fig["what_if_core"]
-        print("\nwhat if (not shipped; patched for this run only), replay --no-budgets:")
-        for key, label in (
-            ("as_is", "as is"),
-            ("cached_sizing_params", "+ cached sizing params (s3/core/sizing.py)"),
-            ("plus_schema_fast_path", "+ schema fast path (dsl/schema.py)"),
-        ):
-            print(f"  {label:<44} {w[key]['best_per_s']:>10,.0f} /s")
     if "profile" in fig:
         print("\n" + fig["profile"])
     verdict = "PASS" if fig["pass"] else "MISS"
@@ -404,7 +352,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--profile", action="store_true", help="add the cProfile top functions")
-    p.add_argument("--what-if-core", action="store_true", help="measure two candidate core fixes")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="s3-bench-replay-") as tmp:
         fig = run_benchmark(args, Path(tmp))
