@@ -353,6 +353,19 @@ def _read_params(params: SizingParams) -> Mapping[str, Decimal]:
     return types.MappingProxyType(_read_params_uncached(params))
 
 
+@once_per_object
+def _read_budget(params: SizingParams) -> tuple[Decimal, int]:
+    """The budget base (SPOT: quote budget; FUT: margin base) and the leverage, checked."""
+    if params.market == "SPOT":
+        return _positive(params.quote_budget_usdt, "quote_budget_usdt"), 1
+    budget_base = _positive(params.margin_base_usdt, "margin_base_usdt")
+    leverage = params.leverage
+    if isinstance(leverage, bool) or not isinstance(leverage, int) or leverage < 1:
+        raise _bad(f"leverage must be an integer >= 1, got {leverage!r}")
+    _num(leverage, "leverage")
+    return budget_base, leverage
+
+
 def _read_params_uncached(params: SizingParams) -> dict[str, Decimal]:
     checks = {
         "max_loss_usdt": _positive,
@@ -477,15 +490,7 @@ def _read(
             "a SPOT SELL sells a held base asset, and sizing has no position source (spec Part B1)",
         )
     p = _read_params(params)
-    leverage = 1
-    if spot:
-        budget_base = _positive(params.quote_budget_usdt, "quote_budget_usdt")
-    else:
-        budget_base = _positive(params.margin_base_usdt, "margin_base_usdt")
-        leverage = params.leverage
-        if isinstance(leverage, bool) or not isinstance(leverage, int) or leverage < 1:
-            raise _bad(f"leverage must be an integer >= 1, got {leverage!r}")
-        _num(leverage, "leverage")
+    budget_base, leverage = _read_budget(params)
     size_mult = _positive(mults[0], "size_mult")
     guardian = spot and params.spot_protection == "guardian"
     price, lowest_px, entry = _read_prices(filters, side == "BUY", entry_px, exec_policy, notes)
