@@ -356,7 +356,7 @@ def _json_ok(value: Any, depth: int) -> bool:
         t = type(v)
         if (t is dict or t is list or t is tuple) and v and d >= _MAX_DEPTH:
             return False  # its items lie beyond the depth limit
-        if t is dict:
+        if t is dict:  # scalars checked in place: a flat dict of features pushes nothing
             for key, item in v.items():
                 ti = type(item)
                 if type(key) is not str:
@@ -391,8 +391,12 @@ def _json(value: Any, where: str, depth: int) -> None:
     """Only what JSON can hold, the same on both backends: no NaN/Infinity, no Decimal/datetime,
     string keys, integers a double holds exactly. The path of a bad value is only spelled out
     when there is one (this runs on every write)."""
-    if _json_ok(value, depth):
-        return
+    if not _json_ok(value, depth):
+        _json_walk(value, where, depth)
+
+
+def _json_walk(value: Any, where: str, depth: int) -> None:
+    """The careful walk behind `_json`: raises ValueError naming the path of the first bad value."""
     path: list[str | int] = []
 
     def spelled() -> str:

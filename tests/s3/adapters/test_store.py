@@ -627,6 +627,15 @@ _json_values = st.recursive(
 )
 
 
+def _walk_accepts(value: Any) -> bool:
+    """What the careful walk alone (not `_json`, which asks the fast check first) says."""
+    try:
+        store_docs._json_walk(value, "x", 0)
+    except ValueError:
+        return False
+    return True
+
+
 def _nested(depth: int, leaf: Any) -> Any:
     v = leaf
     for k in range(depth):
@@ -638,22 +647,28 @@ def _nested(depth: int, leaf: Any) -> Any:
 @given(value=_json_values)
 def test_the_fast_json_check_agrees_with_the_careful_walk(value: Any) -> None:
     """`_json_ok` (every write) only says yes where the walk that names a bad value agrees."""
-    try:
-        store_docs._json(value, "x", 0)
-        careful = True
-    except ValueError:
-        careful = False
+    careful = _walk_accepts(value)
     # exact types only in these values: the fast check never has to defer, so they agree
     assert store_docs._json_ok(value, 0) == careful
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"x": math.nan}, {"x": math.inf}, [math.nan], -math.inf, {"x": [1.5, -math.inf]},
+        {"x": 2**53 + 1}, {"x": -(2**53) - 1}, [2**54], {"x": {"y": 2**60}}, 2**53 + 1,
+        {1: "a"}, {"x": Decimal("1.5")}, [Decimal(1)], {"x": (1, {"y": math.nan})},
+        {"x": 2**53, "y": -(2**53), "z": [1.0, None, True, "s"]},
+    ],
+)  # fmt: skip
+def test_the_fast_json_check_on_each_kind_of_bad_value(value: Any) -> None:
+    """Each bad value in place (a dict's item, a list's item, the top) and the limits exactly."""
+    assert store_docs._json_ok(value, 0) == _walk_accepts(value)
 
 
 @pytest.mark.parametrize("depth", [63, 64, 65, 66])
 @pytest.mark.parametrize("leaf", [1, {}, [], "s", 2**60])
 def test_the_depth_limit_is_the_same_either_way(depth: int, leaf: Any) -> None:
     value = _nested(depth, leaf)
-    try:
-        store_docs._json(value, "x", 0)
-        careful = True
-    except ValueError:
-        careful = False
+    careful = _walk_accepts(value)
     assert store_docs._json_ok(value, 0) == careful
