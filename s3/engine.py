@@ -71,18 +71,6 @@ def features_from_hash(raw: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True)
-class Submission:
-    """An open decided, reserved and persisted, whose intent still has to go to S4."""
-
-    decision: Decision
-    intent_id: str | None
-    token: str | None
-    """The idempotency claim's token: the result is stored under it after S4 answered."""
-    trigger: str
-    started: float
-
-
 class DecideResult(msgspec.Struct, frozen=True):
     """What `/decide` answers and what a retry replays verbatim (spec §3 plus extensions)."""
 
@@ -144,32 +132,7 @@ class Engine:
         features: Mapping[str, Any] | None = None,
         features_ts_ms: int | None = None,
     ) -> DecideResult:
-        """One decision with every side effect, S4 included (blocks up to S4's budget)."""
-        step = self.decide_until_submit(
-            symbol=symbol,
-            side_hint=side_hint,
-            t0_ms=t0_ms,
-            trigger=trigger,
-            dry_run=dry_run,
-            features=features,
-            features_ts_ms=features_ts_ms,
-        )
-        return self.submit(step) if isinstance(step, Submission) else step
-
-    def decide_until_submit(
-        self,
-        *,
-        symbol: str,
-        side_hint: str | None,
-        t0_ms: int | None,
-        trigger: str,
-        dry_run: bool = False,
-        features: Mapping[str, Any] | None = None,
-        features_ts_ms: int | None = None,
-    ) -> DecideResult | Submission:
-        """Everything up to the S4 call: a finished `DecideResult`, or a `Submission` (an open,
-        reserved and persisted) to finish with `submit`, which may block up to S4's budget. The
-        HTTP handler runs this part on the event loop and only `submit` on a thread.
+        """One decision with every side effect, S4 included (blocks up to S4's budget).
 
         Round trips to Redis for a fresh skip (standalone): one for the state and the
         idempotency claim, one for `sig:events` and the result (a cluster: one more for each).
@@ -240,27 +203,12 @@ class Engine:
                 return self._finish(
                     DecideResult(d, submitted="none"), None, None, trigger, started, emit=False
                 )
-            step = self._decide_live(inp, snap, prior, iid, token, trigger, started)
+            result, emitted = self._decide_live(inp, snap, prior)
         except BaseException:
             if iid and token is not None:
                 self.idem.abandon(iid, token=token)
             raise
-        if isinstance(step, Submission):
-            return step
-        return self._finish(step, iid, token, trigger, started, emit=True)
-
-    def submit(self, step: Submission) -> DecideResult:
-        """Send an open's intent to S4 (dual track on failure) and store the result."""
-        try:
-            submitted, reservation = self._submit(step.decision)
-        except BaseException:
-            if step.intent_id and step.token is not None:
-                self.idem.abandon(step.intent_id, token=step.token)
-            raise
-        result = DecideResult(step.decision, submitted=submitted, reservation=reservation)
-        return self._finish(
-            result, step.intent_id, step.token, step.trigger, step.started, emit=False
-        )
+        return self._finish(result, iid, token, trigger, started, emit=not emitted)
 
     def _finish(
         self,
@@ -366,15 +314,10 @@ class Engine:
         return None
 
     def _decide_live(
-        self,
-        inp: DecisionInput,
-        snap: BundleSnapshot,
-        prior: Decision | None,
-        iid: str | None,
-        token: str | None,
-        trigger: str,
-        started: float,
-    ) -> DecideResult | Submission:
+        self, inp: DecisionInput, snap: BundleSnapshot, prior: Decision | None
+    ) -> tuple[DecideResult, bool]:
+        """Decide, reserve, persist and (an open) emit and submit; whether `sig:events` was
+        written (a skip's entry goes with the result, in `_finish`)."""
         d = prior if prior is not None else decide(inp, snap, self.model_for(snap))
         if prior is None:  # a shadow bundle (S3_SHADOW_BUNDLE) decides the same input, no effects
             shadow.observe(self, inp, d)
@@ -394,8 +337,8 @@ class Engine:
             if not res.ok and prior is not None and res.detail == "RESERVATION.RELEASED":
                 # The earlier attempt ended already (S4 rejected it, or it never reached S4 and
                 # self-heal released it): the decision stands, nothing is submitted again.
-                self._persist(d, inp, emit=False)  # `_finish` emits it with the result
-                return DecideResult(d, submitted="none", reservation="released")
+                self._persist(d, inp, emit=False)
+                return DecideResult(d, submitted="none", reservation="released"), False
             if not res.ok:
                 d = msgspec.structs.replace(
                     d,
@@ -408,7 +351,7 @@ class Engine:
             else:
                 reservation_state = "pending"
         opens = d.decision == "open" and d.intent is not None
-        try:  # a skip's sig:events entry goes with the result, in `_finish`
+        try:
             self._persist(d, inp, emit=opens)
         except BaseException as exc:
             if reservation_state == "pending" and d.intent is not None:
@@ -417,9 +360,10 @@ class Engine:
                 # input, nothing written), e.g. an integer beyond 2**53: the request's fault
                 raise InputError("UNSTORABLE_FEATURES", str(exc)) from exc
             raise
-        if opens:
-            return Submission(d, iid, token, trigger, started)
-        return DecideResult(d, submitted="none", reservation=reservation_state)
+        if not opens:
+            return DecideResult(d, submitted="none", reservation=reservation_state), False
+        submitted, reservation_state = self._submit(d)
+        return DecideResult(d, submitted=submitted, reservation=reservation_state), True
 
     def _persist(self, d: Decision, inp: DecisionInput, *, emit: bool) -> None:
         signal_id = store_docs.signal_id(inp.symbol, d.side, inp.t0_ms, d.config_rev)
