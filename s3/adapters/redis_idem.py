@@ -65,6 +65,14 @@ class Begin(msgspec.Struct, frozen=True):
     ttl_ms: int | None = None
 
 
+def _new_token(intent_id: str, ttl_ms: int) -> str:
+    if not intent_id:
+        raise ValueError("intent_id must not be empty")
+    if ttl_ms <= 0:
+        raise ValueError(f"ttl_ms must be positive, got {ttl_ms}")
+    return secrets.token_hex(TOKEN_LEN // 2)
+
+
 def _as_bytes(v: Any) -> bytes:
     return v if isinstance(v, bytes) else str(v).encode()
 
@@ -115,11 +123,7 @@ class Idempotency:
         Raises:
             ValueError: empty intent id or a TTL that is not positive.
         """
-        if not intent_id:
-            raise ValueError("intent_id must not be empty")
-        if ttl_ms <= 0:
-            raise ValueError(f"ttl_ms must be positive, got {ttl_ms}")
-        token = secrets.token_hex(TOKEN_LEN // 2)
+        token = _new_token(intent_id, ttl_ms)
         out = self._begin(keys=[self.keys.idem(intent_id)], args=["P" + token, int(ttl_ms)])
         return self._began(intent_id, token, ttl_ms, out)
 
@@ -127,11 +131,7 @@ class Idempotency:
         """Queue `begin` on a standalone pipeline (one round trip with other reads); returns the
         token to hand to `begin_reply` with the reply. Not for cluster pipelines (redis-py
         refuses EVALSHA there): use `begin`."""
-        if not intent_id:
-            raise ValueError("intent_id must not be empty")
-        if ttl_ms <= 0:
-            raise ValueError(f"ttl_ms must be positive, got {ttl_ms}")
-        token = secrets.token_hex(TOKEN_LEN // 2)
+        token = _new_token(intent_id, ttl_ms)
         pipe.evalsha(self._begin.sha, 1, self.keys.idem(intent_id), "P" + token, int(ttl_ms))
         return token
 
