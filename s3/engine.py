@@ -81,6 +81,31 @@ class DecideResult(msgspec.Struct, frozen=True):
     replayed: bool = False
 
 
+@dataclass(frozen=True)
+class Submission:
+    """An open decided, reserved, persisted and on `sig:events`: what is left is S4 and the
+    result under the idempotency key (`Engine.decide_until_submit`)."""
+
+    engine: Engine
+    decision: Decision
+    iid: str | None
+    token: str | None
+    trigger: str
+    started: float
+
+    def submit(self) -> DecideResult:
+        """Submit to S4 (dual track on failure), settle the reservation, store the result."""
+        e, d = self.engine, self.decision
+        try:
+            submitted, reservation = e._submit(d)
+        except BaseException:
+            if self.iid and self.token is not None:
+                e.idem.abandon(self.iid, token=self.token)
+            raise
+        result = DecideResult(d, submitted=submitted, reservation=reservation)
+        return e._finish(result, self.iid, self.token, self.trigger, self.started, emit=False)
+
+
 @dataclass
 class Engine:
     registry: Registry
@@ -137,6 +162,31 @@ class Engine:
         Round trips to Redis for a fresh skip (standalone): one for the state and the
         idempotency claim, one for `sig:events` and the result (a cluster: one more for each).
         """
+        step = self.decide_until_submit(
+            symbol=symbol,
+            side_hint=side_hint,
+            t0_ms=t0_ms,
+            trigger=trigger,
+            dry_run=dry_run,
+            features=features,
+            features_ts_ms=features_ts_ms,
+        )
+        return step.submit() if isinstance(step, Submission) else step
+
+    def decide_until_submit(
+        self,
+        *,
+        symbol: str,
+        side_hint: str | None,
+        t0_ms: int | None,
+        trigger: str,
+        dry_run: bool = False,
+        features: Mapping[str, Any] | None = None,
+        features_ts_ms: int | None = None,
+    ) -> DecideResult | Submission:
+        """`decide` up to S4: the result, or for an open that goes to S4 the `Submission` that
+        finishes it. Everything before S4 is bounded by the Redis and store timeouts; the
+        submission waits on S4 (up to its budget), so the HTTP app runs it on a worker thread."""
         started = time.perf_counter()
         snap = self.registry.current  # read once: this decision runs on this revision only
         now_ms = self.clock_ms()
@@ -203,12 +253,14 @@ class Engine:
                 return self._finish(
                     DecideResult(d, submitted="none"), None, None, trigger, started, emit=False
                 )
-            result, emitted = self._decide_live(inp, snap, prior)
+            live = self._decide_live(inp, snap, prior)
         except BaseException:
             if iid and token is not None:
                 self.idem.abandon(iid, token=token)
             raise
-        return self._finish(result, iid, token, trigger, started, emit=not emitted)
+        if isinstance(live, DecideResult):  # a skip (or an open that ends here): sig:events
+            return self._finish(live, iid, token, trigger, started, emit=True)  # with the result
+        return Submission(self, live, iid, token, trigger, started)
 
     def _finish(
         self,
@@ -315,9 +367,10 @@ class Engine:
 
     def _decide_live(
         self, inp: DecisionInput, snap: BundleSnapshot, prior: Decision | None
-    ) -> tuple[DecideResult, bool]:
-        """Decide, reserve, persist and (an open) emit and submit; whether `sig:events` was
-        written (a skip's entry goes with the result, in `_finish`)."""
+    ) -> DecideResult | Decision:
+        """Decide, reserve, persist; an open is also emitted on `sig:events` and returned as its
+        `Decision`, to be submitted (a skip's result is returned, its `sig:events` entry goes
+        with the result, in `_finish`)."""
         d = prior if prior is not None else decide(inp, snap, self.model_for(snap))
         if prior is None:  # a shadow bundle (S3_SHADOW_BUNDLE) decides the same input, no effects
             shadow.observe(self, inp, d)
@@ -338,7 +391,7 @@ class Engine:
                 # The earlier attempt ended already (S4 rejected it, or it never reached S4 and
                 # self-heal released it): the decision stands, nothing is submitted again.
                 self._persist(d, inp, emit=False)
-                return DecideResult(d, submitted="none", reservation="released"), False
+                return DecideResult(d, submitted="none", reservation="released")
             if not res.ok:
                 d = msgspec.structs.replace(
                     d,
@@ -361,9 +414,8 @@ class Engine:
                 raise InputError("UNSTORABLE_FEATURES", str(exc)) from exc
             raise
         if not opens:
-            return DecideResult(d, submitted="none", reservation=reservation_state), False
-        submitted, reservation_state = self._submit(d)
-        return DecideResult(d, submitted=submitted, reservation=reservation_state), True
+            return DecideResult(d, submitted="none", reservation=reservation_state)
+        return d
 
     def _persist(self, d: Decision, inp: DecisionInput, *, emit: bool) -> None:
         signal_id = store_docs.signal_id(inp.symbol, d.side, inp.t0_ms, d.config_rev)

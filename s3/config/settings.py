@@ -5,6 +5,8 @@ Only the edges (CLI, service) read the environment; the decision core receives p
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -62,12 +64,22 @@ class Settings(BaseSettings):
     s4_retries: int = Field(2, ge=0, le=10)
     dual_track: bool = True
     """When S4 fails or times out, also write the command to ord:cmd:{SYMBOL}."""
+    decide_on_loop: Literal["auto", "on", "off"] = "auto"
+    """Where `POST /decide` runs until S4: on the event loop (no thread hand-offs; a Redis or
+    store stall holds every request of the process for up to its timeout) or on a worker thread.
+    `auto`: on the loop with the embedded SQLite store, on a thread with ArangoDB (network round
+    trips). S4 submission always runs on a worker thread."""
     stream_group: str = "s3"
     stream_maxlen: int = Field(100_000, ge=100)
     heartbeat_sec: float = Field(10.0, gt=0)
     stale_after_sec: float = Field(15.0, gt=0)
     selfheal_sec: float = Field(60.0, gt=0)
     pending_max_age_ms: int = Field(120_000, gt=0)
+
+    def decides_on_loop(self) -> bool:
+        return self.decide_on_loop == "on" or (
+            self.decide_on_loop == "auto" and not self.db_arango_uri
+        )
 
     def symbol_list(self) -> tuple[str, ...]:
         return tuple(s.strip().upper() for s in self.symbols.split(",") if s.strip())

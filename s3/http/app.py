@@ -8,12 +8,15 @@ app itself owns no clients.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Literal
+from functools import partial
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import redis
 from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar.concurrency import sync_to_thread
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
@@ -22,7 +25,10 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from s3.core.types import Decision, OcoLeg
+from s3.engine import Submission
 from s3.errors import InputError, S3Error
+
+T = TypeVar("T")
 
 
 class DecideContext(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -174,25 +180,36 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
         h = service.health()
         return _json(h, HTTP_200_OK if h.status == "OK" else HTTP_503_SERVICE_UNAVAILABLE)
 
+    on_loop = service.settings.decides_on_loop()
+
+    async def bounded(fn: Callable[[], T]) -> T:
+        """``fn`` (bounded by the Redis and store timeouts) on the loop or a thread (S3_DECIDE_ON_LOOP)."""
+        return fn() if on_loop else await sync_to_thread(fn)
+
     @post(
         "/decide",
         guards=[auth_guard],
-        sync_to_thread=True,  # S4 submission may block up to its timeout: never on the event loop
         summary="Decide one entry (spec §3)",
         status_code=HTTP_200_OK,
     )
-    def decide_route(data: JSONBody[DecideRequest]) -> Response[bytes]:
-        result = service.engine.decide(
-            symbol=data.symbol.upper(),
-            side_hint=data.sideHint,
-            t0_ms=data.context.t0,
-            trigger=data.context.trigger,
-            dry_run=data.dry_run,
-            features=data.features,
+    async def decide_route(data: JSONBody[DecideRequest]) -> Response[bytes]:
+        symbol = data.symbol.upper()
+        step = await bounded(
+            partial(
+                service.engine.decide_until_submit,
+                symbol=symbol,
+                side_hint=data.sideHint,
+                t0_ms=data.context.t0,
+                trigger=data.context.trigger,
+                dry_run=data.dry_run,
+                features=data.features,
+            )
         )
+        # S4 may take up to its whole budget: never on the event loop
+        result = await sync_to_thread(step.submit) if isinstance(step, Submission) else step
         trace = None
         if data.trace:
-            trace = service.trace(data.symbol.upper(), data.sideHint, data.features)
+            trace = await bounded(partial(service.trace, symbol, data.sideHint, data.features))
         resp = DecideResponse.of(
             result.decision,
             submitted=result.submitted,

@@ -4,6 +4,7 @@ run, and a graceful stop on SIGTERM."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -18,6 +19,9 @@ import httpx
 import pytest
 import redis
 
+from s3.adapters.redis_client import connect
+from s3.adapters.redis_keys import Keys
+from s3.adapters.redis_risk import RiskLedger
 from s3.adapters.redis_server import RedisServer, free_port
 from s3.s4_standin import S4Server
 
@@ -32,6 +36,7 @@ class Served:
         self, proc: subprocess.Popen[str], url: str, r: redis.Redis, s4: S4Server, db: Path
     ):
         self.proc, self.url, self.r, self.s4, self.db = proc, url, r, s4, db
+        self.redis_address = ""
 
     def post(self, path: str, body: dict[str, Any], auth: bool = True) -> httpx.Response:
         return httpx.post(self.url + path, json=body, headers=AUTH if auth else {}, timeout=10)
@@ -85,6 +90,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         r.set(f"{PREFIX}prod:kill_switch", "OFF")
         r.set(f"{PREFIX}prod:health:system:state", "GREEN")
         s = Served(proc, url, r, s4, tmp / "s3.db")
+        s.redis_address = server.address
         yield s
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -129,6 +135,36 @@ def test_auth_and_dry_run(served: Served) -> None:
     before = len(served.s4.orders)
     r = served.post("/decide", {"symbol": "ETHUSDT", "sideHint": "BUY", "dry_run": True}).json()
     assert r["dry_run"] is True and r["submitted"] == "none" and len(served.s4.orders) == before
+
+
+def test_a_slow_s4_holds_only_its_own_request(served: Served) -> None:
+    """Decisions run on the event loop (the default with SQLite): S4 must not. While an open waits
+    for S4 (250 ms, within its 300 ms budget), metrics and two dry runs are answered at once."""
+    served.seed("ETHUSDT", mid=2650.25, atr=40.0)
+    served.s4.set_mode("delay", delay_ms=250, times=1)
+    body = {"symbol": "ETHUSDT", "sideHint": "BUY", "context": {"t0": 1730000000400}}
+    quick = (
+        ("GET", "/metrics", None),
+        ("POST", "/decide", {"symbol": "ETHUSDT", "sideHint": "BUY", "dry_run": True}),
+        ("POST", "/decide", {"symbol": "BTCUSDT", "sideHint": "SELL", "dry_run": True}),
+    )
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(lambda: (served.post("/decide", body), time.perf_counter()))
+        time.sleep(0.08)  # the open is waiting for S4 by now
+        ended: list[float] = []
+        for method, path, payload in quick:
+            r = httpx.request(method, served.url + path, json=payload, headers=AUTH, timeout=10)
+            ended.append(time.perf_counter())
+            assert r.status_code == 200, r.text
+        first, slow_ended = slow.result()
+    a = first.json()
+    assert (a["decision"], a["submitted"]) == ("open", "accepted"), a
+    assert max(ended) < slow_ended, "a request waited for the open's S4 call"
+    # the position closes (S4/S5 would report it): the next tests need ETHUSDT's concurrency
+    client, keys = connect(served.redis_address)
+    RiskLedger(client, Keys(prefix=PREFIX, risk_tag=keys.risk_tag)).release(
+        a["intent"]["intent_id"], "closed", symbol="ETHUSDT"
+    )
 
 
 def test_s4_failure_releases_and_s4_down_goes_to_ord_cmd(served: Served) -> None:

@@ -6,6 +6,7 @@ concurrency (many clients at once, quota never exceeded, retries replayed).
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import json
 import threading
@@ -22,6 +23,7 @@ from litestar.testing import TestClient
 from s3.adapters.redis_server import RedisServer, free_port
 from s3.config.settings import Settings
 from s3.core.types import ModelResult
+from s3.engine import Submission
 from s3.http.app import create_app
 from s3.s4_standin import S4Server
 from s3.service import Service
@@ -379,3 +381,58 @@ def test_concurrent_requests_on_a_real_server(live: str, service: Service, s4: S
         len([o for o in opens if o.startswith("s3-btc")]) <= 1
         and len([o for o in opens if o.startswith("s3-eth")]) <= 1
     )
+
+
+def _running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("mode", "arango", "on_loop"),
+    [("auto", None, True), ("auto", "http://db:8529/s3", False), ("on", None, True),
+     ("off", None, False)],
+)  # fmt: skip
+def test_where_a_decision_runs(mode: str, arango: str | None, on_loop: bool) -> None:
+    s = Settings(decide_on_loop=mode, db_arango_uri=arango)  # type: ignore[arg-type]
+    assert s.decides_on_loop() is on_loop
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_the_decision_runs_on_the_loop_or_a_thread_and_s4_never_on_the_loop(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    s4: S4Server,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+) -> None:
+    svc = make_service(
+        tmp_path, redis_server.address, s4.url, f"h{next(_counter)}:", decide_on_loop=mode
+    )
+    seed(svc)
+    seen: dict[str, bool] = {}
+    engine_type = type(svc.engine)
+    until_submit = engine_type.decide_until_submit
+
+    def spy_decide(self: Any, **kw: Any) -> Any:
+        seen["decide"] = _running_loop()
+        return until_submit(self, **kw)
+
+    submit = Submission.submit
+
+    def spy_submit(self: Submission) -> Any:
+        seen["s4"] = _running_loop()
+        return submit(self)
+
+    monkeypatch.setattr(engine_type, "decide_until_submit", spy_decide)
+    monkeypatch.setattr(Submission, "submit", spy_submit)
+    try:
+        with TestClient(create_app(deps=svc)) as c:
+            body = decide(c, context={"t0": 1730000000000}).json()
+    finally:
+        svc.close()
+    assert (body["decision"], body["submitted"]) == ("open", "accepted"), body
+    assert seen == {"decide": mode == "on", "s4": False}
