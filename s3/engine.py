@@ -419,7 +419,7 @@ class Engine:
 
     def _persist(self, d: Decision, inp: DecisionInput, *, emit: bool) -> None:
         signal_id = store_docs.signal_id(inp.symbol, d.side, inp.t0_ms, d.config_rev)
-        self.store.put_signal(
+        self.store.put_decision(
             {
                 "signal_id": signal_id,
                 "t0": inp.t0_ms,
@@ -437,9 +437,7 @@ class Engine:
                 },
                 "config_rev": d.config_rev,
                 "created_at": inp.now_ms,
-            }
-        )
-        self.store.put_event(
+            },
             {
                 "event_id": f"EVT-DECIDE-{signal_id}",
                 "kind": "DECIDE",
@@ -454,7 +452,7 @@ class Engine:
                     "config_rev": d.config_rev,
                     "signal_id": signal_id,
                 },
-            }
+            },
         )
         if emit:
             self.emitter.emit_signal(d)

@@ -119,6 +119,13 @@ class Store(Protocol):
 
     def put_event(self, doc: EventDoc | Mapping[str, Any]) -> bool: ...
 
+    def put_decision(
+        self, signal: SignalDoc | Mapping[str, Any], event: EventDoc | Mapping[str, Any]
+    ) -> tuple[bool, bool]:
+        """A decision's signal and its DECIDE event: `put_signal` then `put_event`, both checked
+        before either is written; one transaction where the backend has a cheap one (SQLite)."""
+        ...
+
     def get_event(self, event_id: str) -> EventDoc | None: ...
 
     def events_by_kind(

@@ -302,6 +302,17 @@ class ArangoStore:
         e = docs.event_doc(doc)
         return self._insert(self._events, docs.arango_key(e.event_id), e)
 
+    def put_decision(
+        self, signal: SignalDoc | Mapping[str, Any], event: EventDoc | Mapping[str, Any]
+    ) -> tuple[bool, bool]:
+        # Two inserts, in order, both documents checked first: a signal without its event (the
+        # second insert failed) is completed by the retry, which resumes from the signal.
+        s, e = docs.signal_doc(signal), docs.event_doc(event)
+        return (
+            self._insert(self._signals, docs.arango_key(s.signal_id), s),
+            self._insert(self._events, docs.arango_key(e.event_id), e),
+        )
+
     def get_event(self, event_id: str) -> EventDoc | None:
         docs.check_id(event_id, "strategy_events.event_id")
         row = self._one("strategy_events", {"event_id": event_id})

@@ -68,6 +68,32 @@ SCHEMA: tuple[str, ...] = (
 
 _SIGNAL_COLS = "signal_id, t0, symbol, features, decision, config_rev, created_at"
 _EVENT_COLS = "event_id, kind, symbol, detail, ts"
+_PUT_SIGNAL = (
+    f"INSERT INTO signals ({_SIGNAL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (signal_id) DO NOTHING"
+)
+_PUT_EVENT = (
+    f"INSERT INTO strategy_events ({_EVENT_COLS}) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (event_id) DO NOTHING"
+)
+
+
+def _signal_row(s: SignalDoc) -> tuple[Any, ...]:
+    return (
+        s.signal_id,
+        s.t0,
+        s.symbol,
+        docs.dumps(s.features),
+        docs.dumps(s.decision),
+        s.config_rev,
+        s.created_at,
+    )
+
+
+def _event_row(e: EventDoc) -> tuple[Any, ...]:
+    return (e.event_id, e.kind, e.symbol, docs.dumps(e.detail), e.ts)
+
+
 _BUNDLE_COLS = "bundle_id, rev, checksum, files, description, published_at, published_by"
 _ACTIVE_COLS = "bundle_id, rev, checksum, activated_at, reason"
 
@@ -197,20 +223,7 @@ class SqliteStore:
     # -- signals -----------------------------------------------------------------------------------
 
     def put_signal(self, doc: SignalDoc | Mapping[str, Any]) -> bool:
-        s = docs.signal_doc(doc)
-        return self._insert(
-            f"INSERT INTO signals ({_SIGNAL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (signal_id) DO NOTHING",
-            (
-                s.signal_id,
-                s.t0,
-                s.symbol,
-                docs.dumps(s.features),
-                docs.dumps(s.decision),
-                s.config_rev,
-                s.created_at,
-            ),
-        )
+        return self._insert(_PUT_SIGNAL, _signal_row(docs.signal_doc(doc)))
 
     def get_signal(self, signal_id: str) -> SignalDoc | None:
         docs.check_id(signal_id, "signals.signal_id")
@@ -251,12 +264,17 @@ class SqliteStore:
     # -- strategy events ---------------------------------------------------------------------------
 
     def put_event(self, doc: EventDoc | Mapping[str, Any]) -> bool:
-        e = docs.event_doc(doc)
-        return self._insert(
-            f"INSERT INTO strategy_events ({_EVENT_COLS}) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (event_id) DO NOTHING",
-            (e.event_id, e.kind, e.symbol, docs.dumps(e.detail), e.ts),
-        )
+        return self._insert(_PUT_EVENT, _event_row(docs.event_doc(doc)))
+
+    def put_decision(
+        self, signal: SignalDoc | Mapping[str, Any], event: EventDoc | Mapping[str, Any]
+    ) -> tuple[bool, bool]:
+        rows = _signal_row(docs.signal_doc(signal)), _event_row(docs.event_doc(event))
+        with self._tx() as conn:  # one transaction: both rows or neither
+            return (
+                conn.execute(_PUT_SIGNAL, rows[0]).rowcount == 1,
+                conn.execute(_PUT_EVENT, rows[1]).rowcount == 1,
+            )
 
     def get_event(self, event_id: str) -> EventDoc | None:
         docs.check_id(event_id, "strategy_events.event_id")

@@ -114,8 +114,7 @@ def _arm(service: Any, runner: Any, p: float, log_path: str, rng: random.Random)
     if engine.s4 is not None:
         engine.s4.submit = after("submitted", before("submit", engine.s4.submit))
     store = engine.store
-    put_signal = store.put_signal
-    store.put_signal = after("signal", put_signal)
+    store.put_decision = after("signal", store.put_decision)  # the signal and its DECIDE event
     worker = runner.worker
     worker.handler = before("handle", worker.handler)
     worker.client.xack = before("ack", worker.client.xack)

@@ -672,3 +672,23 @@ def test_the_depth_limit_is_the_same_either_way(depth: int, leaf: Any) -> None:
     value = _nested(depth, leaf)
     careful = _walk_accepts(value)
     assert store_docs._json_ok(value, 0) == careful
+
+
+def test_a_decision_is_its_signal_and_its_event(store: Store) -> None:
+    s, e = sig(), evt()
+    assert store.put_decision(s, e) == (True, True)
+    assert store.get_signal(s["signal_id"]) == SignalDoc(**s)
+    assert store.get_event(e["event_id"]) == EventDoc(**e)
+    assert store.put_decision(s, e) == (False, False)  # idempotent, the first kept
+    later = evt(ts=T0 + 5)
+    assert store.put_decision(s, later) == (False, True)  # a retry completes a lone signal
+
+
+def test_a_bad_event_writes_no_signal(store: Store) -> None:
+    s = sig(t0=T0 + 9)
+    with pytest.raises(ValueError, match=r"strategy_events\.kind"):
+        store.put_decision(s, evt(kind="decide"))
+    assert store.get_signal(s["signal_id"]) is None
+    with pytest.raises(ValueError, match=r"signals\.t0"):
+        store.put_decision(sig(t0=-1), evt(ts=T0 + 9))
+    assert store.get_event(event_id("DECIDE", T0 + 9, f"BTCUSDT-{T0 + 9}")) is None
