@@ -7,6 +7,7 @@ Time ranges are half-open: t_from is inclusive, t_to exclusive; results are orde
 
 from __future__ import annotations
 
+import itertools
 import math
 import sqlite3
 import subprocess
@@ -524,6 +525,53 @@ def test_sqlite_two_processes_share_one_file(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
+def _big_signals(store: SqliteStore, n: int, start: int = 0) -> None:
+    blob = {"text": "x" * 3000}  # about one 4 KiB page per signal
+    for i in range(start, start + n):
+        assert store.put_signal(sig(t0=T0 + i, features=blob))
+
+
+def test_sqlite_commits_leave_checkpoints_to_the_background(tmp_path: Path) -> None:
+    # 1,100 pages: past SQLite's default autocheckpoint (1,000), which would have checkpointed
+    # in some commit and let the WAL start over
+    with SqliteStore(tmp_path / "c.db", checkpoint_every_s=3600) as store:
+        _big_signals(store, 1_100)
+        ckpt = store._checkpointer
+        assert ckpt is not None
+        busy, frames, copied = ckpt.round()
+        assert busy == 0 and frames == copied >= 1_100  # every frame still in the WAL till now
+
+
+def test_the_background_checkpointer_keeps_up_and_stops_with_the_store(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "c.db", checkpoint_every_s=0.02)
+    ckpt = store._checkpointer
+    assert ckpt is not None and ckpt.thread.is_alive()
+    _big_signals(store, 50)
+    with closing(sqlite3.connect(tmp_path / "c.db")) as probe:
+        deadline = time.monotonic() + 10
+        while True:  # another connection's PASSIVE checkpoint finds nothing left to copy
+            _, frames, copied = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames >= 50 and frames == copied:
+                break
+            assert time.monotonic() < deadline, (frames, copied)
+            time.sleep(0.02)
+    store.close()
+    assert not ckpt.thread.is_alive()
+
+
+def test_a_long_wal_starts_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("s3.adapters.sqlite_store.RESTART_WAL_PAGES", 40)
+    with SqliteStore(tmp_path / "c.db", checkpoint_every_s=3600) as store:
+        ckpt = store._checkpointer
+        assert ckpt is not None
+        _big_signals(store, 60)
+        before = ckpt.round()[1]
+        assert before >= 60
+        _big_signals(store, 3, start=60)  # the first write after a whole checkpoint restarts
+        assert 0 < ckpt.round()[1] < min(before, 40)  # the WAL holds the new frames only
+        assert len(store.signals_by_symbol("BTCUSDT", limit=100)) == 63
+
+
 # -- schema, connections, health -------------------------------------------------------------------
 
 
@@ -692,3 +740,34 @@ def test_a_bad_event_writes_no_signal(store: Store) -> None:
     with pytest.raises(ValueError, match=r"signals\.t0"):
         store.put_decision(sig(t0=-1), evt(ts=T0 + 9))
     assert store.get_event(event_id("DECIDE", T0 + 9, f"BTCUSDT-{T0 + 9}")) is None
+
+
+def test_under_steady_writes_a_long_wal_is_wholly_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames keep arriving during a PASSIVE checkpoint; past the limit the checkpointer copies
+    the rest while this process's writers wait, so the next write starts the WAL over."""
+    monkeypatch.setattr("s3.adapters.sqlite_store.RESTART_WAL_PAGES", 20)
+    with SqliteStore(tmp_path / "c.db", checkpoint_every_s=3600) as store:
+        ckpt = store._checkpointer
+        assert ckpt is not None
+        stop = threading.Event()
+
+        def write() -> None:
+            i = 0
+            while not stop.is_set():
+                _big_signals(store, 1, start=i)
+                i += 1
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            frames = []
+            while len(frames) < 8:
+                time.sleep(0.01)
+                frames.append(ckpt.round()[1])
+        finally:
+            stop.set()
+            writer.join()
+    # the WAL started over: its frame count, which only grows until then, fell
+    assert any(b < a for a, b in itertools.pairwise(frames)), frames
