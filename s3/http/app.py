@@ -164,7 +164,9 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
     else:
         own_service = False
 
-    def auth_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def auth_guard(  # async: Litestar runs a sync guard on a worker thread
+        connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+    ) -> None:
         token = service.api_token
         if (
             not token

@@ -2,8 +2,8 @@
 
 `s3 serve` runs as its own process with real Redis, SQLite and the S4 stand-in; a Litestar
 hello-world runs as another process, measured in the same run. Keep-alive clients in separate
-processes find each server's max throughput, then offer half of it at a steady rate and record
-P50/P95/P99. Targets (issue 6): P99 <= 5 ms at half of max throughput; /decide throughput >= 40 % of
+processes find each server's max throughput, then offer half of it (Poisson arrivals, independent
+per client) and record P50/P95/P99. Targets (issue 6): P99 <= 5 ms at half of max throughput; /decide throughput >= 40 % of
 hello-world. Every /decide is a fresh decision (its own t0): idempotency claim, state read,
 decision, persistence of the signal and its event, sig:events.
 """
@@ -14,6 +14,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -52,18 +53,21 @@ def wait_up(url: str, proc: subprocess.Popen[Any]) -> None:
 
 
 def _client(args: tuple[str, int, float, float, int]) -> tuple[int, list[float]]:
+    """One keep-alive client: as fast as it can (``rate`` 0) or at ``rate`` requests/s on
+    average, with exponential gaps (Poisson arrivals, seeded per client): independent clients,
+    not clocks in step that would all send at the same instant every period."""
     url, worker, seconds, rate, base = args
     lat: list[float] = []
     n = 0
-    interval = 1.0 / rate if rate > 0 else 0.0
+    gaps = random.Random(worker)
     with httpx.Client(headers={"Authorization": "Bearer load"}, timeout=10) as c:
         end = time.perf_counter() + seconds
-        next_at = time.perf_counter()
+        next_at = time.perf_counter() + (gaps.expovariate(rate) if rate > 0 else 0.0)
         while True:
             now = time.perf_counter()
             if now >= end:
                 break
-            if interval and now < next_at:
+            if rate > 0 and now < next_at:
                 time.sleep(next_at - now)
             t0 = base + worker * 10_000_000 + n
             body = {"symbol": "BTCUSDT", "sideHint": "BUY", "context": {"t0": t0}}
@@ -73,7 +77,8 @@ def _client(args: tuple[str, int, float, float, int]) -> tuple[int, list[float]]
             if r.status_code != 200:
                 raise RuntimeError(f"{r.status_code}: {r.text[:200]}")
             n += 1
-            next_at += interval
+            if rate > 0:
+                next_at += gaps.expovariate(rate)
     return n, lat
 
 

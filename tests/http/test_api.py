@@ -436,3 +436,22 @@ def test_the_decision_runs_on_the_loop_or_a_thread_and_s4_never_on_the_loop(
         svc.close()
     assert (body["decision"], body["submitted"]) == ("open", "accepted"), body
     assert seen == {"decide": mode == "on", "s4": False}
+
+
+def test_a_decision_on_the_loop_makes_no_thread_hand_off(
+    client: TestClient[Any], service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default mode (SQLite): a skip is answered without leaving the event loop, the bearer
+    check included (Litestar runs a sync guard on a worker thread)."""
+    hops: list[str] = []
+    run_in_executor = asyncio.BaseEventLoop.run_in_executor
+
+    def counted(self: asyncio.BaseEventLoop, executor: Any, fn: Any, *args: Any) -> Any:
+        hops.append(repr(fn))
+        return run_in_executor(self, executor, fn, *args)
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "run_in_executor", counted)
+    seed(service, funding_next=0.0009)  # a gate skip
+    r = decide(client, context={"t0": 1730000000000})
+    assert r.status_code == 200 and r.json()["reason_detail"] == "GATE.FUNDING", r.text
+    assert hops == []
