@@ -35,7 +35,6 @@ from s3 import shadow
 from s3.adapters import store_docs
 from s3.adapters.model_runner import DeadlineModel, TimedModel
 from s3.adapters.redis_client import (
-    STATE_COMMANDS,
     Client,
     is_cluster,
     parse_state,
@@ -304,7 +303,7 @@ class Engine:
         claim = None
         try:
             pipe = self.redis.pipeline(transaction=False)
-            queue_state(pipe, self.keys, symbol)
+            n = queue_state(pipe, self.keys, symbol)
             queued = iid is not None and self._pipelined
             token = self.idem.queue_begin(pipe, iid, self.claim_ttl_ms) if queued else None
             replies = pipe.execute(raise_on_error=False)
@@ -314,10 +313,10 @@ class Engine:
                     if token is not None
                     else self.idem.begin(iid, self.claim_ttl_ms)
                 )
-            bad = next((r for r in replies[:STATE_COMMANDS] if isinstance(r, Exception)), None)
+            bad = next((r for r in replies[:n] if isinstance(r, Exception)), None)
             if bad is not None:
                 raise bad
-            state, last = parse_state(replies[:STATE_COMMANDS])
+            state, last = parse_state(replies[:n])
         except Exception as exc:
             if iid is not None and claim is not None and claim.status == "first":
                 with contextlib.suppress(Exception):
@@ -555,15 +554,15 @@ class Engine:
 
     def _observe(self, d: Decision, trigger: str, took_ms: float) -> None:
         m = self.metrics
-        m.decide_latency_ms.labels(trigger).observe(took_ms)
+        m.child(m.decide_latency_ms, trigger).observe(took_ms)
         self.latencies_ms.append(took_ms)
-        m.decisions.labels(d.decision, d.reason).inc()
+        m.child(m.decisions, d.decision, d.reason).inc()
         if d.decision == "skip":
-            m.gate_skips.labels(d.reason_detail.split(":")[0]).inc()
+            m.child(m.gate_skips, d.reason_detail.split(":")[0]).inc()
         for rid in d.rules_fired:
-            m.rules_fired.labels(rid).inc()
+            m.child(m.rules_fired, rid).inc()
         if d.model_degraded:
-            m.model_degraded.labels(d.model_degraded.split(":")[0]).inc()
+            m.child(m.model_degraded, d.model_degraded.split(":")[0]).inc()
         m.config_rev.set(d.config_rev)
 
     def market_state(self, symbol: str) -> MarketState:

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.retry import Retry
 
 from s3.adapters.redis_keys import Keys
@@ -63,24 +63,32 @@ def _float(v: Any) -> float | None:
         return None
 
 
-STATE_COMMANDS = 7
-"""How many replies `queue_state` adds to a pipeline."""
+def queue_state(pipe: Any, keys: Keys, symbol: str) -> int:
+    """Queue the reads of `read_state` on a pipeline; returns how many replies they add.
 
-
-def queue_state(pipe: Any, keys: Keys, symbol: str) -> None:
-    """Queue the reads of `read_state` on a pipeline (``STATE_COMMANDS`` replies, in order)."""
-    pipe.get(keys.kill_switch)
-    pipe.get(keys.health)
-    pipe.get(keys.funding_next(symbol))
-    pipe.get(keys.budget_inuse("FUT"))
-    pipe.get(keys.budget_inuse("SPOT"))
-    pipe.get(keys.concurrency(symbol))
+    A standalone server reads the six counters with one MGET; a cluster pipeline sends six GETs
+    (the keys live in different slots, and MGET needs one)."""
+    singles = (
+        keys.kill_switch,
+        keys.health,
+        keys.funding_next(symbol),
+        keys.budget_inuse("FUT"),
+        keys.budget_inuse("SPOT"),
+        keys.concurrency(symbol),
+    )
+    if isinstance(pipe, ClusterPipeline):
+        for key in singles:
+            pipe.get(key)
+    else:
+        pipe.mget(singles)
     pipe.hgetall(keys.feat_last(symbol))
+    return len(singles) + 1 if isinstance(pipe, ClusterPipeline) else 2
 
 
 def parse_state(replies: Sequence[Any]) -> tuple[MarketState, dict[str, str]]:
-    """The replies of `queue_state` as the market state and `feat:last:{SYMBOL}`."""
-    kill, health, funding, fut, spot, conc, last = replies
+    """The replies of `queue_state` (either shape) as the market state and `feat:last:{SYMBOL}`."""
+    *singles, last = replies
+    kill, health, funding, fut, spot, conc = singles[0] if len(singles) == 1 else singles
     state = MarketState(
         kill_switch=kill,
         health=health,
