@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec
 
 import msgspec
 
@@ -54,6 +54,7 @@ IDEM_TTL_MS = 24 * 3600 * 1000
 CLAIM_TTL_MS = 30_000
 """Default life of an in-progress idempotency claim (the service derives it from the S4 budget)."""
 NUMERIC_FIELDS_SKIP = ("symbol", "side", "side_hint", "regime")
+P = ParamSpec("P")
 
 
 def features_from_hash(raw: Mapping[str, str]) -> dict[str, Any]:
@@ -105,6 +106,18 @@ class Submission:
         return e._finish(result, self.iid, self.token, self.trigger, self.started, emit=False)
 
 
+def _then_submit(
+    until_submit: Callable[P, DecideResult | Submission],
+) -> Callable[P, DecideResult]:
+    """``until_submit``, then the submission it returns, if any."""
+
+    def decide(*args: P.args, **kwargs: P.kwargs) -> DecideResult:
+        step = until_submit(*args, **kwargs)
+        return step.submit() if isinstance(step, Submission) else step
+
+    return decide
+
+
 @dataclass
 class Engine:
     registry: Registry
@@ -145,33 +158,6 @@ class Engine:
         return model
 
     # -- one decision ----------------------------------------------------------------------------------
-    def decide(
-        self,
-        *,
-        symbol: str,
-        side_hint: str | None,
-        t0_ms: int | None,
-        trigger: str,
-        dry_run: bool = False,
-        features: Mapping[str, Any] | None = None,
-        features_ts_ms: int | None = None,
-    ) -> DecideResult:
-        """One decision with every side effect, S4 included (blocks up to S4's budget).
-
-        Round trips to Redis for a fresh skip (standalone): one for the state and the
-        idempotency claim, one for `sig:events` and the result (a cluster: one more for each).
-        """
-        step = self.decide_until_submit(
-            symbol=symbol,
-            side_hint=side_hint,
-            t0_ms=t0_ms,
-            trigger=trigger,
-            dry_run=dry_run,
-            features=features,
-            features_ts_ms=features_ts_ms,
-        )
-        return step.submit() if isinstance(step, Submission) else step
-
     def decide_until_submit(
         self,
         *,
@@ -260,6 +246,13 @@ class Engine:
         if isinstance(live, DecideResult):  # a skip (or an open that ends here): sig:events
             return self._finish(live, iid, token, trigger, started, emit=True)  # with the result
         return Submission(self, live, iid, token, trigger, started)
+
+    decide = _then_submit(decide_until_submit)
+    """One decision with every side effect, S4 included (blocks up to S4's budget); the
+    arguments of `decide_until_submit`.
+
+    Round trips to Redis for a fresh skip (standalone): one for the state and the idempotency
+    claim, one for `sig:events` and the result (a cluster: one more for each)."""
 
     def _finish(
         self,
