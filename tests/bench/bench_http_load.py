@@ -94,6 +94,15 @@ def load(
     return count / seconds, lat
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
 
@@ -145,18 +154,23 @@ def main() -> int:
                     },
                 )
 
-            for name, url in (
-                ("hello", f"http://127.0.0.1:{hello_port}/decide"),
-                ("decide", f"http://127.0.0.1:{port}/decide"),
+            for name, url, pid in (
+                ("hello", f"http://127.0.0.1:{hello_port}/decide", hello.pid),
+                ("decide", f"http://127.0.0.1:{port}/decide", s3p.pid),
             ):
                 fresh()
                 load(url, args.clients, 1.0, 0, 1_900_000_000_000)  # warm up
                 fresh()
+                cpu0, t0 = cpu_seconds(pid), time.perf_counter()
                 tput, lat = load(url, args.clients, args.seconds, 0, 1_910_000_000_000)
+                cpu1, took = cpu_seconds(pid), time.perf_counter() - t0
+                busy = (cpu1 - cpu0) / took if cpu0 is not None and cpu1 is not None else None
                 fresh()
                 _, steady = load(url, args.clients, args.seconds, tput / 2, 1_920_000_000_000)
                 out[name] = {
                     "max_rps": tput,
+                    "cpu_busy": busy,  # the server's share of one core during the max phase
+                    "cpu_ms_per_req": None if busy is None else 1000 * busy / tput,
                     "sat_p50": pct(lat, 0.5),
                     "sat_p99": pct(lat, 0.99),
                     "half_p50": pct(steady, 0.5),
@@ -179,6 +193,12 @@ def main() -> int:
             f"  {name:13} max {v['max_rps']:7.0f} req/s (p50 {v['sat_p50']:.2f} ms, p99 {v['sat_p99']:.2f} ms "
             f"saturated);  at half: p50 {v['half_p50']:.2f} ms  p95 {v['half_p95']:.2f} ms  "
             f"p99 {v['half_p99']:.2f} ms  ({v['half_n']} requests)"
+        )
+    if d["cpu_busy"] is not None and h["cpu_busy"] is not None:
+        print(
+            f"  server CPU during the max phase: hello-world {h['cpu_busy']:.0%} of a core, "
+            f"{h['cpu_ms_per_req']:.3f} ms/request; /decide {d['cpu_busy']:.0%} of a core, "
+            f"{d['cpu_ms_per_req']:.3f} ms/request ({d['cpu_ms_per_req'] / h['cpu_ms_per_req']:.1f}x)"
         )
     print(
         f"  throughput /decide / hello-world = {ratio:.2f}   target >= 0.40   {'PASS' if ratio >= 0.4 else 'FAIL'}"
