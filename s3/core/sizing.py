@@ -7,8 +7,8 @@ number it emits is a `Decimal` computed exactly, and every price and quantity li
 from __future__ import annotations
 
 import functools
-import types
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import (
     ROUND_HALF_EVEN,
@@ -19,9 +19,10 @@ from decimal import (
     Inexact,
     InvalidOperation,
     Overflow,
-    localcontext,
+    getcontext,
+    setcontext,
 )
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import msgspec
 
@@ -144,8 +145,19 @@ def _bad(sentence: str) -> _Skip:
     return _Skip("SIZING.BAD_INPUT", sentence)
 
 
+def _too_many_digits(exc: DecimalException) -> SizingSkip:
+    return SizingSkip(
+        "SIZING.BAD_INPUT", f"the inputs need more than {_PREC} exact digits ({type(exc).__name__})"
+    )
+
+
 def _fmt(x: Decimal) -> str:
     """A plain decimal for a sentence: no exponent, no trailing zeros."""
+    text = str(x)
+    if "." in text and "E" not in text and "e" not in text:
+        # str() wrote plain notation, the digits format(x, "f") writes, at a third of its cost
+        text = text.rstrip("0").rstrip(".")
+        return "0" if text == "-0" else text
     if x == 0:
         return "0"
     text = format(x, "f")
@@ -214,10 +226,27 @@ def _common_grid(a: _Grid, b: _Grid) -> _Grid:
     )
 
 
+_FLOAT_DECIMALS: dict[float, Decimal] = {}
+
+
+def _float_decimal(x: float) -> Decimal:
+    """``Decimal(repr(x))``, remembered for positive finite floats: the multipliers take few
+    values (products of the rules' constant factors), and a float hashes cheaply where a fresh
+    Decimal does not. Only positive ones: 0.0 and -0.0 are one key with two reprs."""
+    d = Decimal(repr(x))
+    if 0 < x < math.inf:
+        if len(_FLOAT_DECIMALS) >= 4096:
+            _FLOAT_DECIMALS.clear()
+        _FLOAT_DECIMALS[x] = d
+    return d
+
+
 def _num(value: object, name: str) -> Decimal:
     """A finite Decimal from a Decimal, int or float (floats go through repr, never binary)."""
     if isinstance(value, Decimal):
         d = value
+    elif type(value) is float:
+        d = _FLOAT_DECIMALS.get(value) or _float_decimal(value)
     elif isinstance(value, int) and not isinstance(value, bool):
         d = Decimal(value)
     elif isinstance(value, float):
@@ -271,19 +300,13 @@ class _Lots:
     exit_min_qty: Decimal
 
 
-@dataclass(slots=True)
-class _Case:
-    """Validated inputs, every number a Decimal."""
+@dataclass(frozen=True, slots=True)
+class _Terms:
+    """The sizing parameters as checked Decimals (a Struct built by hand may hold floats)."""
 
-    long: bool
-    spot: bool
-    entry: Decimal
-    atr: Decimal
-    sl_mult: Decimal
-    tp_mult: Decimal
-    budget: Decimal  # FUT: margin_base * size_mult; SPOT: quote_budget * size_mult
+    budget_base: Decimal  # FUT: margin base; SPOT: quote budget
     leverage: int
-    f_in: Decimal
+    f_in: Decimal  # the entry's fee: maker for a Maker entry, else taker
     f_sl: Decimal
     f_tp: Decimal
     max_loss: Decimal
@@ -293,10 +316,33 @@ class _Case:
     cum: Decimal
     buffer: Decimal
     stop_limit_offset: Decimal
-    guardian: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Prices:
+    """The tick grid, the lowest legal price (> 0 and >= min_price) and min_notional."""
+
+    grid: _Grid
+    lowest: Decimal
     min_notional: Decimal
+
+
+@dataclass(slots=True)
+class _Case:
+    """Validated inputs, every number a Decimal."""
+
+    long: bool
+    spot: bool
+    guardian: bool
+    entry: Decimal
+    atr: Decimal
+    sl_mult: Decimal
+    tp_mult: Decimal
+    budget: Decimal  # FUT: margin_base * size_mult; SPOT: quote_budget * size_mult
+    t: _Terms
     price: _Grid
     lowest_px: Decimal
+    min_notional: Decimal
     lots: _Lots
 
 
@@ -346,27 +392,53 @@ def once_per_object(fn: Callable[..., _R]) -> Callable[..., _R]:
     return memo
 
 
-@once_per_object
-def _read_params(params: SizingParams) -> Mapping[str, Decimal]:
-    """Every parameter as a checked Decimal (a Struct built by hand may hold floats). Checked once
-    per parameter set: the same frozen Struct comes back for every decision of a revision."""
-    return types.MappingProxyType(_read_params_uncached(params))
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    """What one (params, filters, exec policy) fixes for every decision, checked once: the values
+    of each stage (parameters, price filter, lot sizes), or None from the stage whose first
+    problem `problem` holds. `_read` raises that problem where the stage is first needed, so a
+    call with several problems reports the first in the order the inputs are read."""
+
+    spot: bool
+    guardian: bool
+    terms: _Terms | None
+    prices: _Prices | None
+    lots: _Lots | None
+    lots_note: str | None
+    problem: SizingSkip | None
+
+    def fail(self) -> NoReturn:
+        assert self.problem is not None
+        raise _Skip(self.problem.reason_detail, self.problem.sentence)
 
 
 @once_per_object
-def _read_budget(params: SizingParams) -> tuple[Decimal, int]:
-    """The budget base (SPOT: quote budget; FUT: margin base) and the leverage, checked."""
-    if params.market == "SPOT":
-        return _positive(params.quote_budget_usdt, "quote_budget_usdt"), 1
-    budget_base = _positive(params.margin_base_usdt, "margin_base_usdt")
-    leverage = params.leverage
-    if isinstance(leverage, bool) or not isinstance(leverage, int) or leverage < 1:
-        raise _bad(f"leverage must be an integer >= 1, got {leverage!r}")
-    _num(leverage, "leverage")
-    return budget_base, leverage
+def _setup(params: object, filters: object, policy: object) -> _Setup:
+    """The setup of one (params, filters, policy): the same frozen Structs come back for every
+    decision of a revision. A value of the wrong type raises at once (and is not remembered)."""
+    if not isinstance(params, SizingParams) or params.market not in ("FUT", "SPOT"):
+        raise _bad("params must be SizingParams with market 'FUT' or 'SPOT'")
+    if not isinstance(filters, SymbolFilters):
+        raise _bad(f"filters must be SymbolFilters, got {type(filters).__name__}")
+    if not isinstance(filters.anchored, bool):
+        raise _bad(f"anchored must be a bool, got {type(filters.anchored).__name__}")
+    if not isinstance(policy, str):
+        raise _bad(f"exec_policy must be a string, got {type(policy).__name__}")
+    spot = params.market == "SPOT"
+    guardian = spot and params.spot_protection == "guardian"
+    terms = prices = lots = note = problem = None
+    try:
+        terms = _read_terms(params, policy == "Maker")
+        prices = _read_prices(filters)
+        lots, note = _read_lots(filters, policy, guardian)
+    except _Skip as skip:
+        problem = SizingSkip(skip.detail, skip.sentence)
+    except DecimalException as exc:
+        problem = _too_many_digits(exc)
+    return _Setup(spot, guardian, terms, prices, lots, note, problem)
 
 
-def _read_params_uncached(params: SizingParams) -> dict[str, Decimal]:
+def _read_terms(params: SizingParams, maker: bool) -> _Terms:
     checks = {
         "max_loss_usdt": _positive,
         "atr_mult": _positive,
@@ -380,61 +452,63 @@ def _read_params_uncached(params: SizingParams) -> dict[str, Decimal]:
     }
     if params.spot_protection not in ("oco", "guardian"):
         raise _bad(f"spot_protection must be 'oco' or 'guardian', got {params.spot_protection!r}")
-    return {name: check(getattr(params, name), name) for name, check in checks.items()}
+    p = {name: check(getattr(params, name), name) for name, check in checks.items()}
+    if params.market == "SPOT":
+        budget_base, leverage = _positive(params.quote_budget_usdt, "quote_budget_usdt"), 1
+    else:
+        budget_base = _positive(params.margin_base_usdt, "margin_base_usdt")
+        leverage = params.leverage
+        if isinstance(leverage, bool) or not isinstance(leverage, int) or leverage < 1:
+            raise _bad(f"leverage must be an integer >= 1, got {leverage!r}")
+        _num(leverage, "leverage")
+    return _Terms(
+        budget_base=budget_base,
+        leverage=leverage,
+        f_in=p["fee_maker"] if maker else p["fee_taker"],
+        f_sl=p["fee_taker"],
+        f_tp=p["fee_maker"],
+        max_loss=p["max_loss_usdt"],
+        atr_mult=p["atr_mult"],
+        tp_roe=p["tp_min_net_roe"],
+        mmr=p["maintenance_margin_rate"],
+        cum=p["maintenance_amount"],
+        buffer=p["liquidation_buffer"],
+        stop_limit_offset=p["stop_limit_offset"],
+    )
 
 
-def _read_prices(
-    filters: SymbolFilters, buy: bool, entry_px: object, policy: str, notes: list[str]
-) -> tuple[_Grid, Decimal, Decimal]:
-    """The price grid, the lowest legal price (> 0 and >= min_price) and the snapped entry."""
-    price, lowest_px, _ = _price_grid(filters)
-    tick = price.step
-    given = _positive(entry_px, "entry_px")
-    maker = policy == "Maker"
-    # A Maker entry rests passively (BUY below, SELL above); any other policy may take, so the
-    # sizer assumes the worse price (BUY above, SELL below).
-    entry = price.floor(given) if buy == maker else price.ceil(given)
-    if entry < lowest_px:
-        raise _bad(f"entry_px {_fmt(given)} is below the lowest legal price {_fmt(lowest_px)}")
-    if entry != given:
-        how = "passive side, Maker" if maker else f"adverse side, {policy}"
-        notes.append(f"entry {_fmt(given)} snapped to tick {_fmt(tick)}: {_fmt(entry)} ({how})")
-    return price, lowest_px, entry
-
-
-@once_per_object
-def _price_grid(filters: SymbolFilters) -> tuple[_Grid, Decimal, Decimal]:
-    """The tick grid, the lowest legal price (> 0 and >= min_price) and min_notional, checked
-    once per filters."""
+def _read_prices(filters: SymbolFilters) -> _Prices:
     tick = _positive(filters.tick_size, "tick_size")
     min_price = _non_negative(filters.min_price, "min_price")
     price = _Grid(min_price if filters.anchored else _ZERO, tick)
     lowest = price.ceil(min_price)
     min_notional = _non_negative(filters.min_notional, "min_notional")
-    return price, (lowest if lowest > 0 else lowest + tick), min_notional
+    return _Prices(price, (lowest if lowest > 0 else lowest + tick), min_notional)
 
 
-def _read_lots(filters: SymbolFilters, policy: str, guardian: bool, notes: list[str]) -> _Lots:
-    """LOT_SIZE, and MARKET_LOT_SIZE for orders that may execute at market (the stricter wins);
-    worked out once per (filters, policy, guardian)."""
-    lots, note = _read_lots_cached(filters, policy, guardian)
-    if note is not None:
-        notes.append(note)
-    return lots
+def _snap_entry(
+    prices: _Prices, buy: bool, entry_px: object, policy: str, notes: list[str]
+) -> Decimal:
+    """The entry price on the tick grid, at or above the lowest legal price."""
+    price = prices.grid
+    given = _positive(entry_px, "entry_px")
+    maker = policy == "Maker"
+    # A Maker entry rests passively (BUY below, SELL above); any other policy may take, so the
+    # sizer assumes the worse price (BUY above, SELL below).
+    entry = price.floor(given) if buy == maker else price.ceil(given)
+    if entry < prices.lowest:
+        raise _bad(f"entry_px {_fmt(given)} is below the lowest legal price {_fmt(prices.lowest)}")
+    if entry != given:
+        how = "passive side, Maker" if maker else f"adverse side, {policy}"
+        notes.append(
+            f"entry {_fmt(given)} snapped to tick {_fmt(price.step)}: {_fmt(entry)} ({how})"
+        )
+    return entry
 
 
-@once_per_object
-def _read_lots_cached(
-    filters: SymbolFilters, policy: str, guardian: bool
-) -> tuple[_Lots, str | None]:
-    found: list[str] = []
-    lots = _read_lots_uncached(filters, policy, guardian, found)
-    return lots, (found[0] if found else None)
-
-
-def _read_lots_uncached(
-    filters: SymbolFilters, policy: str, guardian: bool, notes: list[str]
-) -> _Lots:
+def _read_lots(filters: SymbolFilters, policy: str, guardian: bool) -> tuple[_Lots, str | None]:
+    """LOT_SIZE, and MARKET_LOT_SIZE for orders that may execute at market (the stricter wins),
+    with the note that says so."""
     step = _positive(filters.step_size, "step_size")
     min_qty = _non_negative(filters.min_qty, "min_qty")
     max_qty = _optional(filters.max_qty, "max_qty")
@@ -449,7 +523,7 @@ def _read_lots_uncached(
     maker = policy == "Maker"
     plain = _Lots(lot, min_qty, max_qty, lot, min_qty)
     if not (m_step or m_max or m_min) or (maker and not guardian):
-        return plain
+        return plain, None
     # Anything but a pure Maker entry may reach the book as a market order (spec §6 slippage
     # guard, MakerThenTaker's fallback); so does the guardian's exit. OCO legs are limit orders.
     anchor = (min_qty if m_min is None else m_min) if filters.anchored else _ZERO
@@ -458,9 +532,9 @@ def _read_lots_uncached(
     low = max(min_qty, m_min or _ZERO)
     high = m_max if max_qty is None else min(max_qty, m_max or max_qty)
     if maker:
-        return _Lots(lot, min_qty, max_qty, grid, low)
-    notes.append(f"MARKET_LOT_SIZE applied with LOT_SIZE: {policy} may fill at market")
-    return _Lots(grid, low, high, grid if guardian else lot, low if guardian else min_qty)
+        return _Lots(lot, min_qty, max_qty, grid, low), None
+    note = f"MARKET_LOT_SIZE applied with LOT_SIZE: {policy} may fill at market"
+    return _Lots(grid, low, high, grid if guardian else lot, low if guardian else min_qty), note
 
 
 def _read(
@@ -475,50 +549,38 @@ def _read(
 ) -> _Case:
     if side not in ("BUY", "SELL"):
         raise _bad(f"side must be 'BUY' or 'SELL', got {side!r}")
-    if not isinstance(params, SizingParams) or params.market not in ("FUT", "SPOT"):
-        raise _bad("params must be SizingParams with market 'FUT' or 'SPOT'")
-    if not isinstance(filters, SymbolFilters):
-        raise _bad(f"filters must be SymbolFilters, got {type(filters).__name__}")
-    if not isinstance(filters.anchored, bool):
-        raise _bad(f"anchored must be a bool, got {type(filters.anchored).__name__}")
-    if not isinstance(exec_policy, str):
-        raise _bad(f"exec_policy must be a string, got {type(exec_policy).__name__}")
-    spot = params.market == "SPOT"
-    if spot and side == "SELL":
+    s = _setup(params, filters, exec_policy)
+    assert isinstance(exec_policy, str)  # _setup checked it
+    if s.spot and side == "SELL":
         raise _Skip(
             "SIZING.SPOT_SELL_NO_POSITION",
             "a SPOT SELL sells a held base asset, and sizing has no position source (spec Part B1)",
         )
-    p = _read_params(params)
-    budget_base, leverage = _read_budget(params)
+    terms = s.terms or s.fail()
     size_mult = _positive(mults[0], "size_mult")
-    guardian = spot and params.spot_protection == "guardian"
-    price, lowest_px, entry = _read_prices(filters, side == "BUY", entry_px, exec_policy, notes)
-    maker = exec_policy == "Maker"
+    prices = s.prices or s.fail()
+    entry = _snap_entry(prices, side == "BUY", entry_px, exec_policy, notes)
+    atr_d = _positive(atr, "atr")
+    sl_mult = _positive(mults[1], "sl_mult")
+    tp_mult = _positive(mults[2], "tp_mult")
+    budget = terms.budget_base * size_mult
+    lots = s.lots or s.fail()
+    if s.lots_note is not None:
+        notes.append(s.lots_note)
     return _Case(
-        long=side == "BUY",
-        spot=spot,
-        entry=entry,
-        atr=_positive(atr, "atr"),
-        sl_mult=_positive(mults[1], "sl_mult"),
-        tp_mult=_positive(mults[2], "tp_mult"),
-        budget=budget_base * size_mult,
-        leverage=leverage,
-        f_in=p["fee_maker"] if maker else p["fee_taker"],
-        f_sl=p["fee_taker"],
-        f_tp=p["fee_maker"],
-        max_loss=p["max_loss_usdt"],
-        atr_mult=p["atr_mult"],
-        tp_roe=p["tp_min_net_roe"],
-        mmr=p["maintenance_margin_rate"],
-        cum=p["maintenance_amount"],
-        buffer=p["liquidation_buffer"],
-        stop_limit_offset=p["stop_limit_offset"],
-        guardian=guardian,
-        min_notional=_price_grid(filters)[2],
-        price=price,
-        lowest_px=lowest_px,
-        lots=_read_lots(filters, exec_policy, guardian, notes),
+        side == "BUY",
+        s.spot,
+        s.guardian,
+        entry,
+        atr_d,
+        sl_mult,
+        tp_mult,
+        budget,
+        terms,
+        prices.grid,
+        prices.lowest,
+        prices.min_notional,
+        lots,
     )
 
 
@@ -529,8 +591,8 @@ def _quantity(case: _Case, notes: list[str]) -> Decimal:
         notional_budget = case.budget
         budget_text = f"budget quote {_fmt(case.budget)} USDT"
     else:
-        notional_budget = case.budget * case.leverage
-        budget_text = f"budget margin {_fmt(case.budget)} x leverage {case.leverage}"
+        notional_budget = case.budget * case.t.leverage
+        budget_text = f"budget margin {_fmt(case.budget)} x leverage {case.t.leverage}"
     lots = case.lots
     qty = lots.entry.floor(notional_budget, e)
     notes.append(
@@ -557,16 +619,16 @@ def _quantity(case: _Case, notes: list[str]) -> Decimal:
 
 def _spot_exit_qty(case: _Case, qty: Decimal, notes: list[str]) -> tuple[Decimal, Decimal]:
     """The base left after the buy fee (taken in base) and the exit quantity on its grid."""
-    base = qty * (1 - case.f_in)
+    base = qty * (1 - case.t.f_in)
     leg = case.lots.exit.floor(base)
     notes.append(
-        f"entry fee {_fmt(case.f_in)} taken in base: {_fmt(base)} left, exit qty {_fmt(leg)}"
+        f"entry fee {_fmt(case.t.f_in)} taken in base: {_fmt(base)} left, exit qty {_fmt(leg)}"
     )
     if leg < case.lots.exit_min_qty or leg <= 0:
         raise _Skip(
             "SIZING.OCO_LEG_BELOW_MIN_NOTIONAL",
             f"exit qty {_fmt(max(leg, _ZERO))} below min_qty {_fmt(case.lots.exit_min_qty)} "
-            f"(bought {_fmt(qty)}, {_fmt(base)} left after the {_fmt(case.f_in)} base fee)",
+            f"(bought {_fmt(qty)}, {_fmt(base)} left after the {_fmt(case.t.f_in)} base fee)",
         )
     return base, leg
 
@@ -576,12 +638,12 @@ def _pnl(case: _Case, qty: Decimal, base: Decimal, leg: Decimal) -> _Pnl:
     if case.spot:
         # Fee in base: the position is `base`; `leg` of it is sold, paying the exit fee, and the
         # dust left over is valued at the exit price.
-        return _Pnl(cost, base - leg * case.f_sl, base - leg * case.f_tp, cost)
+        return _Pnl(cost, base - leg * case.t.f_sl, base - leg * case.t.f_tp, cost)
     if case.long:
-        paid = cost * (1 + case.f_in)
-        return _Pnl(paid, qty * (1 - case.f_sl), qty * (1 - case.f_tp), paid)
-    got = cost * (1 - case.f_in)
-    return _Pnl(-got, -qty * (1 + case.f_sl), -qty * (1 + case.f_tp), -got)
+        paid = cost * (1 + case.t.f_in)
+        return _Pnl(paid, qty * (1 - case.t.f_sl), qty * (1 - case.t.f_tp), paid)
+    got = cost * (1 - case.t.f_in)
+    return _Pnl(-got, -qty * (1 + case.t.f_sl), -qty * (1 + case.t.f_tp), -got)
 
 
 def _solve(case: _Case, coef: Decimal, rhs: Decimal) -> Decimal:
@@ -593,20 +655,20 @@ def _solve(case: _Case, coef: Decimal, rhs: Decimal) -> Decimal:
 
 def _stop(case: _Case, pnl: _Pnl, qty: Decimal, notes: list[str]) -> Decimal:
     """Part B4: d = min(ATR distance, loss-cap distance); the SL rounds toward entry."""
-    e, cap = case.entry, case.max_loss
+    e, cap = case.entry, case.t.max_loss
     fees_only = pnl.loss(e)
     if fees_only >= cap:
-        fee_in = qty * e * case.f_in
+        fee_in = qty * e * case.t.f_in
         raise _Skip(
             "SIZING.LOSS_CAP",
             f"fees alone reach max_loss_usdt {_fmt(cap)}: entry fee {_fmt(fee_in)} + exit fee "
             f"{_fmt(fees_only - fee_in)} at entry {_fmt(e)} = {_fmt(fees_only)} USDT "
             f"for qty {_fmt(qty)}",
         )
-    d_atr = case.atr_mult * case.sl_mult * case.atr
+    d_atr = case.t.atr_mult * case.sl_mult * case.atr
     d_cap = _show(abs(e * pnl.b - (pnl.a - cap)), abs(pnl.b))
     at_atr = e - d_atr if case.long else e + d_atr
-    atr_text = f"{_fmt(case.atr_mult)} x {_fmt(case.sl_mult)} x {_fmt(case.atr)} = {_fmt(d_atr)}"
+    atr_text = f"{_fmt(case.t.atr_mult)} x {_fmt(case.sl_mult)} x {_fmt(case.atr)} = {_fmt(d_atr)}"
     if pnl.loss(at_atr) > cap:
         sl = _solve(case, pnl.b, pnl.a - cap)
         notes.append(
@@ -635,7 +697,7 @@ def _liquidation(case: _Case, qty: Decimal, sl: Decimal, notes: list[str]) -> De
 
     An SL outside LP ± buffer*|EP - LP| skips: tightening it would silently change the stop.
     """
-    e, lev, mmr, cum, buf = case.entry, case.leverage, case.mmr, case.cum, case.buffer
+    e, lev, mmr, cum, buf = case.entry, case.t.leverage, case.t.mmr, case.t.cum, case.t.buffer
     cost = qty * e
     if case.long:
         num, den = cost * (lev - 1) - cum * lev, qty * (1 - mmr) * lev
@@ -688,7 +750,7 @@ def _take_profit(
 
 def _oco(case: _Case, pnl: _Pnl, leg: Decimal, sl: Decimal, tp: Decimal) -> OcoLegs:
     """Exchange-rules §3.4/§3.5: each leg must pass NOTIONAL at its own price."""
-    limit = max(case.price.floor(sl * (1 - case.stop_limit_offset)), case.lowest_px)
+    limit = max(case.price.floor(sl * (1 - case.t.stop_limit_offset)), case.lowest_px)
     for name, px in (("above (TP)", tp), ("below (stop-limit)", limit)):
         if leg * px < case.min_notional:
             raise _Skip(
@@ -725,13 +787,13 @@ def _size(case: _Case, notes: list[str]) -> Sized:
         base, leg = _spot_exit_qty(case, qty, notes)
         margin = cost
     else:
-        margin = _MARGIN_GRID.ceil(cost, Decimal(case.leverage))
+        margin = _MARGIN_GRID.ceil(cost, Decimal(case.t.leverage))
     pnl = _pnl(case, qty, base, leg)
     sl = _stop(case, pnl, qty, notes)
     liq = None if case.spot else _liquidation(case, qty, sl, notes)
-    target = case.tp_roe * margin * case.tp_mult
+    target = case.t.tp_roe * margin * case.tp_mult
     notes.append(
-        f"TP for net profit >= {_fmt(target)} USDT = {_fmt(case.tp_roe)} x margin {_fmt(margin)} "
+        f"TP for net profit >= {_fmt(target)} USDT = {_fmt(case.t.tp_roe)} x margin {_fmt(margin)} "
         f"x tp_mult {_fmt(case.tp_mult)}"
     )
     tp = _take_profit(case, pnl, qty, target, notes)
@@ -744,15 +806,15 @@ def _size(case: _Case, notes: list[str]) -> Sized:
         entry_px=e,
         notional=cost,
         margin=margin,
-        leverage=case.leverage,
+        leverage=case.t.leverage,
         exit_qty=leg,
         sl_px=sl,
         tp_px=tp,
         sl_distance=abs(e - sl),
         liq_px=liq,
-        fee_entry_rate=case.f_in,
-        fee_exit_sl_rate=case.f_sl,
-        fee_exit_tp_rate=case.f_tp,
+        fee_entry_rate=case.t.f_in,
+        fee_exit_sl_rate=case.t.f_sl,
+        fee_exit_tp_rate=case.t.f_tp,
         loss_at_sl_usdt=pnl.loss(sl),
         net_profit_at_tp_usdt=pnl.net(tp),
         tp_target_usdt=target,
@@ -791,15 +853,17 @@ def size_entry(
         `Sized`, or `SizingSkip` with a `SIZING.*` detail and a sentence. It never raises.
     """
     notes: list[str] = []
+    saved = getcontext()
+    # _EXACT itself, not `localcontext(_EXACT)`: that copies the context on every call. Nothing
+    # here changes the context; the flags it gathers are never read.
+    setcontext(_EXACT)
     try:
-        with localcontext(_EXACT):
-            mults = (size_mult, sl_mult, tp_mult)
-            case = _read(side, entry_px, atr, mults, exec_policy, filters, params, notes)
-            return _size(case, notes)
+        mults = (size_mult, sl_mult, tp_mult)
+        case = _read(side, entry_px, atr, mults, exec_policy, filters, params, notes)
+        return _size(case, notes)
     except _Skip as skip:
         return SizingSkip(skip.detail, skip.sentence)
     except DecimalException as exc:
-        return SizingSkip(
-            "SIZING.BAD_INPUT",
-            f"the inputs need more than {_PREC} exact digits ({type(exc).__name__})",
-        )
+        return _too_many_digits(exc)
+    finally:
+        setcontext(saved)
