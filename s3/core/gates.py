@@ -24,9 +24,15 @@ GATE_ORDER = (
 )
 
 
+_HEALTH_AS_SENT = {h: (h, f"health {h}") for h in HEALTH_STATES}
+
+
 def health_state(state: MarketState) -> tuple[str, str]:
     """The health in force and why: missing or unknown counts as RED (Part B8)."""
     raw = state.health
+    known = _HEALTH_AS_SENT.get(raw)  # type: ignore[arg-type]
+    if known is not None:  # the usual case: a state spelled as the spec spells it
+        return known
     if raw is None:
         return "RED", "health state missing: treated as RED"
     if raw.upper() not in HEALTH_STATES:
@@ -34,8 +40,20 @@ def health_state(state: MarketState) -> tuple[str, str]:
     return raw.upper(), f"health {raw.upper()}"
 
 
+# Verdicts whose sentence has no value in it: one instance each (frozen, so shared safely).
+_KILL_OFF = GateVerdict("kill_switch", True, "GATE.KILL_SWITCH", "kill switch OFF")
+_ALWAYS_OPEN = GateVerdict(
+    "window", True, "GATE.WINDOW", "no trading windows configured: always open"
+)
+_SIDES = {
+    side: GateVerdict("side", True, "GATE.NO_SIDE", f"side {side}") for side in ("BUY", "SELL")
+}
+
+
 def _kill(state: MarketState) -> GateVerdict:
     raw = state.kill_switch
+    if raw == "OFF":
+        return _KILL_OFF
     if raw is None:
         return GateVerdict(
             "kill_switch", True, "GATE.KILL_SWITCH", "kill switch missing: treated as OFF"
@@ -55,9 +73,7 @@ def _kill(state: MarketState) -> GateVerdict:
 def _window(params: EngineParams, now_ms: int) -> GateVerdict:
     windows = params.gates.windows
     if not windows:
-        return GateVerdict(
-            "window", True, "GATE.WINDOW", "no trading windows configured: always open"
-        )
+        return _ALWAYS_OPEN
     now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
     minute = now.hour * 60 + now.minute
     stamp = now.strftime("%a %H:%M UTC")
@@ -123,7 +139,7 @@ def check(
     funding_8h = abs(funding_next) * 8.0 / interval
     health, why = health_state(state)
     response = params.health.responses[health]
-    verdicts = [
+    return (
         _kill(state),
         _window(params, now_ms),
         _stale(params, now_ms, features_ts_ms),
@@ -148,7 +164,8 @@ def check(
             f"|funding_next| {abs(funding_next):g} per {interval} h = {funding_8h:g} per 8 h "
             f"{'<=' if funding_8h <= g.max_funding_abs else '>'} max {g.max_funding_abs:g}",
         ),
-        GateVerdict(
+        _SIDES.get(side)  # type: ignore[arg-type]
+        or GateVerdict(
             "side",
             side is not None,
             "GATE.NO_SIDE",
@@ -170,9 +187,11 @@ def check(
             + (f", policy {response.exec_policy}" if response.exec_policy else "")
             + (" (entries blocked in this state)" if health in params.health.block else ""),
         ),
-    ]
-    return tuple(verdicts)
+    )
 
 
 def first_failure(verdicts: tuple[GateVerdict, ...]) -> GateVerdict | None:
-    return next((v for v in verdicts if not v.passed), None)
+    for v in verdicts:
+        if not v.passed:
+            return v
+    return None
