@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from dsl.schema import OUTPUTS, Clamp, show
+from dsl.schema import Clamp, show
 
 INF = math.inf
 
@@ -157,32 +157,37 @@ def build_outcome(
 ) -> Outcome:
     fired, faults, dyn, sm, tm, lm = raw
     factors: dict[str, dict[str, float]] = {}
+    ids: list[str] = []
+    vetoes: list[str] = []
     for i in fired:
+        info = rules[i]
         per: dict[str, float] = {}
-        for target, value in rules[i].constant_factors:
+        for target, value in info.constant_factors:
             per[target] = per.get(target, 1.0) * value
-        factors[rules[i].rule_id] = per
+        factors[info.rule_id] = per
+        ids.append(info.rule_id)
+        if info.skip:
+            vetoes.append(info.rule_id)
     for i, target, value in dyn:
         per = factors[rules[i].rule_id]
         per[target] = per.get(target, 1.0) * value
-    products = {"size_mult": sm, "tp_mult": tm, "sl_mult": lm}
-    clamped = {}
-    for out in OUTPUTS:
-        b = clamp_bounds.bounds(out)
-        clamped[out] = min(max(products[out], b.min), b.max)
-    vetoes = tuple(rules[i].rule_id for i in fired if rules[i].skip)
+    sb, tb, lb = clamp_bounds.size_mult, clamp_bounds.tp_mult, clamp_bounds.sl_mult
     recorded = []
     for i, exc in faults:
         code, message = fault_of(exc)
         recorded.append(Fault(rules[i].rule_id, code, message, rules[i].where))
     return Outcome(
         revision,
-        tuple(rules[i].rule_id for i in fired),
+        tuple(ids),
         factors,
-        products,
-        clamped,
+        {"size_mult": sm, "tp_mult": tm, "sl_mult": lm},  # in `dsl.schema.OUTPUTS` order
+        {
+            "size_mult": min(max(sm, sb.min), sb.max),
+            "tp_mult": min(max(tm, tb.min), tb.max),
+            "sl_mult": min(max(lm, lb.min), lb.max),
+        },
         vetoes[0] if vetoes else None,
-        vetoes,
+        tuple(vetoes),
         tuple(recorded),
         trace,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import (
     ROUND_HALF_EVEN,
     Context,
@@ -184,6 +184,11 @@ class _Grid:
 
     anchor: Decimal
     step: Decimal
+    step_text: str = field(init=False, repr=False, compare=False)
+    """The step as sentences show it."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "step_text", _fmt(self.step))
 
     def floor(self, num: Decimal, den: Decimal = _ONE) -> Decimal:
         return self.anchor + _floor_div(num - self.anchor * den, den * self.step) * self.step
@@ -316,6 +321,11 @@ class _Terms:
     cum: Decimal
     buffer: Decimal
     stop_limit_offset: Decimal
+    # constant parts of the sentences, written once
+    max_loss_text: str
+    atr_mult_text: str
+    tp_roe_text: str
+    maintenance_text: str  # the liquidation terms: leverage, maintenance rate and amount
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,6 +484,11 @@ def _read_terms(params: SizingParams, maker: bool) -> _Terms:
         cum=p["maintenance_amount"],
         buffer=p["liquidation_buffer"],
         stop_limit_offset=p["stop_limit_offset"],
+        max_loss_text=_fmt(p["max_loss_usdt"]),
+        atr_mult_text=_fmt(p["atr_mult"]),
+        tp_roe_text=_fmt(p["tp_min_net_roe"]),
+        maintenance_text=f"leverage {leverage}, maintenance rate "
+        f"{_fmt(p['maintenance_margin_rate'])}, amount {_fmt(p['maintenance_amount'])}",
     )
 
 
@@ -501,7 +516,7 @@ def _snap_entry(
     if entry != given:
         how = "passive side, Maker" if maker else f"adverse side, {policy}"
         notes.append(
-            f"entry {_fmt(given)} snapped to tick {_fmt(price.step)}: {_fmt(entry)} ({how})"
+            f"entry {_fmt(given)} snapped to tick {price.step_text}: {_fmt(entry)} ({how})"
         )
     return entry
 
@@ -587,17 +602,12 @@ def _read(
 def _quantity(case: _Case, notes: list[str]) -> Decimal:
     """Round the budget's quantity DOWN to the lot grid (Part B3: never above the budget)."""
     e = case.entry
-    if case.spot:
-        notional_budget = case.budget
-        budget_text = f"budget quote {_fmt(case.budget)} USDT"
-    else:
-        notional_budget = case.budget * case.t.leverage
-        budget_text = f"budget margin {_fmt(case.budget)} x leverage {case.t.leverage}"
+    notional_budget = case.budget if case.spot else case.budget * case.t.leverage
     lots = case.lots
     qty = lots.entry.floor(notional_budget, e)
     notes.append(
         f"qty {_fmt(qty)} = {_fmt(notional_budget)} USDT / entry {_fmt(e)}, "
-        f"rounded down to step {_fmt(lots.entry.step)}"
+        f"rounded down to step {lots.entry.step_text}"
     )
     if lots.max_qty is not None and qty > lots.max_qty:
         qty = lots.entry.floor(lots.max_qty)
@@ -606,15 +616,21 @@ def _quantity(case: _Case, notes: list[str]) -> Decimal:
         raise _Skip(
             "SIZING.BELOW_MIN_NOTIONAL",
             f"qty {_fmt(max(qty, _ZERO))} below min_qty {_fmt(lots.min_qty)} (notional "
-            f"{_fmt(notional_budget)} USDT at {_fmt(e)}, {budget_text})",
+            f"{_fmt(notional_budget)} USDT at {_fmt(e)}, {_budget_text(case)})",
         )
     if qty * e < case.min_notional:
         raise _Skip(
             "SIZING.BELOW_MIN_NOTIONAL",
             f"notional {_fmt(qty * e)} USDT (qty {_fmt(qty)} at {_fmt(e)}) below min_notional "
-            f"{_fmt(case.min_notional)} ({budget_text})",
+            f"{_fmt(case.min_notional)} ({_budget_text(case)})",
         )
     return qty
+
+
+def _budget_text(case: _Case) -> str:
+    if case.spot:
+        return f"budget quote {_fmt(case.budget)} USDT"
+    return f"budget margin {_fmt(case.budget)} x leverage {case.t.leverage}"
 
 
 def _spot_exit_qty(case: _Case, qty: Decimal, notes: list[str]) -> tuple[Decimal, Decimal]:
@@ -661,18 +677,18 @@ def _stop(case: _Case, pnl: _Pnl, qty: Decimal, notes: list[str]) -> Decimal:
         fee_in = qty * e * case.t.f_in
         raise _Skip(
             "SIZING.LOSS_CAP",
-            f"fees alone reach max_loss_usdt {_fmt(cap)}: entry fee {_fmt(fee_in)} + exit fee "
+            f"fees alone reach max_loss_usdt {case.t.max_loss_text}: entry fee {_fmt(fee_in)} + exit fee "
             f"{_fmt(fees_only - fee_in)} at entry {_fmt(e)} = {_fmt(fees_only)} USDT "
             f"for qty {_fmt(qty)}",
         )
     d_atr = case.t.atr_mult * case.sl_mult * case.atr
     d_cap = _show(abs(e * pnl.b - (pnl.a - cap)), abs(pnl.b))
     at_atr = e - d_atr if case.long else e + d_atr
-    atr_text = f"{_fmt(case.t.atr_mult)} x {_fmt(case.sl_mult)} x {_fmt(case.atr)} = {_fmt(d_atr)}"
+    atr_text = f"{case.t.atr_mult_text} x {_fmt(case.sl_mult)} x {_fmt(case.atr)} = {_fmt(d_atr)}"
     if pnl.loss(at_atr) > cap:
         sl = _solve(case, pnl.b, pnl.a - cap)
         notes.append(
-            f"SL distance capped by max_loss_usdt {_fmt(cap)}: loss-cap distance {d_cap} "
+            f"SL distance capped by max_loss_usdt {case.t.max_loss_text}: loss-cap distance {d_cap} "
             f"< ATR distance {atr_text}"
         )
     else:
@@ -684,7 +700,7 @@ def _stop(case: _Case, pnl: _Pnl, qty: Decimal, notes: list[str]) -> Decimal:
     if abs(e - sl) < case.price.step:
         raise _Skip(
             "SIZING.SL_TOO_TIGHT",
-            f"SL distance under one tick {_fmt(case.price.step)}: ATR distance {atr_text}, "
+            f"SL distance under one tick {case.price.step_text}: ATR distance {atr_text}, "
             f"loss-cap distance {d_cap}; the stop rounds to the entry {_fmt(e)}",
         )
     if pnl.loss(sl) > cap:  # unreachable by construction; never emit a stop that breaks the cap
@@ -707,7 +723,7 @@ def _liquidation(case: _Case, qty: Decimal, sl: Decimal, notes: list[str]) -> De
     if case.long and num <= 0:
         notes.append(f"no liquidation price above zero (LP {lp})")
         return None
-    where = f"leverage {lev}, maintenance rate {_fmt(mmr)}, amount {_fmt(cum)}"
+    where = case.t.maintenance_text
     if (num >= e * den) if case.long else (num <= e * den):
         raise _Skip(
             "SIZING.LIQUIDATION",
@@ -793,7 +809,7 @@ def _size(case: _Case, notes: list[str]) -> Sized:
     liq = None if case.spot else _liquidation(case, qty, sl, notes)
     target = case.t.tp_roe * margin * case.tp_mult
     notes.append(
-        f"TP for net profit >= {_fmt(target)} USDT = {_fmt(case.t.tp_roe)} x margin {_fmt(margin)} "
+        f"TP for net profit >= {_fmt(target)} USDT = {case.t.tp_roe_text} x margin {_fmt(margin)} "
         f"x tp_mult {_fmt(case.tp_mult)}"
     )
     tp = _take_profit(case, pnl, qty, target, notes)
