@@ -81,6 +81,8 @@ _SIDES: dict[str, Side] = {"BUY": "BUY", "SELL": "SELL"}
 
 def _side(inp: DecisionInput) -> Side | None:
     raw = inp.side_hint if inp.side_hint is not None else inp.features.get("side_hint")
+    if type(raw) is str and raw in _SIDES:  # spelled as the spec spells it
+        return _SIDES[raw]
     if raw is None or raw == "":
         return None
     if not isinstance(raw, str) or raw.upper() not in ("BUY", "SELL"):
@@ -167,18 +169,18 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
     )
     health, _ = gates.health_state(inp.state)
     response = params.health.responses[health]
-    base: dict[str, Any] = dict(
-        symbol=inp.symbol,
-        side=side,
-        config_rev=snap.rev,
-        bundle_id=snap.bundle_id,
-        t0_ms=inp.t0_ms,
-        now_ms=inp.now_ms,
-        gates=verdicts,
-        health=health,
-        health_factor=response.size_mult,
-        dry_run=inp.dry_run,
-    )
+    base: dict[str, Any] = {
+        "symbol": inp.symbol,
+        "side": side,
+        "config_rev": snap.rev,
+        "bundle_id": snap.bundle_id,
+        "t0_ms": inp.t0_ms,
+        "now_ms": inp.now_ms,
+        "gates": verdicts,
+        "health": health,
+        "health_factor": response.size_mult,
+        "dry_run": inp.dry_run,
+    }
     failed = gates.first_failure(verdicts)
     if failed is not None:
         return _skip(base, "GATE", failed.detail, failed.sentence)

@@ -7,7 +7,6 @@ number it emits is a `Decimal` computed exactly, and every price and quantity li
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import (
@@ -172,12 +171,6 @@ def _show(num: Decimal, den: Decimal) -> str:
     return _fmt(_SHOW.quantize(value, _USDT_QUANTUM))
 
 
-def _floor_div(a: Decimal, b: Decimal) -> Decimal:
-    """The exact floor of a/b for b > 0 (Decimal's `//` truncates toward zero)."""
-    n = a // b
-    return n - 1 if n * b > a else n
-
-
 @dataclass(frozen=True, slots=True)
 class _Grid:
     """The legal values anchor + k*step; ratios num/den (den > 0) snap without a rounded division."""
@@ -191,10 +184,14 @@ class _Grid:
         object.__setattr__(self, "step_text", _fmt(self.step))
 
     def floor(self, num: Decimal, den: Decimal = _ONE) -> Decimal:
-        return self.anchor + _floor_div(num - self.anchor * den, den * self.step) * self.step
+        a, b = num - self.anchor * den, den * self.step
+        n = a // b  # the exact floor of a/b (b > 0; `//` truncates toward zero)
+        return self.anchor + (n - 1 if n * b > a else n) * self.step
 
     def ceil(self, num: Decimal, den: Decimal = _ONE) -> Decimal:
-        return self.anchor - _floor_div(self.anchor * den - num, den * self.step) * self.step
+        a, b = self.anchor * den - num, den * self.step
+        n = a // b
+        return self.anchor - (n - 1 if n * b > a else n) * self.step
 
     def holds(self, x: Decimal) -> bool:
         return (x - self.anchor) % self.step == 0
@@ -231,27 +228,10 @@ def _common_grid(a: _Grid, b: _Grid) -> _Grid:
     )
 
 
-_FLOAT_DECIMALS: dict[float, Decimal] = {}
-
-
-def _float_decimal(x: float) -> Decimal:
-    """``Decimal(repr(x))``, remembered for positive finite floats: the multipliers take few
-    values (products of the rules' constant factors), and a float hashes cheaply where a fresh
-    Decimal does not. Only positive ones: 0.0 and -0.0 are one key with two reprs."""
-    d = Decimal(repr(x))
-    if 0 < x < math.inf:
-        if len(_FLOAT_DECIMALS) >= 4096:
-            _FLOAT_DECIMALS.clear()
-        _FLOAT_DECIMALS[x] = d
-    return d
-
-
 def _num(value: object, name: str) -> Decimal:
     """A finite Decimal from a Decimal, int or float (floats go through repr, never binary)."""
     if isinstance(value, Decimal):
         d = value
-    elif type(value) is float:
-        d = _FLOAT_DECIMALS.get(value) or _float_decimal(value)
     elif isinstance(value, int) and not isinstance(value, bool):
         d = Decimal(value)
     elif isinstance(value, float):
@@ -269,6 +249,25 @@ def _positive(value: object, name: str) -> Decimal:
     d = _num(value, name)
     if d <= 0:
         raise _bad(f"{name} must be > 0, got {_fmt(d)}")
+    return d
+
+
+_MULTIPLIERS: dict[float, Decimal] = {}
+
+
+def _multiplier(value: object, name: str) -> Decimal:
+    """`_positive` for a float multiplier, remembered per value: the multipliers take few values
+    (products of the rules' constant factors), and a float hashes cheaply where a fresh Decimal
+    does not. Only values that passed are kept (a positive float has one repr per value), and
+    only exact floats (a float subclass may compare equal and print otherwise)."""
+    if type(value) is not float:
+        return _positive(value, name)
+    d = _MULTIPLIERS.get(value)
+    if d is None:
+        d = _positive(value, name)
+        if len(_MULTIPLIERS) >= 4096:
+            _MULTIPLIERS.clear()
+        _MULTIPLIERS[value] = d
     return d
 
 
@@ -572,12 +571,12 @@ def _read(
             "a SPOT SELL sells a held base asset, and sizing has no position source (spec Part B1)",
         )
     terms = s.terms or s.fail()
-    size_mult = _positive(mults[0], "size_mult")
+    size_mult = _multiplier(mults[0], "size_mult")
     prices = s.prices or s.fail()
     entry = _snap_entry(prices, side == "BUY", entry_px, exec_policy, notes)
     atr_d = _positive(atr, "atr")
-    sl_mult = _positive(mults[1], "sl_mult")
-    tp_mult = _positive(mults[2], "tp_mult")
+    sl_mult = _multiplier(mults[1], "sl_mult")
+    tp_mult = _multiplier(mults[2], "tp_mult")
     budget = terms.budget_base * size_mult
     lots = s.lots or s.fail()
     if s.lots_note is not None:
