@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -140,6 +140,15 @@ class RuleInfo:
     skip: bool
     where: str
     constant_factors: tuple[tuple[str, float], ...]
+    factor_table: dict[str, float] = field(init=False, repr=False, compare=False)
+    """The constant factors per output (a repeated output's multiplied in order), copied into
+    every outcome that the rule fires in; its dynamic factors are multiplied into the copy."""
+
+    def __post_init__(self) -> None:
+        table: dict[str, float] = {}
+        for target, value in self.constant_factors:
+            table[target] = table.get(target, 1.0) * value
+        object.__setattr__(self, "factor_table", table)
 
 
 Raw = tuple[
@@ -161,10 +170,7 @@ def build_outcome(
     vetoes: list[str] = []
     for i in fired:
         info = rules[i]
-        per: dict[str, float] = {}
-        for target, value in info.constant_factors:
-            per[target] = per.get(target, 1.0) * value
-        factors[info.rule_id] = per
+        factors[info.rule_id] = info.factor_table.copy()
         ids.append(info.rule_id)
         if info.skip:
             vetoes.append(info.rule_id)

@@ -6,9 +6,11 @@ record shows every verdict with the values compared.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from s3.core.params import EngineParams, SymbolSpec
+from s3.core.params import EngineParams, GateParams, HealthResponse, SymbolSpec
+from s3.core.sizing import once_per_object
 from s3.core.types import HEALTH_STATES, GateVerdict, MarketState
 
 GATE_ORDER = (
@@ -112,6 +114,55 @@ def _stale(params: EngineParams, now_ms: int, features_ts_ms: int | None) -> Gat
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    """A symbol's thresholds (its override, else the bundle's), with their text for sentences."""
+
+    spread_limit: float
+    spread_text: str
+    depth_min: float
+    depth_text: str
+    interval: int
+    max_funding: float
+    max_funding_text: str
+
+
+@once_per_object
+def _limits(g: GateParams, spec: SymbolSpec | None) -> _Limits:
+    """Worked out once per revision and symbol: the same frozen Structs come back every time."""
+    spread_limit = (
+        spec.spread_bp_limit if spec and spec.spread_bp_limit is not None else g.spread_bp_limit
+    )
+    depth_min = (
+        spec.depth_top1_usdt_min
+        if spec and spec.depth_top1_usdt_min is not None
+        else g.depth_top1_usdt_min
+    )
+    return _Limits(
+        spread_limit,
+        f"{spread_limit:g}",
+        depth_min,
+        f"{depth_min:g}",
+        spec.funding_interval_hours if spec else 8,
+        g.max_funding_abs,
+        f"{g.max_funding_abs:g}",
+    )
+
+
+@once_per_object
+def _health(why: str, response: HealthResponse, blocked: bool) -> GateVerdict:
+    """The health verdict: one per revision and state (``why`` is one of `health_state`'s
+    constants for a state spelled as the spec spells it)."""
+    return GateVerdict(
+        "health",
+        not blocked,
+        "GATE.HEALTH",
+        f"{why}: size x{response.size_mult:g}"
+        + (f", policy {response.exec_policy}" if response.exec_policy else "")
+        + (" (entries blocked in this state)" if blocked else ""),
+    )
+
+
 def check(
     *,
     params: EngineParams,
@@ -126,17 +177,12 @@ def check(
     funding_next: float,
 ) -> tuple[GateVerdict, ...]:
     """Every L0 verdict, in `GATE_ORDER`. Thresholds: the symbol's override, else the bundle's."""
-    g = params.gates
-    spread_limit = (
-        spec.spread_bp_limit if spec and spec.spread_bp_limit is not None else g.spread_bp_limit
-    )
-    depth_min = (
-        spec.depth_top1_usdt_min
-        if spec and spec.depth_top1_usdt_min is not None
-        else g.depth_top1_usdt_min
-    )
-    interval = spec.funding_interval_hours if spec else 8
+    lim = _limits(params.gates, spec)
+    spread_ok = spread_bps <= lim.spread_limit
+    depth_ok = depth_top1_usdt >= lim.depth_min
+    interval = lim.interval
     funding_8h = abs(funding_next) * 8.0 / interval
+    funding_ok = funding_8h <= lim.max_funding
     health, why = health_state(state)
     response = params.health.responses[health]
     return (
@@ -145,24 +191,23 @@ def check(
         _stale(params, now_ms, features_ts_ms),
         GateVerdict(
             "spread",
-            spread_bps <= spread_limit,
+            spread_ok,
             "GATE.SPREAD",
-            f"spread {spread_bps:g} bps {'<=' if spread_bps <= spread_limit else '>'} "
-            f"limit {spread_limit:g} bps",
+            f"spread {spread_bps:g} bps {'<=' if spread_ok else '>'} limit {lim.spread_text} bps",
         ),
         GateVerdict(
             "depth",
-            depth_top1_usdt >= depth_min,
+            depth_ok,
             "GATE.DEPTH",
-            f"top-1 depth {depth_top1_usdt:g} USDT {'>=' if depth_top1_usdt >= depth_min else '<'} "
-            f"minimum {depth_min:g} USDT",
+            f"top-1 depth {depth_top1_usdt:g} USDT {'>=' if depth_ok else '<'} "
+            f"minimum {lim.depth_text} USDT",
         ),
         GateVerdict(
             "funding",
-            funding_8h <= g.max_funding_abs,
+            funding_ok,
             "GATE.FUNDING",
             f"|funding_next| {abs(funding_next):g} per {interval} h = {funding_8h:g} per 8 h "
-            f"{'<=' if funding_8h <= g.max_funding_abs else '>'} max {g.max_funding_abs:g}",
+            f"{'<=' if funding_ok else '>'} max {lim.max_funding_text}",
         ),
         _SIDES.get(side)  # type: ignore[arg-type]
         or GateVerdict(
@@ -179,14 +224,7 @@ def check(
             if spec
             else f"{symbol} is not configured in the bundle",
         ),
-        GateVerdict(
-            "health",
-            health not in params.health.block,
-            "GATE.HEALTH",
-            f"{why}: size x{response.size_mult:g}"
-            + (f", policy {response.exec_policy}" if response.exec_policy else "")
-            + (" (entries blocked in this state)" if health in params.health.block else ""),
-        ),
+        _health(why, response, health in params.health.block),
     )
 
 

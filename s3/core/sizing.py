@@ -310,9 +310,17 @@ class _Terms:
 
     budget_base: Decimal  # FUT: margin base; SPOT: quote budget
     leverage: int
+    leverage_d: Decimal
     f_in: Decimal  # the entry's fee: maker for a Maker entry, else taker
     f_sl: Decimal
     f_tp: Decimal
+    # 1 + fee and 1 - fee of each, for the P&L lines
+    up_in: Decimal
+    down_in: Decimal
+    up_sl: Decimal
+    down_sl: Decimal
+    up_tp: Decimal
+    down_tp: Decimal
     max_loss: Decimal
     atr_mult: Decimal
     tp_roe: Decimal
@@ -470,12 +478,20 @@ def _read_terms(params: SizingParams, maker: bool) -> _Terms:
         if isinstance(leverage, bool) or not isinstance(leverage, int) or leverage < 1:
             raise _bad(f"leverage must be an integer >= 1, got {leverage!r}")
         _num(leverage, "leverage")
+    f_in, f_sl, f_tp = (p["fee_maker"] if maker else p["fee_taker"]), p["fee_taker"], p["fee_maker"]
     return _Terms(
         budget_base=budget_base,
         leverage=leverage,
-        f_in=p["fee_maker"] if maker else p["fee_taker"],
-        f_sl=p["fee_taker"],
-        f_tp=p["fee_maker"],
+        leverage_d=Decimal(leverage),
+        f_in=f_in,
+        f_sl=f_sl,
+        f_tp=f_tp,
+        up_in=1 + f_in,
+        down_in=1 - f_in,
+        up_sl=1 + f_sl,
+        down_sl=1 - f_sl,
+        up_tp=1 + f_tp,
+        down_tp=1 - f_tp,
         max_loss=p["max_loss_usdt"],
         atr_mult=p["atr_mult"],
         tp_roe=p["tp_min_net_roe"],
@@ -649,16 +665,16 @@ def _spot_exit_qty(case: _Case, qty: Decimal, notes: list[str]) -> tuple[Decimal
 
 
 def _pnl(case: _Case, qty: Decimal, base: Decimal, leg: Decimal) -> _Pnl:
-    cost = qty * case.entry
+    cost, t = qty * case.entry, case.t
     if case.spot:
         # Fee in base: the position is `base`; `leg` of it is sold, paying the exit fee, and the
         # dust left over is valued at the exit price.
-        return _Pnl(cost, base - leg * case.t.f_sl, base - leg * case.t.f_tp, cost)
+        return _Pnl(cost, base - leg * t.f_sl, base - leg * t.f_tp, cost)
     if case.long:
-        paid = cost * (1 + case.t.f_in)
-        return _Pnl(paid, qty * (1 - case.t.f_sl), qty * (1 - case.t.f_tp), paid)
-    got = cost * (1 - case.t.f_in)
-    return _Pnl(-got, -qty * (1 + case.t.f_sl), -qty * (1 + case.t.f_tp), -got)
+        paid = cost * t.up_in
+        return _Pnl(paid, qty * t.down_sl, qty * t.down_tp, paid)
+    got = cost * t.down_in
+    return _Pnl(-got, -qty * t.up_sl, -qty * t.up_tp, -got)
 
 
 def _solve(case: _Case, coef: Decimal, rhs: Decimal) -> Decimal:
@@ -668,8 +684,9 @@ def _solve(case: _Case, coef: Decimal, rhs: Decimal) -> Decimal:
     return case.price.floor(-rhs, -coef)
 
 
-def _stop(case: _Case, pnl: _Pnl, qty: Decimal, notes: list[str]) -> Decimal:
-    """Part B4: d = min(ATR distance, loss-cap distance); the SL rounds toward entry."""
+def _stop(case: _Case, pnl: _Pnl, qty: Decimal, notes: list[str]) -> tuple[Decimal, Decimal]:
+    """Part B4: d = min(ATR distance, loss-cap distance); the SL rounds toward entry. Returns
+    the SL and the loss there."""
     e, cap = case.entry, case.t.max_loss
     fees_only = pnl.loss(e)
     if fees_only >= cap:
@@ -702,9 +719,10 @@ def _stop(case: _Case, pnl: _Pnl, qty: Decimal, notes: list[str]) -> Decimal:
             f"SL distance under one tick {case.price.step_text}: ATR distance {atr_text}, "
             f"loss-cap distance {d_cap}; the stop rounds to the entry {_fmt(e)}",
         )
-    if pnl.loss(sl) > cap:  # unreachable by construction; never emit a stop that breaks the cap
-        raise _Skip("SIZING.LOSS_CAP", f"loss at SL {_fmt(pnl.loss(sl))} above {_fmt(cap)}")
-    return sl
+    loss = pnl.loss(sl)
+    if loss > cap:  # unreachable by construction; never emit a stop that breaks the cap
+        raise _Skip("SIZING.LOSS_CAP", f"loss at SL {_fmt(loss)} above {_fmt(cap)}")
+    return sl, loss
 
 
 def _liquidation(case: _Case, qty: Decimal, sl: Decimal, notes: list[str]) -> Decimal | None:
@@ -745,8 +763,9 @@ def _liquidation(case: _Case, qty: Decimal, sl: Decimal, notes: list[str]) -> De
 
 def _take_profit(
     case: _Case, pnl: _Pnl, qty: Decimal, target: Decimal, notes: list[str]
-) -> Decimal:
-    """The nearest grid price whose profit net of both fees is >= target (rounded away)."""
+) -> tuple[Decimal, Decimal]:
+    """The nearest grid price whose profit net of both fees is >= target (rounded away), and
+    the net profit there."""
     e, tick = case.entry, case.price.step
     tp = _solve(case, pnl.c, target + pnl.d)
     if (tp <= e) if case.long else (tp >= e):
@@ -758,9 +777,10 @@ def _take_profit(
             f"short TP {_fmt(tp)} for net target {_fmt(target)} USDT is below the lowest legal "
             f"price {_fmt(case.lowest_px)} (entry {_fmt(e)}, qty {_fmt(qty)})",
         )
-    if pnl.net(tp) < target:  # unreachable by construction
-        raise _Skip("SIZING.TP_INVALID", f"net at TP {_fmt(pnl.net(tp))} below {_fmt(target)}")
-    return tp
+    net = pnl.net(tp)
+    if net < target:  # unreachable by construction
+        raise _Skip("SIZING.TP_INVALID", f"net at TP {_fmt(net)} below {_fmt(target)}")
+    return tp, net
 
 
 def _oco(case: _Case, pnl: _Pnl, leg: Decimal, sl: Decimal, tp: Decimal) -> OcoLegs:
@@ -802,16 +822,16 @@ def _size(case: _Case, notes: list[str]) -> Sized:
         base, leg = _spot_exit_qty(case, qty, notes)
         margin = cost
     else:
-        margin = _MARGIN_GRID.ceil(cost, Decimal(case.t.leverage))
+        margin = _MARGIN_GRID.ceil(cost, case.t.leverage_d)
     pnl = _pnl(case, qty, base, leg)
-    sl = _stop(case, pnl, qty, notes)
+    sl, loss_at_sl = _stop(case, pnl, qty, notes)
     liq = None if case.spot else _liquidation(case, qty, sl, notes)
     target = case.t.tp_roe * margin * case.tp_mult
     notes.append(
         f"TP for net profit >= {_fmt(target)} USDT = {case.t.tp_roe_text} x margin {_fmt(margin)} "
         f"x tp_mult {_fmt(case.tp_mult)}"
     )
-    tp = _take_profit(case, pnl, qty, target, notes)
+    tp, net_at_tp = _take_profit(case, pnl, qty, target, notes)
     guardian = _guardian(case, leg, sl) if case.guardian else None
     oco = _oco(case, pnl, leg, sl, tp) if case.spot and not case.guardian else None
     return Sized(
@@ -830,8 +850,8 @@ def _size(case: _Case, notes: list[str]) -> Sized:
         fee_entry_rate=case.t.f_in,
         fee_exit_sl_rate=case.t.f_sl,
         fee_exit_tp_rate=case.t.f_tp,
-        loss_at_sl_usdt=pnl.loss(sl),
-        net_profit_at_tp_usdt=pnl.net(tp),
+        loss_at_sl_usdt=loss_at_sl,
+        net_profit_at_tp_usdt=net_at_tp,
         tp_target_usdt=target,
         oco=oco,
         guardian_stop_px=guardian,
