@@ -150,6 +150,14 @@ def _limits(g: GateParams, spec: SymbolSpec | None) -> _Limits:
 
 
 @once_per_object
+def _configured(spec: SymbolSpec) -> GateVerdict:
+    """The symbol verdict of a configured symbol: one per revision and symbol."""
+    return GateVerdict(
+        "symbol", True, "GATE.SYMBOL_NOT_CONFIGURED", f"{spec.symbol} is configured ({spec.market})"
+    )
+
+
+@once_per_object
 def _health(why: str, response: HealthResponse, blocked: bool) -> GateVerdict:
     """The health verdict: one per revision and state (``why`` is one of `health_state`'s
     constants for a state spelled as the spec spells it)."""
@@ -216,7 +224,9 @@ def check(
             "GATE.NO_SIDE",
             f"side {side}" if side else "no side: neither sideHint nor side_hint was given",
         ),
-        GateVerdict(
+        _configured(spec)
+        if spec is not None and symbol == spec.symbol
+        else GateVerdict(
             "symbol",
             spec is not None,
             "GATE.SYMBOL_NOT_CONFIGURED",
