@@ -614,8 +614,9 @@ def _read(
     )
 
 
-def _quantity(case: _Case, notes: list[str]) -> Decimal:
-    """Round the budget's quantity DOWN to the lot grid (Part B3: never above the budget)."""
+def _quantity(case: _Case, notes: list[str]) -> tuple[Decimal, Decimal]:
+    """Round the budget's quantity DOWN to the lot grid (Part B3: never above the budget).
+    Returns the quantity and its notional at the entry price."""
     e = case.entry
     notional_budget = case.budget if case.spot else case.budget * case.t.leverage
     lots = case.lots
@@ -633,13 +634,14 @@ def _quantity(case: _Case, notes: list[str]) -> Decimal:
             f"qty {_fmt(max(qty, _ZERO))} below min_qty {_fmt(lots.min_qty)} (notional "
             f"{_fmt(notional_budget)} USDT at {_fmt(e)}, {_budget_text(case)})",
         )
-    if qty * e < case.min_notional:
+    cost = qty * e
+    if cost < case.min_notional:
         raise _Skip(
             "SIZING.BELOW_MIN_NOTIONAL",
-            f"notional {_fmt(qty * e)} USDT (qty {_fmt(qty)} at {_fmt(e)}) below min_notional "
+            f"notional {_fmt(cost)} USDT (qty {_fmt(qty)} at {_fmt(e)}) below min_notional "
             f"{_fmt(case.min_notional)} ({_budget_text(case)})",
         )
-    return qty
+    return qty, cost
 
 
 def _budget_text(case: _Case) -> str:
@@ -664,8 +666,8 @@ def _spot_exit_qty(case: _Case, qty: Decimal, notes: list[str]) -> tuple[Decimal
     return base, leg
 
 
-def _pnl(case: _Case, qty: Decimal, base: Decimal, leg: Decimal) -> _Pnl:
-    cost, t = qty * case.entry, case.t
+def _pnl(case: _Case, qty: Decimal, cost: Decimal, base: Decimal, leg: Decimal) -> _Pnl:
+    t = case.t
     if case.spot:
         # Fee in base: the position is `base`; `leg` of it is sold, paying the exit fee, and the
         # dust left over is valued at the exit price.
@@ -725,13 +727,14 @@ def _stop(case: _Case, pnl: _Pnl, qty: Decimal, notes: list[str]) -> tuple[Decim
     return sl, loss
 
 
-def _liquidation(case: _Case, qty: Decimal, sl: Decimal, notes: list[str]) -> Decimal | None:
+def _liquidation(
+    case: _Case, qty: Decimal, cost: Decimal, sl: Decimal, notes: list[str]
+) -> Decimal | None:
     """Isolated one-way LP (exchange-rules §3.3) as num/den, with WB = qty*entry/leverage.
 
     An SL outside LP ± buffer*|EP - LP| skips: tightening it would silently change the stop.
     """
     e, lev, mmr, cum, buf = case.entry, case.t.leverage, case.t.mmr, case.t.cum, case.t.buffer
-    cost = qty * e
     if case.long:
         num, den = cost * (lev - 1) - cum * lev, qty * (1 - mmr) * lev
     else:
@@ -815,17 +818,16 @@ def _guardian(case: _Case, leg: Decimal, sl: Decimal) -> Decimal:
 
 def _size(case: _Case, notes: list[str]) -> Sized:
     e = case.entry
-    qty = _quantity(case, notes)
-    cost = qty * e
+    qty, cost = _quantity(case, notes)
     base = leg = qty
     if case.spot:
         base, leg = _spot_exit_qty(case, qty, notes)
         margin = cost
     else:
         margin = _MARGIN_GRID.ceil(cost, case.t.leverage_d)
-    pnl = _pnl(case, qty, base, leg)
+    pnl = _pnl(case, qty, cost, base, leg)
     sl, loss_at_sl = _stop(case, pnl, qty, notes)
-    liq = None if case.spot else _liquidation(case, qty, sl, notes)
+    liq = None if case.spot else _liquidation(case, qty, cost, sl, notes)
     target = case.t.tp_roe * margin * case.tp_mult
     notes.append(
         f"TP for net profit >= {_fmt(target)} USDT = {case.t.tp_roe_text} x margin {_fmt(margin)} "
