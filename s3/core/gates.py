@@ -125,6 +125,9 @@ class _Limits:
     interval: int
     max_funding: float
     max_funding_text: str
+    symbol: str | None
+    configured: GateVerdict | None
+    """The symbol verdict of ``spec.symbol``."""
 
 
 @once_per_object
@@ -146,14 +149,15 @@ def _limits(g: GateParams, spec: SymbolSpec | None) -> _Limits:
         spec.funding_interval_hours if spec else 8,
         g.max_funding_abs,
         f"{g.max_funding_abs:g}",
-    )
-
-
-@once_per_object
-def _configured(spec: SymbolSpec) -> GateVerdict:
-    """The symbol verdict of a configured symbol: one per revision and symbol."""
-    return GateVerdict(
-        "symbol", True, "GATE.SYMBOL_NOT_CONFIGURED", f"{spec.symbol} is configured ({spec.market})"
+        spec.symbol if spec is not None else None,
+        GateVerdict(
+            "symbol",
+            True,
+            "GATE.SYMBOL_NOT_CONFIGURED",
+            f"{spec.symbol} is configured ({spec.market})",
+        )
+        if spec is not None
+        else None,
     )
 
 
@@ -224,8 +228,8 @@ def check(
             "GATE.NO_SIDE",
             f"side {side}" if side else "no side: neither sideHint nor side_hint was given",
         ),
-        _configured(spec)
-        if spec is not None and symbol == spec.symbol
+        lim.configured
+        if lim.configured is not None and symbol == lim.symbol
         else GateVerdict(
             "symbol",
             spec is not None,
