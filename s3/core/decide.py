@@ -160,9 +160,9 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
         side=side,
         state=inp.state,
         now_ms=inp.now_ms,
-        features_ts_ms=int(ts)
-        if isinstance(ts, int | float) and not isinstance(ts, bool)
-        else None,
+        features_ts_ms=ts
+        if type(ts) is int
+        else (int(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) else None),
         spread_bps=spread,
         depth_top1_usdt=depth,
         funding_next=funding_f,
@@ -249,7 +249,10 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
 
     # ATR: the feature when present, else the engine's own ATR(EMA, n) state.
     atr_value = snapshot.get("atr")
-    if isinstance(atr_value, int | float) and not isinstance(atr_value, bool) and atr_value > 0:
+    if (
+        type(atr_value) is float
+        or (isinstance(atr_value, int | float) and not isinstance(atr_value, bool))
+    ) and atr_value > 0:
         atr, atr_source = float(atr_value), "feature"
     elif atr_mod.is_ready(inp.atr_state):
         assert inp.atr_state is not None and inp.atr_state.atr is not None
