@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
-from dsl.schema import OUTPUTS, Clamp, show
+from dsl.schema import Clamp, show
 
 INF = math.inf
 
@@ -140,6 +140,15 @@ class RuleInfo:
     skip: bool
     where: str
     constant_factors: tuple[tuple[str, float], ...]
+    factor_table: dict[str, float] = field(init=False, repr=False, compare=False)
+    """The constant factors per output (a repeated output's multiplied in order), copied into
+    every outcome that the rule fires in; its dynamic factors are multiplied into the copy."""
+
+    def __post_init__(self) -> None:
+        table: dict[str, float] = {}
+        for target, value in self.constant_factors:
+            table[target] = table.get(target, 1.0) * value
+        object.__setattr__(self, "factor_table", table)
 
 
 Raw = tuple[
@@ -157,32 +166,34 @@ def build_outcome(
 ) -> Outcome:
     fired, faults, dyn, sm, tm, lm = raw
     factors: dict[str, dict[str, float]] = {}
+    ids: list[str] = []
+    vetoes: list[str] = []
     for i in fired:
-        per: dict[str, float] = {}
-        for target, value in rules[i].constant_factors:
-            per[target] = per.get(target, 1.0) * value
-        factors[rules[i].rule_id] = per
+        info = rules[i]
+        factors[info.rule_id] = info.factor_table.copy()
+        ids.append(info.rule_id)
+        if info.skip:
+            vetoes.append(info.rule_id)
     for i, target, value in dyn:
         per = factors[rules[i].rule_id]
         per[target] = per.get(target, 1.0) * value
-    products = {"size_mult": sm, "tp_mult": tm, "sl_mult": lm}
-    clamped = {}
-    for out in OUTPUTS:
-        b = clamp_bounds.bounds(out)
-        clamped[out] = min(max(products[out], b.min), b.max)
-    vetoes = tuple(rules[i].rule_id for i in fired if rules[i].skip)
+    sb, tb, lb = clamp_bounds.size_mult, clamp_bounds.tp_mult, clamp_bounds.sl_mult
     recorded = []
     for i, exc in faults:
         code, message = fault_of(exc)
         recorded.append(Fault(rules[i].rule_id, code, message, rules[i].where))
     return Outcome(
         revision,
-        tuple(rules[i].rule_id for i in fired),
+        tuple(ids),
         factors,
-        products,
-        clamped,
+        {"size_mult": sm, "tp_mult": tm, "sl_mult": lm},  # in `dsl.schema.OUTPUTS` order
+        {
+            "size_mult": min(max(sm, sb.min), sb.max),
+            "tp_mult": min(max(tm, tb.min), tb.max),
+            "sl_mult": min(max(lm, lb.min), lb.max),
+        },
         vetoes[0] if vetoes else None,
-        vetoes,
+        tuple(vetoes),
         tuple(recorded),
         trace,
     )

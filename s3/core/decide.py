@@ -67,6 +67,8 @@ def intent_id(symbol: str, side: str, t0_ms: int, config_rev: int) -> str:
 
 def _number(features: Mapping[str, Any], name: str) -> float:
     v = features.get(name)
+    if type(v) is float and math.isfinite(v):
+        return v
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
         raise InputError(
             "BAD_FEATURE", f"feature '{name}' must be a finite number, found {v!r}", feature=name
@@ -79,6 +81,8 @@ _SIDES: dict[str, Side] = {"BUY": "BUY", "SELL": "SELL"}
 
 def _side(inp: DecisionInput) -> Side | None:
     raw = inp.side_hint if inp.side_hint is not None else inp.features.get("side_hint")
+    if type(raw) is str and raw in _SIDES:  # spelled as the spec spells it
+        return _SIDES[raw]
     if raw is None or raw == "":
         return None
     if not isinstance(raw, str) or raw.upper() not in ("BUY", "SELL"):
@@ -86,29 +90,25 @@ def _side(inp: DecisionInput) -> Side | None:
     return _SIDES[raw.upper()]
 
 
+_HALF_SPREAD_PER_BPS = Decimal(20_000)
+_ZERO = Decimal(0)
+
+
 def entry_price(mid: float, spread_bps: float, side: str, filters: SymbolFilters) -> Decimal:
     """The touch price on the entry's side, on the tick grid: a buy pays the ask (rounded up),
     a sell gets the bid (rounded down), so sizing never assumes a better price than the book."""
     m = Decimal(repr(mid))
-    half = Decimal(repr(spread_bps)) / Decimal(20_000)
+    half = Decimal(repr(spread_bps)) / _HALF_SPREAD_PER_BPS
     px = m * (1 + half) if side == "BUY" else m * (1 - half)
-    anchor = filters.min_price if filters.anchored else Decimal(0)
+    anchor = filters.min_price if filters.anchored else _ZERO
     steps = ((px - anchor) / filters.tick_size).to_integral_value(
         rounding=ROUND_CEILING if side == "BUY" else ROUND_FLOOR
     )
     return anchor + steps * filters.tick_size
 
 
-def _skip(
-    base: dict[str, Any], reason: Reason, detail: str, sentence: str, **more: Any
-) -> Decision:
-    return Decision(
-        decision="skip",
-        reason=reason,
-        reason_detail=detail,
-        sentence=sentence,
-        **{**base, **more},
-    )
+def _skip(base: dict[str, Any], reason: Reason, detail: str, sentence: str) -> Decision:
+    return Decision(decision="skip", reason=reason, reason_detail=detail, sentence=sentence, **base)
 
 
 def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
@@ -160,27 +160,27 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
         side=side,
         state=inp.state,
         now_ms=inp.now_ms,
-        features_ts_ms=int(ts)
-        if isinstance(ts, int | float) and not isinstance(ts, bool)
-        else None,
+        features_ts_ms=ts
+        if type(ts) is int
+        else (int(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) else None),
         spread_bps=spread,
         depth_top1_usdt=depth,
         funding_next=funding_f,
     )
     health, _ = gates.health_state(inp.state)
     response = params.health.responses[health]
-    base: dict[str, Any] = dict(
-        symbol=inp.symbol,
-        side=side,
-        config_rev=snap.rev,
-        bundle_id=snap.bundle_id,
-        t0_ms=inp.t0_ms,
-        now_ms=inp.now_ms,
-        gates=verdicts,
-        health=health,
-        health_factor=response.size_mult,
-        dry_run=inp.dry_run,
-    )
+    base: dict[str, Any] = {
+        "symbol": inp.symbol,
+        "side": side,
+        "config_rev": snap.rev,
+        "bundle_id": snap.bundle_id,
+        "t0_ms": inp.t0_ms,
+        "now_ms": inp.now_ms,
+        "gates": verdicts,
+        "health": health,
+        "health_factor": response.size_mult,
+        "dry_run": inp.dry_run,
+    }
     failed = gates.first_failure(verdicts)
     if failed is not None:
         return _skip(base, "GATE", failed.detail, failed.sentence)
@@ -199,14 +199,14 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
             ],
         )
     outcome: Outcome = snap.ruleset.evaluate(snapshot)
-    base.update(
-        rules_fired=outcome.fired,
-        rule_factors=outcome.factors,
-        rule_faults=tuple(f"{f.rule_id} {f.code} {f.message}" for f in outcome.faults),
-        size_mult_rules=outcome.clamped["size_mult"],
-        tp_mult=outcome.clamped["tp_mult"],
-        sl_mult=outcome.clamped["sl_mult"],
-    )
+    clamped = outcome.clamped
+    base["rules_fired"] = outcome.fired
+    base["rule_factors"] = outcome.factors
+    if outcome.faults:
+        base["rule_faults"] = tuple(f"{f.rule_id} {f.code} {f.message}" for f in outcome.faults)
+    base["size_mult_rules"] = clamped["size_mult"]
+    base["tp_mult"] = tp_mult = clamped["tp_mult"]
+    base["sl_mult"] = sl_mult = clamped["sl_mult"]
     if outcome.veto is not None:
         return _skip(
             base, "RULE", f"RULE.SKIP:{outcome.veto}", f"rule {outcome.veto} vetoed the entry"
@@ -230,7 +230,7 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
     size_mult_ml = 1.0
     if result.p is not None:
         mapped = map_p(result.p, params.model.bands)
-        base.update(model_p=result.p)
+        base["model_p"] = result.p
         if mapped is None:
             lowest = min((b.above for b in params.model.bands), default=0.0)
             return _skip(
@@ -238,16 +238,21 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
             )
         size_mult_ml = mapped
     elif result.degraded is not None:
-        base.update(model_degraded=result.degraded)
+        base["model_degraded"] = result.degraded
     clamp = snap.ruleset.clamp.size_mult
-    combined = min(max(outcome.clamped["size_mult"] * size_mult_ml, clamp.min), clamp.max)
+    combined = min(max(clamped["size_mult"] * size_mult_ml, clamp.min), clamp.max)
     size_mult = combined * response.size_mult  # health scales after the clamp (Part B8)
     policy = response.exec_policy or params.execution.default_policy
-    base.update(size_mult_ml=size_mult_ml, size_mult=size_mult, exec_policy=policy)
+    base["size_mult_ml"] = size_mult_ml
+    base["size_mult"] = size_mult
+    base["exec_policy"] = policy
 
     # ATR: the feature when present, else the engine's own ATR(EMA, n) state.
     atr_value = snapshot.get("atr")
-    if isinstance(atr_value, int | float) and not isinstance(atr_value, bool) and atr_value > 0:
+    if (
+        type(atr_value) is float
+        or (isinstance(atr_value, int | float) and not isinstance(atr_value, bool))
+    ) and atr_value > 0:
         atr, atr_source = float(atr_value), "feature"
     elif atr_mod.is_ready(inp.atr_state):
         assert inp.atr_state is not None and inp.atr_state.atr is not None
@@ -261,7 +266,8 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
             f"no ATR: the feature is absent and the engine's ATR has {bars} of "
             f"{params.atr_period} bars",
         )
-    base.update(atr=atr, atr_source=atr_source)
+    base["atr"] = atr
+    base["atr_source"] = atr_source
 
     sizing = params.sizing if spec.market == "FUT" else params.spot_sizing
     if spec.leverage is not None and spec.market == "FUT":
@@ -272,8 +278,8 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
         entry_px=entry,
         atr=Decimal(repr(atr)),
         size_mult=size_mult,
-        sl_mult=outcome.clamped["sl_mult"],
-        tp_mult=outcome.clamped["tp_mult"],
+        sl_mult=sl_mult,
+        tp_mult=tp_mult,
         exec_policy=policy,
         filters=spec.filters,
         params=sizing,
@@ -281,13 +287,14 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
     if isinstance(sized, SizingSkip):
         return _skip(base, "RISK_BUDGET", sized.reason_detail, sized.sentence)
     assert isinstance(sized, Sized)
-    base.update(sizing_notes=sized.notes)
+    base["sizing_notes"] = sized.notes
 
     hints = execution.hints(policy, float(sized.notional), depth, spread, params.execution)
     reservation = _reservation(spec, sized, params)
     risk = _risk_precheck(reservation, inp, params)
     if risk is not None:
-        return _skip(base, "RISK_BUDGET", risk.detail, risk.sentence, reservation=reservation)
+        base["reservation"] = reservation
+        return _skip(base, "RISK_BUDGET", risk.detail, risk.sentence)
     intent = OrderIntent(
         intent_id=intent_id(inp.symbol, side, inp.t0_ms, snap.rev),
         market=spec.market,
@@ -309,7 +316,7 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
         guardian_stop_px=sized.guardian_stop_px,
         liq_px=sized.liq_px,
     )
-    base.update(exec_policy=hints.policy)
+    base["exec_policy"] = hints.policy
     return Decision(
         decision="open",
         reason="OK",

@@ -6,9 +6,11 @@ record shows every verdict with the values compared.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from s3.core.params import EngineParams, SymbolSpec
+from s3.core.params import EngineParams, GateParams, HealthResponse, SymbolSpec
+from s3.core.sizing import once_per_object
 from s3.core.types import HEALTH_STATES, GateVerdict, MarketState
 
 GATE_ORDER = (
@@ -24,9 +26,15 @@ GATE_ORDER = (
 )
 
 
+_HEALTH_AS_SENT = {h: (h, f"health {h}") for h in HEALTH_STATES}
+
+
 def health_state(state: MarketState) -> tuple[str, str]:
     """The health in force and why: missing or unknown counts as RED (Part B8)."""
     raw = state.health
+    known = _HEALTH_AS_SENT.get(raw)  # type: ignore[arg-type]
+    if known is not None:  # the usual case: a state spelled as the spec spells it
+        return known
     if raw is None:
         return "RED", "health state missing: treated as RED"
     if raw.upper() not in HEALTH_STATES:
@@ -34,8 +42,20 @@ def health_state(state: MarketState) -> tuple[str, str]:
     return raw.upper(), f"health {raw.upper()}"
 
 
+# Verdicts whose sentence has no value in it: one instance each (frozen, so shared safely).
+_KILL_OFF = GateVerdict("kill_switch", True, "GATE.KILL_SWITCH", "kill switch OFF")
+_ALWAYS_OPEN = GateVerdict(
+    "window", True, "GATE.WINDOW", "no trading windows configured: always open"
+)
+_SIDES = {
+    side: GateVerdict("side", True, "GATE.NO_SIDE", f"side {side}") for side in ("BUY", "SELL")
+}
+
+
 def _kill(state: MarketState) -> GateVerdict:
     raw = state.kill_switch
+    if raw == "OFF":
+        return _KILL_OFF
     if raw is None:
         return GateVerdict(
             "kill_switch", True, "GATE.KILL_SWITCH", "kill switch missing: treated as OFF"
@@ -55,9 +75,7 @@ def _kill(state: MarketState) -> GateVerdict:
 def _window(params: EngineParams, now_ms: int) -> GateVerdict:
     windows = params.gates.windows
     if not windows:
-        return GateVerdict(
-            "window", True, "GATE.WINDOW", "no trading windows configured: always open"
-        )
+        return _ALWAYS_OPEN
     now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
     minute = now.hour * 60 + now.minute
     stamp = now.strftime("%a %H:%M UTC")
@@ -96,6 +114,67 @@ def _stale(params: EngineParams, now_ms: int, features_ts_ms: int | None) -> Gat
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    """A symbol's thresholds (its override, else the bundle's), with their text for sentences."""
+
+    spread_limit: float
+    spread_text: str
+    depth_min: float
+    depth_text: str
+    interval: int
+    max_funding: float
+    max_funding_text: str
+    symbol: str | None
+    configured: GateVerdict | None
+    """The symbol verdict of ``spec.symbol``."""
+
+
+@once_per_object
+def _limits(g: GateParams, spec: SymbolSpec | None) -> _Limits:
+    """Worked out once per revision and symbol: the same frozen Structs come back every time."""
+    spread_limit = (
+        spec.spread_bp_limit if spec and spec.spread_bp_limit is not None else g.spread_bp_limit
+    )
+    depth_min = (
+        spec.depth_top1_usdt_min
+        if spec and spec.depth_top1_usdt_min is not None
+        else g.depth_top1_usdt_min
+    )
+    return _Limits(
+        spread_limit,
+        f"{spread_limit:g}",
+        depth_min,
+        f"{depth_min:g}",
+        spec.funding_interval_hours if spec else 8,
+        g.max_funding_abs,
+        f"{g.max_funding_abs:g}",
+        spec.symbol if spec is not None else None,
+        GateVerdict(
+            "symbol",
+            True,
+            "GATE.SYMBOL_NOT_CONFIGURED",
+            f"{spec.symbol} is configured ({spec.market})",
+        )
+        if spec is not None
+        else None,
+    )
+
+
+@once_per_object
+def _health(why: str, response: HealthResponse, blocked: bool) -> GateVerdict:
+    """The health verdict: one per revision and state (``why`` is one of `health_state`'s
+    constants for a state spelled as the spec spells it)."""
+    return GateVerdict(
+        "health",
+        not blocked,
+        "GATE.HEALTH",
+        f"{why}: size x{response.size_mult:g}"
+        + (f", policy {response.exec_policy}" if response.exec_policy else "")
+        + (" (entries blocked in this state)" if blocked else ""),
+    )
+
+
 def check(
     *,
     params: EngineParams,
@@ -110,51 +189,48 @@ def check(
     funding_next: float,
 ) -> tuple[GateVerdict, ...]:
     """Every L0 verdict, in `GATE_ORDER`. Thresholds: the symbol's override, else the bundle's."""
-    g = params.gates
-    spread_limit = (
-        spec.spread_bp_limit if spec and spec.spread_bp_limit is not None else g.spread_bp_limit
-    )
-    depth_min = (
-        spec.depth_top1_usdt_min
-        if spec and spec.depth_top1_usdt_min is not None
-        else g.depth_top1_usdt_min
-    )
-    interval = spec.funding_interval_hours if spec else 8
+    lim = _limits(params.gates, spec)
+    spread_ok = spread_bps <= lim.spread_limit
+    depth_ok = depth_top1_usdt >= lim.depth_min
+    interval = lim.interval
     funding_8h = abs(funding_next) * 8.0 / interval
+    funding_ok = funding_8h <= lim.max_funding
     health, why = health_state(state)
     response = params.health.responses[health]
-    verdicts = [
+    return (
         _kill(state),
         _window(params, now_ms),
         _stale(params, now_ms, features_ts_ms),
         GateVerdict(
             "spread",
-            spread_bps <= spread_limit,
+            spread_ok,
             "GATE.SPREAD",
-            f"spread {spread_bps:g} bps {'<=' if spread_bps <= spread_limit else '>'} "
-            f"limit {spread_limit:g} bps",
+            f"spread {spread_bps:g} bps {'<=' if spread_ok else '>'} limit {lim.spread_text} bps",
         ),
         GateVerdict(
             "depth",
-            depth_top1_usdt >= depth_min,
+            depth_ok,
             "GATE.DEPTH",
-            f"top-1 depth {depth_top1_usdt:g} USDT {'>=' if depth_top1_usdt >= depth_min else '<'} "
-            f"minimum {depth_min:g} USDT",
+            f"top-1 depth {depth_top1_usdt:g} USDT {'>=' if depth_ok else '<'} "
+            f"minimum {lim.depth_text} USDT",
         ),
         GateVerdict(
             "funding",
-            funding_8h <= g.max_funding_abs,
+            funding_ok,
             "GATE.FUNDING",
             f"|funding_next| {abs(funding_next):g} per {interval} h = {funding_8h:g} per 8 h "
-            f"{'<=' if funding_8h <= g.max_funding_abs else '>'} max {g.max_funding_abs:g}",
+            f"{'<=' if funding_ok else '>'} max {lim.max_funding_text}",
         ),
-        GateVerdict(
+        _SIDES.get(side)  # type: ignore[arg-type]
+        or GateVerdict(
             "side",
             side is not None,
             "GATE.NO_SIDE",
             f"side {side}" if side else "no side: neither sideHint nor side_hint was given",
         ),
-        GateVerdict(
+        lim.configured
+        if lim.configured is not None and symbol == lim.symbol
+        else GateVerdict(
             "symbol",
             spec is not None,
             "GATE.SYMBOL_NOT_CONFIGURED",
@@ -162,17 +238,12 @@ def check(
             if spec
             else f"{symbol} is not configured in the bundle",
         ),
-        GateVerdict(
-            "health",
-            health not in params.health.block,
-            "GATE.HEALTH",
-            f"{why}: size x{response.size_mult:g}"
-            + (f", policy {response.exec_policy}" if response.exec_policy else "")
-            + (" (entries blocked in this state)" if health in params.health.block else ""),
-        ),
-    ]
-    return tuple(verdicts)
+        _health(why, response, health in params.health.block),
+    )
 
 
 def first_failure(verdicts: tuple[GateVerdict, ...]) -> GateVerdict | None:
-    return next((v for v in verdicts if not v.passed), None)
+    for v in verdicts:
+        if not v.passed:
+            return v
+    return None

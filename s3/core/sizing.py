@@ -7,9 +7,8 @@ number it emits is a `Decimal` computed exactly, and every price and quantity li
 from __future__ import annotations
 
 import functools
-import types
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from decimal import (
     ROUND_HALF_EVEN,
     Context,
@@ -19,9 +18,10 @@ from decimal import (
     Inexact,
     InvalidOperation,
     Overflow,
-    localcontext,
+    getcontext,
+    setcontext,
 )
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import msgspec
 
@@ -144,8 +144,19 @@ def _bad(sentence: str) -> _Skip:
     return _Skip("SIZING.BAD_INPUT", sentence)
 
 
+def _too_many_digits(exc: DecimalException) -> SizingSkip:
+    return SizingSkip(
+        "SIZING.BAD_INPUT", f"the inputs need more than {_PREC} exact digits ({type(exc).__name__})"
+    )
+
+
 def _fmt(x: Decimal) -> str:
     """A plain decimal for a sentence: no exponent, no trailing zeros."""
+    text = str(x)
+    if "." in text and "E" not in text and "e" not in text:
+        # str() wrote plain notation, the digits format(x, "f") writes, at a third of its cost
+        text = text.rstrip("0").rstrip(".")
+        return "0" if text == "-0" else text
     if x == 0:
         return "0"
     text = format(x, "f")
@@ -160,24 +171,27 @@ def _show(num: Decimal, den: Decimal) -> str:
     return _fmt(_SHOW.quantize(value, _USDT_QUANTUM))
 
 
-def _floor_div(a: Decimal, b: Decimal) -> Decimal:
-    """The exact floor of a/b for b > 0 (Decimal's `//` truncates toward zero)."""
-    n = a // b
-    return n - 1 if n * b > a else n
-
-
 @dataclass(frozen=True, slots=True)
 class _Grid:
     """The legal values anchor + k*step; ratios num/den (den > 0) snap without a rounded division."""
 
     anchor: Decimal
     step: Decimal
+    step_text: str = field(init=False, repr=False, compare=False)
+    """The step as sentences show it."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "step_text", _fmt(self.step))
 
     def floor(self, num: Decimal, den: Decimal = _ONE) -> Decimal:
-        return self.anchor + _floor_div(num - self.anchor * den, den * self.step) * self.step
+        a, b = num - self.anchor * den, den * self.step
+        n = a // b  # the exact floor of a/b (b > 0; `//` truncates toward zero)
+        return self.anchor + (n - 1 if n * b > a else n) * self.step
 
     def ceil(self, num: Decimal, den: Decimal = _ONE) -> Decimal:
-        return self.anchor - _floor_div(self.anchor * den - num, den * self.step) * self.step
+        a, b = self.anchor * den - num, den * self.step
+        n = a // b
+        return self.anchor - (n - 1 if n * b > a else n) * self.step
 
     def holds(self, x: Decimal) -> bool:
         return (x - self.anchor) % self.step == 0
@@ -238,6 +252,25 @@ def _positive(value: object, name: str) -> Decimal:
     return d
 
 
+_MULTIPLIERS: dict[float, Decimal] = {}
+
+
+def _multiplier(value: object, name: str) -> Decimal:
+    """`_positive` for a float multiplier, remembered per value: the multipliers take few values
+    (products of the rules' constant factors), and a float hashes cheaply where a fresh Decimal
+    does not. Only values that passed are kept (a positive float has one repr per value), and
+    only exact floats (a float subclass may compare equal and print otherwise)."""
+    if type(value) is not float:
+        return _positive(value, name)
+    d = _MULTIPLIERS.get(value)
+    if d is None:
+        d = _positive(value, name)
+        if len(_MULTIPLIERS) >= 4096:
+            _MULTIPLIERS.clear()
+        _MULTIPLIERS[value] = d
+    return d
+
+
 def _non_negative(value: object, name: str) -> Decimal:
     d = _num(value, name)
     if d < 0:
@@ -271,21 +304,23 @@ class _Lots:
     exit_min_qty: Decimal
 
 
-@dataclass(slots=True)
-class _Case:
-    """Validated inputs, every number a Decimal."""
+@dataclass(frozen=True, slots=True)
+class _Terms:
+    """The sizing parameters as checked Decimals (a Struct built by hand may hold floats)."""
 
-    long: bool
-    spot: bool
-    entry: Decimal
-    atr: Decimal
-    sl_mult: Decimal
-    tp_mult: Decimal
-    budget: Decimal  # FUT: margin_base * size_mult; SPOT: quote_budget * size_mult
+    budget_base: Decimal  # FUT: margin base; SPOT: quote budget
     leverage: int
-    f_in: Decimal
+    leverage_d: Decimal
+    f_in: Decimal  # the entry's fee: maker for a Maker entry, else taker
     f_sl: Decimal
     f_tp: Decimal
+    # 1 + fee and 1 - fee of each, for the P&L lines
+    up_in: Decimal
+    down_in: Decimal
+    up_sl: Decimal
+    down_sl: Decimal
+    up_tp: Decimal
+    down_tp: Decimal
     max_loss: Decimal
     atr_mult: Decimal
     tp_roe: Decimal
@@ -293,10 +328,38 @@ class _Case:
     cum: Decimal
     buffer: Decimal
     stop_limit_offset: Decimal
-    guardian: bool
+    # constant parts of the sentences, written once
+    max_loss_text: str
+    atr_mult_text: str
+    tp_roe_text: str
+    maintenance_text: str  # the liquidation terms: leverage, maintenance rate and amount
+
+
+@dataclass(frozen=True, slots=True)
+class _Prices:
+    """The tick grid, the lowest legal price (> 0 and >= min_price) and min_notional."""
+
+    grid: _Grid
+    lowest: Decimal
     min_notional: Decimal
+
+
+@dataclass(slots=True)
+class _Case:
+    """Validated inputs, every number a Decimal."""
+
+    long: bool
+    spot: bool
+    guardian: bool
+    entry: Decimal
+    atr: Decimal
+    sl_mult: Decimal
+    tp_mult: Decimal
+    budget: Decimal  # FUT: margin_base * size_mult; SPOT: quote_budget * size_mult
+    t: _Terms
     price: _Grid
     lowest_px: Decimal
+    min_notional: Decimal
     lots: _Lots
 
 
@@ -346,27 +409,53 @@ def once_per_object(fn: Callable[..., _R]) -> Callable[..., _R]:
     return memo
 
 
-@once_per_object
-def _read_params(params: SizingParams) -> Mapping[str, Decimal]:
-    """Every parameter as a checked Decimal (a Struct built by hand may hold floats). Checked once
-    per parameter set: the same frozen Struct comes back for every decision of a revision."""
-    return types.MappingProxyType(_read_params_uncached(params))
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    """What one (params, filters, exec policy) fixes for every decision, checked once: the values
+    of each stage (parameters, price filter, lot sizes), or None from the stage whose first
+    problem `problem` holds. `_read` raises that problem where the stage is first needed, so a
+    call with several problems reports the first in the order the inputs are read."""
+
+    spot: bool
+    guardian: bool
+    terms: _Terms | None
+    prices: _Prices | None
+    lots: _Lots | None
+    lots_note: str | None
+    problem: SizingSkip | None
+
+    def fail(self) -> NoReturn:
+        assert self.problem is not None
+        raise _Skip(self.problem.reason_detail, self.problem.sentence)
 
 
 @once_per_object
-def _read_budget(params: SizingParams) -> tuple[Decimal, int]:
-    """The budget base (SPOT: quote budget; FUT: margin base) and the leverage, checked."""
-    if params.market == "SPOT":
-        return _positive(params.quote_budget_usdt, "quote_budget_usdt"), 1
-    budget_base = _positive(params.margin_base_usdt, "margin_base_usdt")
-    leverage = params.leverage
-    if isinstance(leverage, bool) or not isinstance(leverage, int) or leverage < 1:
-        raise _bad(f"leverage must be an integer >= 1, got {leverage!r}")
-    _num(leverage, "leverage")
-    return budget_base, leverage
+def _setup(params: object, filters: object, policy: object) -> _Setup:
+    """The setup of one (params, filters, policy): the same frozen Structs come back for every
+    decision of a revision. A value of the wrong type raises at once (and is not remembered)."""
+    if not isinstance(params, SizingParams) or params.market not in ("FUT", "SPOT"):
+        raise _bad("params must be SizingParams with market 'FUT' or 'SPOT'")
+    if not isinstance(filters, SymbolFilters):
+        raise _bad(f"filters must be SymbolFilters, got {type(filters).__name__}")
+    if not isinstance(filters.anchored, bool):
+        raise _bad(f"anchored must be a bool, got {type(filters.anchored).__name__}")
+    if not isinstance(policy, str):
+        raise _bad(f"exec_policy must be a string, got {type(policy).__name__}")
+    spot = params.market == "SPOT"
+    guardian = spot and params.spot_protection == "guardian"
+    terms = prices = lots = note = problem = None
+    try:
+        terms = _read_terms(params, policy == "Maker")
+        prices = _read_prices(filters)
+        lots, note = _read_lots(filters, policy, guardian)
+    except _Skip as skip:
+        problem = SizingSkip(skip.detail, skip.sentence)
+    except DecimalException as exc:
+        problem = _too_many_digits(exc)
+    return _Setup(spot, guardian, terms, prices, lots, note, problem)
 
 
-def _read_params_uncached(params: SizingParams) -> dict[str, Decimal]:
+def _read_terms(params: SizingParams, maker: bool) -> _Terms:
     checks = {
         "max_loss_usdt": _positive,
         "atr_mult": _positive,
@@ -380,61 +469,76 @@ def _read_params_uncached(params: SizingParams) -> dict[str, Decimal]:
     }
     if params.spot_protection not in ("oco", "guardian"):
         raise _bad(f"spot_protection must be 'oco' or 'guardian', got {params.spot_protection!r}")
-    return {name: check(getattr(params, name), name) for name, check in checks.items()}
+    p = {name: check(getattr(params, name), name) for name, check in checks.items()}
+    if params.market == "SPOT":
+        budget_base, leverage = _positive(params.quote_budget_usdt, "quote_budget_usdt"), 1
+    else:
+        budget_base = _positive(params.margin_base_usdt, "margin_base_usdt")
+        leverage = params.leverage
+        if isinstance(leverage, bool) or not isinstance(leverage, int) or leverage < 1:
+            raise _bad(f"leverage must be an integer >= 1, got {leverage!r}")
+        _num(leverage, "leverage")
+    f_in, f_sl, f_tp = (p["fee_maker"] if maker else p["fee_taker"]), p["fee_taker"], p["fee_maker"]
+    return _Terms(
+        budget_base=budget_base,
+        leverage=leverage,
+        leverage_d=Decimal(leverage),
+        f_in=f_in,
+        f_sl=f_sl,
+        f_tp=f_tp,
+        up_in=1 + f_in,
+        down_in=1 - f_in,
+        up_sl=1 + f_sl,
+        down_sl=1 - f_sl,
+        up_tp=1 + f_tp,
+        down_tp=1 - f_tp,
+        max_loss=p["max_loss_usdt"],
+        atr_mult=p["atr_mult"],
+        tp_roe=p["tp_min_net_roe"],
+        mmr=p["maintenance_margin_rate"],
+        cum=p["maintenance_amount"],
+        buffer=p["liquidation_buffer"],
+        stop_limit_offset=p["stop_limit_offset"],
+        max_loss_text=_fmt(p["max_loss_usdt"]),
+        atr_mult_text=_fmt(p["atr_mult"]),
+        tp_roe_text=_fmt(p["tp_min_net_roe"]),
+        maintenance_text=f"leverage {leverage}, maintenance rate "
+        f"{_fmt(p['maintenance_margin_rate'])}, amount {_fmt(p['maintenance_amount'])}",
+    )
 
 
-def _read_prices(
-    filters: SymbolFilters, buy: bool, entry_px: object, policy: str, notes: list[str]
-) -> tuple[_Grid, Decimal, Decimal]:
-    """The price grid, the lowest legal price (> 0 and >= min_price) and the snapped entry."""
-    price, lowest_px, _ = _price_grid(filters)
-    tick = price.step
-    given = _positive(entry_px, "entry_px")
-    maker = policy == "Maker"
-    # A Maker entry rests passively (BUY below, SELL above); any other policy may take, so the
-    # sizer assumes the worse price (BUY above, SELL below).
-    entry = price.floor(given) if buy == maker else price.ceil(given)
-    if entry < lowest_px:
-        raise _bad(f"entry_px {_fmt(given)} is below the lowest legal price {_fmt(lowest_px)}")
-    if entry != given:
-        how = "passive side, Maker" if maker else f"adverse side, {policy}"
-        notes.append(f"entry {_fmt(given)} snapped to tick {_fmt(tick)}: {_fmt(entry)} ({how})")
-    return price, lowest_px, entry
-
-
-@once_per_object
-def _price_grid(filters: SymbolFilters) -> tuple[_Grid, Decimal, Decimal]:
-    """The tick grid, the lowest legal price (> 0 and >= min_price) and min_notional, checked
-    once per filters."""
+def _read_prices(filters: SymbolFilters) -> _Prices:
     tick = _positive(filters.tick_size, "tick_size")
     min_price = _non_negative(filters.min_price, "min_price")
     price = _Grid(min_price if filters.anchored else _ZERO, tick)
     lowest = price.ceil(min_price)
     min_notional = _non_negative(filters.min_notional, "min_notional")
-    return price, (lowest if lowest > 0 else lowest + tick), min_notional
+    return _Prices(price, (lowest if lowest > 0 else lowest + tick), min_notional)
 
 
-def _read_lots(filters: SymbolFilters, policy: str, guardian: bool, notes: list[str]) -> _Lots:
-    """LOT_SIZE, and MARKET_LOT_SIZE for orders that may execute at market (the stricter wins);
-    worked out once per (filters, policy, guardian)."""
-    lots, note = _read_lots_cached(filters, policy, guardian)
-    if note is not None:
-        notes.append(note)
-    return lots
+def _snap_entry(
+    prices: _Prices, buy: bool, entry_px: object, policy: str, notes: list[str]
+) -> Decimal:
+    """The entry price on the tick grid, at or above the lowest legal price."""
+    price = prices.grid
+    given = _positive(entry_px, "entry_px")
+    maker = policy == "Maker"
+    # A Maker entry rests passively (BUY below, SELL above); any other policy may take, so the
+    # sizer assumes the worse price (BUY above, SELL below).
+    entry = price.floor(given) if buy == maker else price.ceil(given)
+    if entry < prices.lowest:
+        raise _bad(f"entry_px {_fmt(given)} is below the lowest legal price {_fmt(prices.lowest)}")
+    if entry != given:
+        how = "passive side, Maker" if maker else f"adverse side, {policy}"
+        notes.append(
+            f"entry {_fmt(given)} snapped to tick {price.step_text}: {_fmt(entry)} ({how})"
+        )
+    return entry
 
 
-@once_per_object
-def _read_lots_cached(
-    filters: SymbolFilters, policy: str, guardian: bool
-) -> tuple[_Lots, str | None]:
-    found: list[str] = []
-    lots = _read_lots_uncached(filters, policy, guardian, found)
-    return lots, (found[0] if found else None)
-
-
-def _read_lots_uncached(
-    filters: SymbolFilters, policy: str, guardian: bool, notes: list[str]
-) -> _Lots:
+def _read_lots(filters: SymbolFilters, policy: str, guardian: bool) -> tuple[_Lots, str | None]:
+    """LOT_SIZE, and MARKET_LOT_SIZE for orders that may execute at market (the stricter wins),
+    with the note that says so."""
     step = _positive(filters.step_size, "step_size")
     min_qty = _non_negative(filters.min_qty, "min_qty")
     max_qty = _optional(filters.max_qty, "max_qty")
@@ -449,7 +553,7 @@ def _read_lots_uncached(
     maker = policy == "Maker"
     plain = _Lots(lot, min_qty, max_qty, lot, min_qty)
     if not (m_step or m_max or m_min) or (maker and not guardian):
-        return plain
+        return plain, None
     # Anything but a pure Maker entry may reach the book as a market order (spec §6 slippage
     # guard, MakerThenTaker's fallback); so does the guardian's exit. OCO legs are limit orders.
     anchor = (min_qty if m_min is None else m_min) if filters.anchored else _ZERO
@@ -458,9 +562,9 @@ def _read_lots_uncached(
     low = max(min_qty, m_min or _ZERO)
     high = m_max if max_qty is None else min(max_qty, m_max or max_qty)
     if maker:
-        return _Lots(lot, min_qty, max_qty, grid, low)
-    notes.append(f"MARKET_LOT_SIZE applied with LOT_SIZE: {policy} may fill at market")
-    return _Lots(grid, low, high, grid if guardian else lot, low if guardian else min_qty)
+        return _Lots(lot, min_qty, max_qty, grid, low), None
+    note = f"MARKET_LOT_SIZE applied with LOT_SIZE: {policy} may fill at market"
+    return _Lots(grid, low, high, grid if guardian else lot, low if guardian else min_qty), note
 
 
 def _read(
@@ -475,67 +579,51 @@ def _read(
 ) -> _Case:
     if side not in ("BUY", "SELL"):
         raise _bad(f"side must be 'BUY' or 'SELL', got {side!r}")
-    if not isinstance(params, SizingParams) or params.market not in ("FUT", "SPOT"):
-        raise _bad("params must be SizingParams with market 'FUT' or 'SPOT'")
-    if not isinstance(filters, SymbolFilters):
-        raise _bad(f"filters must be SymbolFilters, got {type(filters).__name__}")
-    if not isinstance(filters.anchored, bool):
-        raise _bad(f"anchored must be a bool, got {type(filters.anchored).__name__}")
-    if not isinstance(exec_policy, str):
-        raise _bad(f"exec_policy must be a string, got {type(exec_policy).__name__}")
-    spot = params.market == "SPOT"
-    if spot and side == "SELL":
+    s = _setup(params, filters, exec_policy)
+    assert isinstance(exec_policy, str)  # _setup checked it
+    if s.spot and side == "SELL":
         raise _Skip(
             "SIZING.SPOT_SELL_NO_POSITION",
             "a SPOT SELL sells a held base asset, and sizing has no position source (spec Part B1)",
         )
-    p = _read_params(params)
-    budget_base, leverage = _read_budget(params)
-    size_mult = _positive(mults[0], "size_mult")
-    guardian = spot and params.spot_protection == "guardian"
-    price, lowest_px, entry = _read_prices(filters, side == "BUY", entry_px, exec_policy, notes)
-    maker = exec_policy == "Maker"
+    terms = s.terms or s.fail()
+    size_mult = _multiplier(mults[0], "size_mult")
+    prices = s.prices or s.fail()
+    entry = _snap_entry(prices, side == "BUY", entry_px, exec_policy, notes)
+    atr_d = _positive(atr, "atr")
+    sl_mult = _multiplier(mults[1], "sl_mult")
+    tp_mult = _multiplier(mults[2], "tp_mult")
+    budget = terms.budget_base * size_mult
+    lots = s.lots or s.fail()
+    if s.lots_note is not None:
+        notes.append(s.lots_note)
     return _Case(
-        long=side == "BUY",
-        spot=spot,
-        entry=entry,
-        atr=_positive(atr, "atr"),
-        sl_mult=_positive(mults[1], "sl_mult"),
-        tp_mult=_positive(mults[2], "tp_mult"),
-        budget=budget_base * size_mult,
-        leverage=leverage,
-        f_in=p["fee_maker"] if maker else p["fee_taker"],
-        f_sl=p["fee_taker"],
-        f_tp=p["fee_maker"],
-        max_loss=p["max_loss_usdt"],
-        atr_mult=p["atr_mult"],
-        tp_roe=p["tp_min_net_roe"],
-        mmr=p["maintenance_margin_rate"],
-        cum=p["maintenance_amount"],
-        buffer=p["liquidation_buffer"],
-        stop_limit_offset=p["stop_limit_offset"],
-        guardian=guardian,
-        min_notional=_price_grid(filters)[2],
-        price=price,
-        lowest_px=lowest_px,
-        lots=_read_lots(filters, exec_policy, guardian, notes),
+        side == "BUY",
+        s.spot,
+        s.guardian,
+        entry,
+        atr_d,
+        sl_mult,
+        tp_mult,
+        budget,
+        terms,
+        prices.grid,
+        prices.lowest,
+        prices.min_notional,
+        lots,
     )
 
 
-def _quantity(case: _Case, notes: list[str]) -> Decimal:
-    """Round the budget's quantity DOWN to the lot grid (Part B3: never above the budget)."""
+def _quantity(case: _Case, notes: list[str]) -> tuple[Decimal, Decimal]:
+    """Round the budget's quantity DOWN to the lot grid (Part B3: never above the budget).
+    Returns the quantity and its notional at the entry price."""
     e = case.entry
-    if case.spot:
-        notional_budget = case.budget
-        budget_text = f"budget quote {_fmt(case.budget)} USDT"
-    else:
-        notional_budget = case.budget * case.leverage
-        budget_text = f"budget margin {_fmt(case.budget)} x leverage {case.leverage}"
+    notional_budget = case.budget if case.spot else case.budget * case.t.leverage
     lots = case.lots
     qty = lots.entry.floor(notional_budget, e)
     notes.append(
         f"qty {_fmt(qty)} = {_fmt(notional_budget)} USDT / entry {_fmt(e)}, "
-        f"rounded down to step {_fmt(lots.entry.step)}"
+        f"rounded down to step {lots.entry.step_text}"
     )
     if lots.max_qty is not None and qty > lots.max_qty:
         qty = lots.entry.floor(lots.max_qty)
@@ -544,44 +632,51 @@ def _quantity(case: _Case, notes: list[str]) -> Decimal:
         raise _Skip(
             "SIZING.BELOW_MIN_NOTIONAL",
             f"qty {_fmt(max(qty, _ZERO))} below min_qty {_fmt(lots.min_qty)} (notional "
-            f"{_fmt(notional_budget)} USDT at {_fmt(e)}, {budget_text})",
+            f"{_fmt(notional_budget)} USDT at {_fmt(e)}, {_budget_text(case)})",
         )
-    if qty * e < case.min_notional:
+    cost = qty * e
+    if cost < case.min_notional:
         raise _Skip(
             "SIZING.BELOW_MIN_NOTIONAL",
-            f"notional {_fmt(qty * e)} USDT (qty {_fmt(qty)} at {_fmt(e)}) below min_notional "
-            f"{_fmt(case.min_notional)} ({budget_text})",
+            f"notional {_fmt(cost)} USDT (qty {_fmt(qty)} at {_fmt(e)}) below min_notional "
+            f"{_fmt(case.min_notional)} ({_budget_text(case)})",
         )
-    return qty
+    return qty, cost
+
+
+def _budget_text(case: _Case) -> str:
+    if case.spot:
+        return f"budget quote {_fmt(case.budget)} USDT"
+    return f"budget margin {_fmt(case.budget)} x leverage {case.t.leverage}"
 
 
 def _spot_exit_qty(case: _Case, qty: Decimal, notes: list[str]) -> tuple[Decimal, Decimal]:
     """The base left after the buy fee (taken in base) and the exit quantity on its grid."""
-    base = qty * (1 - case.f_in)
+    base = qty * (1 - case.t.f_in)
     leg = case.lots.exit.floor(base)
     notes.append(
-        f"entry fee {_fmt(case.f_in)} taken in base: {_fmt(base)} left, exit qty {_fmt(leg)}"
+        f"entry fee {_fmt(case.t.f_in)} taken in base: {_fmt(base)} left, exit qty {_fmt(leg)}"
     )
     if leg < case.lots.exit_min_qty or leg <= 0:
         raise _Skip(
             "SIZING.OCO_LEG_BELOW_MIN_NOTIONAL",
             f"exit qty {_fmt(max(leg, _ZERO))} below min_qty {_fmt(case.lots.exit_min_qty)} "
-            f"(bought {_fmt(qty)}, {_fmt(base)} left after the {_fmt(case.f_in)} base fee)",
+            f"(bought {_fmt(qty)}, {_fmt(base)} left after the {_fmt(case.t.f_in)} base fee)",
         )
     return base, leg
 
 
-def _pnl(case: _Case, qty: Decimal, base: Decimal, leg: Decimal) -> _Pnl:
-    cost = qty * case.entry
+def _pnl(case: _Case, qty: Decimal, cost: Decimal, base: Decimal, leg: Decimal) -> _Pnl:
+    t = case.t
     if case.spot:
         # Fee in base: the position is `base`; `leg` of it is sold, paying the exit fee, and the
         # dust left over is valued at the exit price.
-        return _Pnl(cost, base - leg * case.f_sl, base - leg * case.f_tp, cost)
+        return _Pnl(cost, base - leg * t.f_sl, base - leg * t.f_tp, cost)
     if case.long:
-        paid = cost * (1 + case.f_in)
-        return _Pnl(paid, qty * (1 - case.f_sl), qty * (1 - case.f_tp), paid)
-    got = cost * (1 - case.f_in)
-    return _Pnl(-got, -qty * (1 + case.f_sl), -qty * (1 + case.f_tp), -got)
+        paid = cost * t.up_in
+        return _Pnl(paid, qty * t.down_sl, qty * t.down_tp, paid)
+    got = cost * t.down_in
+    return _Pnl(-got, -qty * t.up_sl, -qty * t.up_tp, -got)
 
 
 def _solve(case: _Case, coef: Decimal, rhs: Decimal) -> Decimal:
@@ -591,26 +686,27 @@ def _solve(case: _Case, coef: Decimal, rhs: Decimal) -> Decimal:
     return case.price.floor(-rhs, -coef)
 
 
-def _stop(case: _Case, pnl: _Pnl, qty: Decimal, notes: list[str]) -> Decimal:
-    """Part B4: d = min(ATR distance, loss-cap distance); the SL rounds toward entry."""
-    e, cap = case.entry, case.max_loss
+def _stop(case: _Case, pnl: _Pnl, qty: Decimal, notes: list[str]) -> tuple[Decimal, Decimal]:
+    """Part B4: d = min(ATR distance, loss-cap distance); the SL rounds toward entry. Returns
+    the SL and the loss there."""
+    e, cap = case.entry, case.t.max_loss
     fees_only = pnl.loss(e)
     if fees_only >= cap:
-        fee_in = qty * e * case.f_in
+        fee_in = qty * e * case.t.f_in
         raise _Skip(
             "SIZING.LOSS_CAP",
-            f"fees alone reach max_loss_usdt {_fmt(cap)}: entry fee {_fmt(fee_in)} + exit fee "
+            f"fees alone reach max_loss_usdt {case.t.max_loss_text}: entry fee {_fmt(fee_in)} + exit fee "
             f"{_fmt(fees_only - fee_in)} at entry {_fmt(e)} = {_fmt(fees_only)} USDT "
             f"for qty {_fmt(qty)}",
         )
-    d_atr = case.atr_mult * case.sl_mult * case.atr
+    d_atr = case.t.atr_mult * case.sl_mult * case.atr
     d_cap = _show(abs(e * pnl.b - (pnl.a - cap)), abs(pnl.b))
     at_atr = e - d_atr if case.long else e + d_atr
-    atr_text = f"{_fmt(case.atr_mult)} x {_fmt(case.sl_mult)} x {_fmt(case.atr)} = {_fmt(d_atr)}"
+    atr_text = f"{case.t.atr_mult_text} x {_fmt(case.sl_mult)} x {_fmt(case.atr)} = {_fmt(d_atr)}"
     if pnl.loss(at_atr) > cap:
         sl = _solve(case, pnl.b, pnl.a - cap)
         notes.append(
-            f"SL distance capped by max_loss_usdt {_fmt(cap)}: loss-cap distance {d_cap} "
+            f"SL distance capped by max_loss_usdt {case.t.max_loss_text}: loss-cap distance {d_cap} "
             f"< ATR distance {atr_text}"
         )
     else:
@@ -622,21 +718,23 @@ def _stop(case: _Case, pnl: _Pnl, qty: Decimal, notes: list[str]) -> Decimal:
     if abs(e - sl) < case.price.step:
         raise _Skip(
             "SIZING.SL_TOO_TIGHT",
-            f"SL distance under one tick {_fmt(case.price.step)}: ATR distance {atr_text}, "
+            f"SL distance under one tick {case.price.step_text}: ATR distance {atr_text}, "
             f"loss-cap distance {d_cap}; the stop rounds to the entry {_fmt(e)}",
         )
-    if pnl.loss(sl) > cap:  # unreachable by construction; never emit a stop that breaks the cap
-        raise _Skip("SIZING.LOSS_CAP", f"loss at SL {_fmt(pnl.loss(sl))} above {_fmt(cap)}")
-    return sl
+    loss = pnl.loss(sl)
+    if loss > cap:  # unreachable by construction; never emit a stop that breaks the cap
+        raise _Skip("SIZING.LOSS_CAP", f"loss at SL {_fmt(loss)} above {_fmt(cap)}")
+    return sl, loss
 
 
-def _liquidation(case: _Case, qty: Decimal, sl: Decimal, notes: list[str]) -> Decimal | None:
+def _liquidation(
+    case: _Case, qty: Decimal, cost: Decimal, sl: Decimal, notes: list[str]
+) -> Decimal | None:
     """Isolated one-way LP (exchange-rules §3.3) as num/den, with WB = qty*entry/leverage.
 
     An SL outside LP ± buffer*|EP - LP| skips: tightening it would silently change the stop.
     """
-    e, lev, mmr, cum, buf = case.entry, case.leverage, case.mmr, case.cum, case.buffer
-    cost = qty * e
+    e, lev, mmr, cum, buf = case.entry, case.t.leverage, case.t.mmr, case.t.cum, case.t.buffer
     if case.long:
         num, den = cost * (lev - 1) - cum * lev, qty * (1 - mmr) * lev
     else:
@@ -645,7 +743,7 @@ def _liquidation(case: _Case, qty: Decimal, sl: Decimal, notes: list[str]) -> De
     if case.long and num <= 0:
         notes.append(f"no liquidation price above zero (LP {lp})")
         return None
-    where = f"leverage {lev}, maintenance rate {_fmt(mmr)}, amount {_fmt(cum)}"
+    where = case.t.maintenance_text
     if (num >= e * den) if case.long else (num <= e * den):
         raise _Skip(
             "SIZING.LIQUIDATION",
@@ -668,8 +766,9 @@ def _liquidation(case: _Case, qty: Decimal, sl: Decimal, notes: list[str]) -> De
 
 def _take_profit(
     case: _Case, pnl: _Pnl, qty: Decimal, target: Decimal, notes: list[str]
-) -> Decimal:
-    """The nearest grid price whose profit net of both fees is >= target (rounded away)."""
+) -> tuple[Decimal, Decimal]:
+    """The nearest grid price whose profit net of both fees is >= target (rounded away), and
+    the net profit there."""
     e, tick = case.entry, case.price.step
     tp = _solve(case, pnl.c, target + pnl.d)
     if (tp <= e) if case.long else (tp >= e):
@@ -681,14 +780,15 @@ def _take_profit(
             f"short TP {_fmt(tp)} for net target {_fmt(target)} USDT is below the lowest legal "
             f"price {_fmt(case.lowest_px)} (entry {_fmt(e)}, qty {_fmt(qty)})",
         )
-    if pnl.net(tp) < target:  # unreachable by construction
-        raise _Skip("SIZING.TP_INVALID", f"net at TP {_fmt(pnl.net(tp))} below {_fmt(target)}")
-    return tp
+    net = pnl.net(tp)
+    if net < target:  # unreachable by construction
+        raise _Skip("SIZING.TP_INVALID", f"net at TP {_fmt(net)} below {_fmt(target)}")
+    return tp, net
 
 
 def _oco(case: _Case, pnl: _Pnl, leg: Decimal, sl: Decimal, tp: Decimal) -> OcoLegs:
     """Exchange-rules §3.4/§3.5: each leg must pass NOTIONAL at its own price."""
-    limit = max(case.price.floor(sl * (1 - case.stop_limit_offset)), case.lowest_px)
+    limit = max(case.price.floor(sl * (1 - case.t.stop_limit_offset)), case.lowest_px)
     for name, px in (("above (TP)", tp), ("below (stop-limit)", limit)):
         if leg * px < case.min_notional:
             raise _Skip(
@@ -718,23 +818,22 @@ def _guardian(case: _Case, leg: Decimal, sl: Decimal) -> Decimal:
 
 def _size(case: _Case, notes: list[str]) -> Sized:
     e = case.entry
-    qty = _quantity(case, notes)
-    cost = qty * e
+    qty, cost = _quantity(case, notes)
     base = leg = qty
     if case.spot:
         base, leg = _spot_exit_qty(case, qty, notes)
         margin = cost
     else:
-        margin = _MARGIN_GRID.ceil(cost, Decimal(case.leverage))
-    pnl = _pnl(case, qty, base, leg)
-    sl = _stop(case, pnl, qty, notes)
-    liq = None if case.spot else _liquidation(case, qty, sl, notes)
-    target = case.tp_roe * margin * case.tp_mult
+        margin = _MARGIN_GRID.ceil(cost, case.t.leverage_d)
+    pnl = _pnl(case, qty, cost, base, leg)
+    sl, loss_at_sl = _stop(case, pnl, qty, notes)
+    liq = None if case.spot else _liquidation(case, qty, cost, sl, notes)
+    target = case.t.tp_roe * margin * case.tp_mult
     notes.append(
-        f"TP for net profit >= {_fmt(target)} USDT = {_fmt(case.tp_roe)} x margin {_fmt(margin)} "
+        f"TP for net profit >= {_fmt(target)} USDT = {case.t.tp_roe_text} x margin {_fmt(margin)} "
         f"x tp_mult {_fmt(case.tp_mult)}"
     )
-    tp = _take_profit(case, pnl, qty, target, notes)
+    tp, net_at_tp = _take_profit(case, pnl, qty, target, notes)
     guardian = _guardian(case, leg, sl) if case.guardian else None
     oco = _oco(case, pnl, leg, sl, tp) if case.spot and not case.guardian else None
     return Sized(
@@ -744,17 +843,17 @@ def _size(case: _Case, notes: list[str]) -> Sized:
         entry_px=e,
         notional=cost,
         margin=margin,
-        leverage=case.leverage,
+        leverage=case.t.leverage,
         exit_qty=leg,
         sl_px=sl,
         tp_px=tp,
         sl_distance=abs(e - sl),
         liq_px=liq,
-        fee_entry_rate=case.f_in,
-        fee_exit_sl_rate=case.f_sl,
-        fee_exit_tp_rate=case.f_tp,
-        loss_at_sl_usdt=pnl.loss(sl),
-        net_profit_at_tp_usdt=pnl.net(tp),
+        fee_entry_rate=case.t.f_in,
+        fee_exit_sl_rate=case.t.f_sl,
+        fee_exit_tp_rate=case.t.f_tp,
+        loss_at_sl_usdt=loss_at_sl,
+        net_profit_at_tp_usdt=net_at_tp,
         tp_target_usdt=target,
         oco=oco,
         guardian_stop_px=guardian,
@@ -791,15 +890,17 @@ def size_entry(
         `Sized`, or `SizingSkip` with a `SIZING.*` detail and a sentence. It never raises.
     """
     notes: list[str] = []
+    saved = getcontext()
+    # _EXACT itself, not `localcontext(_EXACT)`: that copies the context on every call. Nothing
+    # here changes the context; the flags it gathers are never read.
+    setcontext(_EXACT)
     try:
-        with localcontext(_EXACT):
-            mults = (size_mult, sl_mult, tp_mult)
-            case = _read(side, entry_px, atr, mults, exec_policy, filters, params, notes)
-            return _size(case, notes)
+        mults = (size_mult, sl_mult, tp_mult)
+        case = _read(side, entry_px, atr, mults, exec_policy, filters, params, notes)
+        return _size(case, notes)
     except _Skip as skip:
         return SizingSkip(skip.detail, skip.sentence)
     except DecimalException as exc:
-        return SizingSkip(
-            "SIZING.BAD_INPUT",
-            f"the inputs need more than {_PREC} exact digits ({type(exc).__name__})",
-        )
+        return _too_many_digits(exc)
+    finally:
+        setcontext(saved)

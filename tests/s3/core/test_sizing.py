@@ -497,6 +497,57 @@ def test_bad_input_is_a_skip_with_a_sentence(changes: dict[str, Any], sentence: 
     assert run(**changes) == SizingSkip("SIZING.BAD_INPUT", sentence)
 
 
+BAD_TICK = msgspec.structs.replace(BTC_FUT, tick_size=D(0))
+BAD_STEP = msgspec.structs.replace(BTC_FUT, step_size=D(0))
+
+
+@pytest.mark.parametrize(
+    ("changes", "sentence"),
+    [  # inputs are read in order: side, params, size_mult, price filter, entry, atr, lot sizes
+        ({"params": fut(max_loss_usdt=D(0)), "size_mult": 0.0}, "max_loss_usdt must be > 0, got 0"),
+        ({"filters": BAD_TICK, "size_mult": 0.0}, "size_mult must be > 0, got 0"),
+        ({"filters": BAD_TICK, "entry_px": D(0)}, "tick_size must be > 0, got 0"),
+        ({"filters": BAD_STEP, "atr": D(0)}, "atr must be > 0, got 0"),
+        ({"filters": BAD_STEP, "tp_mult": -1.0}, "tp_mult must be > 0, got -1"),
+        ({"filters": BAD_STEP}, "step_size must be > 0, got 0"),
+        ({"params": fut(leverage=0), "side": "LONG"}, "side must be 'BUY' or 'SELL', got 'LONG'"),
+    ],
+)
+def test_the_first_problem_in_reading_order_is_reported_every_time(
+    changes: dict[str, Any], sentence: str
+) -> None:
+    # The parameters and filters are checked once per (params, filters, policy) and remembered,
+    # problems included: the second call must report the same first problem as the first.
+    assert run(**changes) == run(**changes) == SizingSkip("SIZING.BAD_INPUT", sentence)
+
+
+def test_a_spot_sell_skips_before_the_parameters_are_read() -> None:
+    r = run(side="SELL", params=spot(max_loss_usdt=D(0)), filters=BTC_SPOT)
+    assert isinstance(r, SizingSkip) and r.reason_detail == "SIZING.SPOT_SELL_NO_POSITION"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.decimals(allow_nan=False, allow_infinity=False) | st.sampled_from([D("-0.000"), D("1E+3")])
+)
+def test_sentence_numbers_are_plain_decimals_without_trailing_zeros(x: Decimal) -> None:
+    from s3.core.sizing import _fmt
+
+    plain = "0" if x == 0 else format(x, "f")
+    if x != 0 and "." in plain:
+        plain = plain.rstrip("0").rstrip(".")
+    assert _fmt(x) == plain
+
+
+def test_a_float_subclass_is_never_served_a_remembered_multiplier() -> None:
+    class Odd(float):
+        def __repr__(self) -> str:
+            return "0.5000001"
+
+    assert sized(size_mult=0.5).notes[1].startswith("qty 0.003 = 200 USDT")
+    assert sized(size_mult=Odd(0.5)).notes[1].startswith("qty 0.003 = 200.00004 USDT")
+
+
 def test_long_stop_is_raised_to_the_lowest_legal_price() -> None:
     # L1 with a 59800 stop distance: 60000 - 59800 = 200 is below BTCUSDT's minPrice 556.80.
     params = fut(leverage=1, margin_base_usdt=D(400), max_loss_usdt=D(500), atr_mult=D(1))
