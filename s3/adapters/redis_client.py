@@ -15,6 +15,7 @@ from s3.adapters.redis_keys import Keys
 from s3.core.types import MarketState
 
 Client = redis.Redis | RedisCluster
+Pipeline = redis.client.Pipeline | ClusterPipeline
 
 
 def parse_addresses(raw: str | Sequence[str]) -> list[tuple[str, int]]:

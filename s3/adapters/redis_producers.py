@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from s3.adapters.feature_events import _number
-from s3.adapters.redis_client import Client
+from s3.adapters.redis_client import Client, Pipeline
 from s3.adapters.redis_keys import Keys
 
 SIG_FIELDS = ("ts", "symbol", "decision", "rules_fired", "model_p", "config_rev")
@@ -56,9 +56,10 @@ def _stream_fields(fields: Mapping[str, Any], required: Iterable[str], what: str
 
 
 def emit_signal(
-    client: Client, keys: Keys, fields: Mapping[str, Any], *, maxlen: int = 100_000
-) -> str:
-    """XADD a decision snapshot to `sig:events` (MAXLEN ~ ``maxlen``); returns the entry id.
+    client: Client | Pipeline, keys: Keys, fields: Mapping[str, Any], *, maxlen: int = 100_000
+) -> str | None:
+    """XADD a decision snapshot to `sig:events` (MAXLEN ~ ``maxlen``); returns the entry id, or
+    None when ``client`` is a pipeline (the XADD is queued on it).
 
     Required: ts, symbol, decision, rules_fired (a list, written as JSON), model_p (None is
     written as ""), config_rev; extra fields are kept.
@@ -66,7 +67,9 @@ def emit_signal(
     if not isinstance(fields.get("rules_fired", []), list | tuple):
         raise ValueError("sig:events: rules_fired must be a list of rule ids")
     data = _stream_fields(fields, SIG_FIELDS, "sig:events")
-    return str(client.xadd(keys.sig_events, data, maxlen=maxlen, approximate=True))
+    entry = client.xadd(keys.sig_events, data, maxlen=maxlen, approximate=True)
+    # a pipeline answers with itself: str() of it would spell out its connection pool
+    return None if isinstance(client, Pipeline) else str(entry)
 
 
 def emit_order_cmd(

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
+from unittest.mock import patch
 
 import pytest
 import redis
@@ -691,6 +692,19 @@ def test_emit_signal_writes_the_spec_fields(redis_backend: RedisBackend) -> None
         emit_signal(client, keys, dict(ts=1, symbol=BTC, decision="skip", rules_fired=[]))
     with pytest.raises(ValueError, match=r"^sig:events: rules_fired must be a list of rule ids$"):
         emit_signal(client, keys, dict(ts=1, symbol=BTC, decision="skip", rules_fired="R-1"))
+
+
+def test_emit_signal_queued_on_a_pipeline(redis_backend: RedisBackend) -> None:
+    """On a pipeline the XADD is queued (no id yet) and the pipeline is not spelled out: str() of
+    a redis-py pipeline renders its whole connection pool, ~35 us per decision."""
+    client, keys = redis_backend.client, redis_backend.keys
+    pipe = client.pipeline(transaction=False)
+    fields = dict(ts=2, symbol=BTC, decision="skip", rules_fired=[], model_p=None, config_rev=1)
+    with patch.object(type(pipe), "__repr__", side_effect=AssertionError("repr of the pipeline")):
+        assert emit_signal(pipe, keys, fields) is None
+    (entry_id,) = pipe.execute()
+    rows: Any = client.xrange(keys.sig_events)
+    assert [r[0] for r in rows] == [entry_id] and rows[0][1]["ts"] == "2"
 
 
 def test_emit_order_cmd_writes_the_spec_fields_exactly(redis_backend: RedisBackend) -> None:
