@@ -38,7 +38,11 @@ def maker_wait_ms(spread_bps: float, depth_top1_usdt: float, params: ExecParams)
 def hints(
     policy: str, notional_usdt: float, depth_top1_usdt: float, spread_bps: float, params: ExecParams
 ) -> ExecHints:
-    """Hints for an order of ``notional_usdt`` under ``policy``; taking policies may be sliced."""
+    """Hints for an order of ``notional_usdt`` under ``policy``; taking policies may be sliced.
+
+    ``depth_top1_usdt`` must be > 0: the depth gate refuses an empty top of book."""
+    if not depth_top1_usdt > 0:
+        raise ValueError(f"execution hints: top-1 depth must be > 0, found {depth_top1_usdt!r}")
     slip = estimate_slip_bps(notional_usdt, depth_top1_usdt, spread_bps)
     wait = maker_wait_ms(spread_bps, depth_top1_usdt, params)
     if policy == "Maker" or slip <= params.slip_bp_max:

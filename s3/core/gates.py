@@ -191,7 +191,8 @@ def check(
     """Every L0 verdict, in `GATE_ORDER`. Thresholds: the symbol's override, else the bundle's."""
     lim = _limits(params.gates, spec)
     spread_ok = spread_bps <= lim.spread_limit
-    depth_ok = depth_top1_usdt >= lim.depth_min
+    empty = depth_top1_usdt == 0  # a 0 minimum still needs a book: nothing to price or slice
+    depth_ok = depth_top1_usdt >= lim.depth_min and not empty
     interval = lim.interval
     funding_8h = abs(funding_next) * 8.0 / interval
     funding_ok = funding_8h <= lim.max_funding
@@ -211,7 +212,9 @@ def check(
             "depth",
             depth_ok,
             "GATE.DEPTH",
-            f"top-1 depth {depth_top1_usdt:g} USDT {'>=' if depth_ok else '<'} "
+            "top-1 depth 0 USDT: nothing at the top of the book"
+            if empty
+            else f"top-1 depth {depth_top1_usdt:g} USDT {'>=' if depth_ok else '<'} "
             f"minimum {lim.depth_text} USDT",
         ),
         GateVerdict(

@@ -15,7 +15,7 @@ import pytest
 
 from s3.adapters.model_runner import DeadlineModel, TimedModel
 from s3.config.bundle import load_dir
-from s3.core import gates
+from s3.core import execution, gates
 from s3.core.decide import BundleSnapshot, decide, entry_price, intent_id
 from s3.core.model import LogisticModel, build_model, map_p, no_model
 from s3.core.params import ModelSpec
@@ -363,3 +363,22 @@ def test_intent_ids_are_deterministic_and_exchange_legal() -> None:
     assert a == intent_id("ETHUSDT", "SELL", 1730000000000, 129)
     assert a != intent_id("ETHUSDT", "SELL", 1730000000000, 130)
     assert re.fullmatch(r"[\.A-Z\:/a-z0-9_-]{1,36}", a) and a.startswith("s3-eth-1730000000000-")
+
+
+def test_an_empty_book_is_never_traded(snap: BundleSnapshot) -> None:
+    """A bundle may set depth_top1_usdt_min = 0; a top of book with no depth still skips (no
+    slippage estimate, nothing to slice against), with a sentence that says so."""
+    replace = msgspec.structs.replace
+    no_min = replace(
+        snap, params=replace(snap.params, gates=replace(snap.params.gates, depth_top1_usdt_min=0.0))
+    )
+    d = run(no_min, depth_top1_usdt=0.0)
+    assert (d.decision, d.reason_detail, d.sentence) == (
+        "skip",
+        "GATE.DEPTH",
+        "top-1 depth 0 USDT: nothing at the top of the book",
+    )
+    d = run(no_min, depth_top1_usdt=150.0)  # any depth passes a 0 minimum
+    assert [g.passed for g in d.gates if g.gate == "depth"] == [True], d.gates
+    with pytest.raises(ValueError, match=r"^execution hints: top-1 depth must be > 0, found 0\.0$"):
+        execution.hints("Taker", 100.0, 0.0, 1.0, snap.params.execution)
