@@ -353,13 +353,20 @@ def live(service: Service) -> Iterator[str]:
 
 def test_concurrent_requests_on_a_real_server(live: str, service: Service, s4: S4Server) -> None:
     # 40 requests, 8 distinct t0s (each retried 5 times), both symbols: every retry gets the first
-    # answer, one order per intent, and the quota is exactly what the ledger holds.
+    # answer, one order per intent, and the quota is exactly what the ledger holds. S4 answers
+    # in 250 ms: retries of an open arrive while it is in S4 (IN_PROGRESS, then replayed).
     seed(service, "ETHUSDT", mid=2650.25, atr=40.0)
+    s4.set_mode("delay", delay_ms=250)
 
     def call(i: int) -> dict[str, Any]:
         symbol = "BTCUSDT" if i % 2 else "ETHUSDT"
         body = {"symbol": symbol, "sideHint": "BUY", "context": {"t0": 1730000001000 + i % 8}}
-        r = httpx.post(f"{live}/decide", json=body, headers=AUTH, timeout=10)
+        for _ in range(100):  # as a client must: IN_PROGRESS (the first attempt is still in
+            # S4) means retry shortly
+            r = httpx.post(f"{live}/decide", json=body, headers=AUTH, timeout=10)
+            if r.status_code != 422 or r.json()["error"] != "IN_PROGRESS":
+                break
+            time.sleep(0.02)
         assert r.status_code == 200, r.text
         return r.json()
 
