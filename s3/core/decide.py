@@ -20,14 +20,8 @@ from s3.core import atr as atr_mod
 from s3.core import execution, gates
 from s3.core.model import Model, map_p
 from s3.core.params import EngineParams, SymbolSpec
-from s3.core.sizing import (
-    Sized,
-    SizingParams,
-    SizingSkip,
-    SymbolFilters,
-    once_per_object,
-    size_entry,
-)
+from s3.core.sizing import Sized, SizingParams, SizingSkip, SymbolFilters, size_entry
+from s3.core.sizing_inputs import once_per_object
 from s3.core.types import (
     Decision,
     DecisionInput,

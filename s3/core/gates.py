@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from s3.core.params import EngineParams, GateParams, HealthResponse, SymbolSpec
-from s3.core.sizing import once_per_object
+from s3.core.sizing_inputs import once_per_object
 from s3.core.types import HEALTH_STATES, GateVerdict, MarketState
 
 GATE_ORDER = (

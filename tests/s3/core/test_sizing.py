@@ -531,7 +531,7 @@ def test_a_spot_sell_skips_before_the_parameters_are_read() -> None:
     st.decimals(allow_nan=False, allow_infinity=False) | st.sampled_from([D("-0.000"), D("1E+3")])
 )
 def test_sentence_numbers_are_plain_decimals_without_trailing_zeros(x: Decimal) -> None:
-    from s3.core.sizing import _fmt
+    from s3.core.sizing_inputs import fmt as _fmt
 
     plain = "0" if x == 0 else format(x, "f")
     if x != 0 and "." in plain:
@@ -861,7 +861,7 @@ def test_any_input_gives_a_result_never_an_exception(
 
 
 def test_once_per_object_remembers_by_identity_and_only_hashable_arguments() -> None:
-    from s3.core.sizing import once_per_object
+    from s3.core.sizing_inputs import once_per_object
 
     calls: list[object] = []
 
