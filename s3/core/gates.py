@@ -191,7 +191,8 @@ def check(
     """Every L0 verdict, in `GATE_ORDER`. Thresholds: the symbol's override, else the bundle's."""
     lim = _limits(params.gates, spec)
     spread_ok = spread_bps <= lim.spread_limit
-    empty = depth_top1_usdt == 0  # a 0 minimum still needs a book: nothing to price or slice
+    # a minimum of 0 still needs a book: with nothing at the top, no slippage or slices to work out
+    empty = depth_top1_usdt == 0 and lim.depth_min <= 0
     depth_ok = depth_top1_usdt >= lim.depth_min and not empty
     interval = lim.interval
     funding_8h = abs(funding_next) * 8.0 / interval

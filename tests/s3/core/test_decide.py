@@ -378,6 +378,7 @@ def test_an_empty_book_is_never_traded(snap: BundleSnapshot) -> None:
         "GATE.DEPTH",
         "top-1 depth 0 USDT: nothing at the top of the book",
     )
+    assert run(snap, depth_top1_usdt=0.0).sentence == "top-1 depth 0 USDT < minimum 200 USDT"
     d = run(no_min, depth_top1_usdt=150.0)  # any depth passes a 0 minimum
     assert [g.passed for g in d.gates if g.gate == "depth"] == [True], d.gates
     with pytest.raises(ValueError, match=r"^execution hints: top-1 depth must be > 0, found 0\.0$"):
