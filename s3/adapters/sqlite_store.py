@@ -203,11 +203,11 @@ class SqliteStore:
         try:
             self._create_schema()
             if checkpoint_every_s is not None and self.path != ":memory:":
-                with self._lock:
+                with self._lock, _guard(self.path):
                     self._live().execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
-                self._checkpointer = _Checkpointer(
-                    self.path, busy_timeout_s, checkpoint_every_s, self._lock
-                )
+                    self._checkpointer = _Checkpointer(
+                        self.path, busy_timeout_s, checkpoint_every_s, self._lock
+                    )
         except BaseException:
             self.close()
             raise
