@@ -288,6 +288,11 @@ def test_serve_refuses_bad_settings_with_a_clear_error(
         and "less than or equal to 125" in err
     )
     monkeypatch.setenv("S3_LEVERAGE_DEFAULT", "20")
+    monkeypatch.setenv("S3_DECIDE_ON_LOOP", "sometimes")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "decide_on_loop" in err and "'auto', 'on' or 'off'" in err, err
+    monkeypatch.setenv("S3_DECIDE_ON_LOOP", "auto")
     monkeypatch.setenv("S3_REDIS_ADDRESSES", "nohostport")
     assert main(["serve"]) == 2
     assert "S3_REDIS_ADDRESSES: 'nohostport' is not host:port" in capsys.readouterr().err
