@@ -1,5 +1,5 @@
-"""The decision pipeline (spec §2, §6): L0 gates → L1 rules → L2 model → health → sizing →
-execution hints → risk pre-check → intent. Pure: every input is a value, `now_ms` included.
+"""The decision pipeline (spec §2, §6): L0 gates → L1 rules → L2 model → health → entry slots →
+sizing → execution hints → risk budget pre-check → intent. Pure: every input is a value, `now_ms` included.
 
 The risk check here is a pre-check on the state values read with the decision; the atomic Redis
 reservation (spec Part B5) is the authority and may still refuse.
@@ -241,6 +241,17 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
     base["size_mult"] = size_mult
     base["exec_policy"] = policy
 
+    # Entry slots (spec §2.1 risk budget, the part that needs no amount): with none free, the
+    # entry cannot happen whatever its size, so it is not sized.
+    limit = params.risk.concurrent_entries_per_symbol
+    if inp.state.concurrency >= limit:
+        return _skip(
+            base,
+            "RISK_BUDGET",
+            "RISK_BUDGET.CONCURRENCY",
+            f"{inp.state.concurrency} concurrent entries on {inp.symbol} >= limit {limit}",
+        )
+
     # ATR: the feature when present, else the engine's own ATR(EMA, n) state.
     atr_value = snapshot.get("atr")
     if (
@@ -365,12 +376,4 @@ def _risk_precheck(
             f"RISK_BUDGET.{name}",
             f"{name.lower()} in use {inuse:g} + {res.amount_usdt:g} USDT > max {res.budget_max_usdt:g}",
         )
-    if inp.state.concurrency >= res.concurrency_limit:
-        return GateVerdict(
-            "risk_budget",
-            False,
-            "RISK_BUDGET.CONCURRENCY",
-            f"{inp.state.concurrency} concurrent entries on {res.symbol} >= limit "
-            f"{res.concurrency_limit}",
-        )
-    return None
+    return None  # the entry slots were checked before sizing

@@ -142,8 +142,11 @@ def test_holding_in_tape_time_and_in_events(default_snap: BundleSnapshot) -> Non
     assert verdicts(got) == ["OK", *[conc] * 5]
     assert verdicts(replay(tape, default_snap, ReplayConfig(budgets=False))) == ["OK"] * 6
     skip = got.outcomes[1].decision
-    assert skip is not None and skip.intent is None and skip.reservation is not None
+    assert skip is not None and skip.intent is None
     assert skip.sentence == "1 concurrent entries on BTCUSDT >= limit 1"
+    # no free slot: rules and model are on the record, the entry is not sized
+    assert skip.rules_fired and skip.size_mult is not None
+    assert skip.reservation is None and skip.sizing_notes == () and skip.atr is None
 
 
 def test_idempotency_answers_a_repeated_intent(default_snap: BundleSnapshot) -> None:

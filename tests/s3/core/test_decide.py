@@ -348,6 +348,16 @@ def test_risk_precheck(snap: BundleSnapshot) -> None:
         "RISK_BUDGET.CONCURRENCY",
         "1 concurrent entries on BTCUSDT >= limit 1",
     )
+    # no free slot: decided before sizing (rules and model on the record, no sizing, no amount),
+    # so it wins over an exhausted budget, which needs the sized amount
+    assert d.rules_fired == run(snap).rules_fired and d.size_mult == run(snap).size_mult
+    assert d.sizing_notes == () and d.reservation is None and d.atr is None
+    both = MarketState(
+        kill_switch="OFF", health="GREEN", fut_margin_inuse_usdt=195.0, concurrency=1
+    )
+    assert run(snap, state=both).reason_detail == "RISK_BUDGET.CONCURRENCY"
+    # a rule veto still comes first
+    assert run(snap, state=busy, funding_next=0.00035).reason_detail == "RULE.SKIP:R-040"
 
 
 def test_entry_price_is_the_touch_on_the_tick(snap: BundleSnapshot) -> None:
