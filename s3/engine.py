@@ -25,9 +25,9 @@ import collections
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, TypeVar
 
 import msgspec
 
@@ -55,6 +55,28 @@ CLAIM_TTL_MS = 30_000
 """Default life of an in-progress idempotency claim (the service derives it from the S4 budget)."""
 NUMERIC_FIELDS_SKIP = ("symbol", "side", "side_hint", "regime")
 P = ParamSpec("P")
+T = TypeVar("T")
+
+Steps = Generator[Any, list[Any], T]
+"""A decision's work as a generator: it yields each Redis pipeline it needs run (queued, not
+executed) and is sent the pipeline's replies (``execute(raise_on_error=False)``), or thrown the
+error that executing it raised. `run_steps` runs each pipeline at once; the HTTP app's
+`s3.http.batching.PipelineBatcher` runs the pipelines of concurrent requests as one."""
+
+
+def run_steps(steps: Steps[T]) -> T:
+    """Drive ``steps`` here and now: each pipeline it yields is executed as it comes."""
+    try:
+        pipe = next(steps)
+        while True:
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except BaseException as exc:  # into the step that asked, at its `yield`
+                pipe = steps.throw(exc)
+            else:
+                pipe = steps.send(replies)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 def features_from_hash(raw: Mapping[str, str]) -> dict[str, Any]:
@@ -103,7 +125,9 @@ class Submission:
                 e.idem.abandon(self.iid, token=self.token)
             raise
         result = DecideResult(d, submitted=submitted, reservation=reservation)
-        return e._finish(result, self.iid, self.token, self.trigger, self.started, emit=False)
+        return run_steps(
+            e._finish(result, self.iid, self.token, self.trigger, self.started, emit=False)
+        )
 
 
 def _then_submit(
@@ -172,6 +196,30 @@ class Engine:
         """`decide` up to S4: the result, or for an open that goes to S4 the `Submission` that
         finishes it. Everything before S4 is bounded by the Redis and store timeouts; the
         submission waits on S4 (up to its budget), so the HTTP app runs it on a worker thread."""
+        return run_steps(
+            self.decide_steps(
+                symbol=symbol,
+                side_hint=side_hint,
+                t0_ms=t0_ms,
+                trigger=trigger,
+                dry_run=dry_run,
+                features=features,
+                features_ts_ms=features_ts_ms,
+            )
+        )
+
+    def decide_steps(
+        self,
+        *,
+        symbol: str,
+        side_hint: str | None,
+        t0_ms: int | None,
+        trigger: str,
+        dry_run: bool = False,
+        features: Mapping[str, Any] | None = None,
+        features_ts_ms: int | None = None,
+    ) -> Steps[DecideResult | Submission]:
+        """`decide_until_submit` as `Steps`: the same work, its Redis pipelines yielded."""
         started = time.perf_counter()
         snap = self.registry.current  # read once: this decision runs on this revision only
         now_ms = self.clock_ms()
@@ -190,7 +238,7 @@ class Engine:
         prior: Decision | None = None
         if side_hint and not dry_run:  # the intent is known before any read: claim it with them
             iid, prior = self._identify(symbol, side_hint, t0, snap.rev, trigger)
-        state, last, claim = self._read(symbol, iid)
+        state, last, claim = yield from self._read(symbol, iid)
         try:
             feats = dict(features) if features is not None else features_from_hash(last)
             if not feats:
@@ -235,8 +283,10 @@ class Engine:
         try:
             if dry_run:
                 d = decide(inp, snap, self.model_for(snap))
-                return self._finish(
-                    DecideResult(d, submitted="none"), None, None, trigger, started, emit=False
+                return (
+                    yield from self._finish(
+                        DecideResult(d, submitted="none"), None, None, trigger, started, emit=False
+                    )
                 )
             live = self._decide_live(inp, snap, prior)
         except BaseException:
@@ -244,7 +294,7 @@ class Engine:
                 self.idem.abandon(iid, token=token)
             raise
         if isinstance(live, DecideResult):  # a skip (or an open that ends here): sig:events
-            return self._finish(live, iid, token, trigger, started, emit=True)  # with the result
+            return (yield from self._finish(live, iid, token, trigger, started, emit=True))
         return Submission(self, live, iid, token, trigger, started)
 
     decide = _then_submit(decide_until_submit)
@@ -263,14 +313,14 @@ class Engine:
         started: float,
         *,
         emit: bool,
-    ) -> DecideResult:
+    ) -> Steps[DecideResult]:
         """Emit `sig:events` (``emit``: not yet done) and store the result under the key."""
         d = result.decision
         if iid and token is not None:
             payload = msgspec.json.encode(result)
             try:
-                if emit and self._pipelined:
-                    self._emit_and_complete(d, iid, payload, token)
+                if emit and self._pipelined:  # with the result, in one round trip
+                    yield from self._emit_and_complete(d, iid, payload, token)
                 else:
                     if emit:
                         self.emitter.emit_signal(d)
@@ -291,7 +341,7 @@ class Engine:
         cluster pipeline)."""
         return not is_cluster(self.redis)
 
-    def _read(self, symbol: str, iid: str | None) -> tuple[MarketState, dict[str, str], Any]:
+    def _read(self, symbol: str, iid: str | None) -> Steps[tuple[MarketState, dict[str, str], Any]]:
         """The state, `feat:last` and (with ``iid``) the idempotency claim, in one round trip."""
         claim = None
         try:
@@ -299,7 +349,7 @@ class Engine:
             n = queue_state(pipe, self.keys, symbol)
             queued = iid is not None and self._pipelined
             token = self.idem.queue_begin(pipe, iid, self.claim_ttl_ms) if queued else None
-            replies = pipe.execute(raise_on_error=False)
+            replies = yield pipe
             if iid is not None:
                 claim = (
                     self.idem.begin_reply(iid, token, self.claim_ttl_ms, replies[-1])
@@ -319,11 +369,11 @@ class Engine:
             ) from exc
         return state, last, claim
 
-    def _emit_and_complete(self, d: Decision, iid: str, payload: bytes, token: str) -> None:
+    def _emit_and_complete(self, d: Decision, iid: str, payload: bytes, token: str) -> Steps[None]:
         pipe = self.redis.pipeline(transaction=False)
         self.emitter.emit_signal(d, pipe)
         self.idem.queue_complete(pipe, iid, payload, IDEM_TTL_MS, token=token)
-        emitted, completed = pipe.execute(raise_on_error=False)
+        emitted, completed = yield pipe
         self.idem.complete_reply(iid, payload, IDEM_TTL_MS, token, completed)
         if isinstance(emitted, Exception):
             raise emitted

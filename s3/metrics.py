@@ -76,6 +76,12 @@ class Metrics:
         self.reservations = Counter(
             "s3_reservations_total", "Risk reservations by result", ["result"], registry=r
         )
+        self.redis_batch = Histogram(
+            "s3_redis_batch_pipelines",
+            "Pipelines of concurrent HTTP decisions run as one Redis round trip",
+            buckets=(1, 2, 3, 4, 6, 8, 16, 32, 64),
+            registry=r,
+        )
         self.shadow_diffs = Counter(
             "s3_shadow_diff_total",
             "Decisions where the shadow bundle differs",

@@ -7,6 +7,7 @@ app itself owns no clients.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Callable
 from decimal import Decimal
@@ -24,6 +25,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
+from s3.adapters.redis_batch import PipelineBatcher, run_steps_async
 from s3.core.types import Decision, OcoLeg
 from s3.engine import Submission
 from s3.errors import InputError, S3Error
@@ -183,6 +185,18 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
         return _json(h, HTTP_200_OK if h.status == "OK" else HTTP_503_SERVICE_UNAVAILABLE)
 
     on_loop = service.settings.decides_on_loop()
+    batchers: dict[asyncio.AbstractEventLoop, PipelineBatcher] = {}
+
+    def batcher() -> PipelineBatcher:
+        """The running loop's: concurrent decisions share their Redis round trips."""
+        loop = asyncio.get_running_loop()
+        found = batchers.get(loop)
+        if found is None:
+            engine = service.engine
+            found = batchers[loop] = PipelineBatcher(
+                engine.redis, on_batch=engine.metrics.redis_batch.observe
+            )
+        return found
 
     async def bounded(fn: Callable[[], T]) -> T:
         """``fn`` (bounded by the Redis and store timeouts) on the loop or a thread (S3_DECIDE_ON_LOOP)."""
@@ -196,17 +210,18 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
     )
     async def decide_route(data: JSONBody[DecideRequest]) -> Response[bytes]:
         symbol = data.symbol.upper()
-        step = await bounded(
-            partial(
-                service.engine.decide_until_submit,
-                symbol=symbol,
-                side_hint=data.sideHint,
-                t0_ms=data.context.t0,
-                trigger=data.context.trigger,
-                dry_run=data.dry_run,
-                features=data.features,
-            )
-        )
+        args: dict[str, Any] = {
+            "symbol": symbol,
+            "side_hint": data.sideHint,
+            "t0_ms": data.context.t0,
+            "trigger": data.context.trigger,
+            "dry_run": data.dry_run,
+            "features": data.features,
+        }
+        if on_loop:  # the loop serves other requests while this one waits on Redis
+            step = await run_steps_async(service.engine.decide_steps(**args), batcher())
+        else:
+            step = await sync_to_thread(partial(service.engine.decide_until_submit, **args))
         # S4 may take up to its whole budget: never on the event loop
         result = await sync_to_thread(step.submit) if isinstance(step, Submission) else step
         trace = None
@@ -268,7 +283,11 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
         )
         return _json(ErrorBody(code, str(exc.detail)), exc.status_code)
 
-    def on_stop() -> None:
+    async def on_stop() -> None:
+        loop = asyncio.get_running_loop()
+        mine = batchers.pop(loop, None)
+        if mine is not None:
+            await mine.aclose()
         if own_service:
             service.close()
 

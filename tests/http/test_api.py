@@ -21,6 +21,7 @@ import uvicorn
 from litestar.testing import TestClient
 
 from s3.adapters.redis_server import RedisServer, free_port
+from s3.adapters.store_docs import signal_id
 from s3.config.settings import Settings
 from s3.core.types import ModelResult
 from s3.engine import Submission
@@ -390,6 +391,52 @@ def test_concurrent_requests_on_a_real_server(live: str, service: Service, s4: S
     )
 
 
+def test_concurrent_fresh_decisions_share_redis_round_trips(live: str, service: Service) -> None:
+    # 48 fresh decisions from 16 threads at once: their Redis pipelines run in batches (the
+    # metric shows a batch of more than one), and each request still gets its own decision,
+    # signal, DECIDE event, sig:events entry and stored result.
+    service.engine.redis.set(service.engine.keys.concurrency("BTCUSDT"), 1)  # all skip: no S4
+    start = threading.Barrier(16)
+
+    def call(i: int) -> dict[str, Any]:
+        if i < 16:
+            start.wait()
+        body = {"symbol": "BTCUSDT", "sideHint": "BUY", "context": {"t0": 1730000500000 + i}}
+        r = httpx.post(f"{live}/decide", json=body, headers=AUTH, timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    e = service.engine
+    before = e.redis.xlen(e.keys.sig_events)
+    with cf.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(call, range(48)))
+    assert {b["reason_detail"] for b in results} == {"RISK_BUDGET.CONCURRENCY"}
+    assert all(not b["replayed"] for b in results)
+    for i in range(48):
+        doc = e.store.get_signal(signal_id("BTCUSDT", "BUY", 1730000500000 + i, 1))
+        assert doc is not None and doc.decision["reason_detail"] == "RISK_BUDGET.CONCURRENCY"
+    decides = e.store.events_by_kind("DECIDE", limit=1000)
+    assert {d.detail["signal_id"] for d in decides} >= {
+        signal_id("BTCUSDT", "BUY", 1730000500000 + i, 1) for i in range(48)
+    }
+    assert e.redis.xlen(e.keys.sig_events) - before == 48
+    again = httpx.post(
+        f"{live}/decide",
+        json={"symbol": "BTCUSDT", "sideHint": "BUY", "context": {"t0": 1730000500007}},
+        headers=AUTH,
+        timeout=10,
+    ).json()
+    assert again["replayed"] and again["sentence"] == results[7]["sentence"]
+    text = httpx.get(f"{live}/metrics").text
+    count = float(_sample(text, "s3_redis_batch_pipelines_count"))
+    total = float(_sample(text, "s3_redis_batch_pipelines_sum"))
+    assert total >= 2 * 48 and count < total, (count, total)  # two pipelines each, some shared
+
+
+def _sample(exposition: str, name: str) -> str:
+    return next(line.split()[-1] for line in exposition.splitlines() if line.startswith(name + " "))
+
+
 def _running_loop() -> bool:
     try:
         asyncio.get_running_loop()
@@ -422,11 +469,11 @@ def test_the_decision_runs_on_the_loop_or_a_thread_and_s4_never_on_the_loop(
     seed(svc)
     seen: dict[str, bool] = {}
     engine_type = type(svc.engine)
-    until_submit = engine_type.decide_until_submit
+    decide_live = engine_type._decide_live
 
-    def spy_decide(self: Any, **kw: Any) -> Any:
+    def spy_decide(self: Any, *a: Any, **kw: Any) -> Any:
         seen["decide"] = _running_loop()
-        return until_submit(self, **kw)
+        return decide_live(self, *a, **kw)
 
     submit = Submission.submit
 
@@ -434,7 +481,7 @@ def test_the_decision_runs_on_the_loop_or_a_thread_and_s4_never_on_the_loop(
         seen["s4"] = _running_loop()
         return submit(self)
 
-    monkeypatch.setattr(engine_type, "decide_until_submit", spy_decide)
+    monkeypatch.setattr(engine_type, "_decide_live", spy_decide)
     monkeypatch.setattr(Submission, "submit", spy_submit)
     try:
         with TestClient(create_app(deps=svc)) as c:
