@@ -189,9 +189,11 @@ def main() -> int:
                 for i, clients in enumerate(sweep):
                     fresh()
                     cpu0, t0, m0 = cpu_seconds(pid), time.perf_counter(), machine_ticks()
+                    r0 = cpu_seconds(redis_server.pid)
                     base = 1_910_000_000_000 + i * 1_000_000_000
                     tput, lat = load(url, clients, args.seconds, 0, base)
                     cpu1, took, m1 = cpu_seconds(pid), time.perf_counter() - t0, machine_ticks()
+                    r1 = cpu_seconds(redis_server.pid)
                     busy = (cpu1 - cpu0) / took if cpu0 is not None and cpu1 is not None else None
                     machine = (
                         (m1[0] - m0[0]) / (m1[1] - m0[1]) if m0 and m1 and m1[1] > m0[1] else None
@@ -199,6 +201,9 @@ def main() -> int:
                     tried[clients] = {
                         "rps": tput,
                         "machine_busy": machine,  # all cores: servers, Redis, clients
+                        "redis_busy": (r1 - r0) / took
+                        if r0 is not None and r1 is not None
+                        else None,
                         "cpu_busy": busy,  # the server's share of one core
                         "cpu_ms_per_req": None if busy is None else 1000 * busy / tput,
                         "p50": pct(lat, 0.5),
@@ -236,7 +241,8 @@ def main() -> int:
     for name, v in (("hello-world", h), ("POST /decide", d)):
         curve = ", ".join(
             f"{c} clients {t['rps']:.0f}"
-            + (f" (machine {t['machine_busy']:.0%} busy)" if t["machine_busy"] is not None else "")
+            + (f" (machine {t['machine_busy']:.0%} busy" if t["machine_busy"] is not None else " (")
+            + (f", redis {t['redis_busy']:.0%} of a core)" if t["redis_busy"] is not None else ")")
             for c, t in v["sweep"].items()
         )
         print(f"  {name:13} req/s by clients: {curve}")
