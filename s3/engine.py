@@ -130,6 +130,15 @@ class Submission:
         )
 
 
+def _run_each(steps: Callable[P, Steps[T]]) -> Callable[P, T]:
+    """``steps`` driven by `run_steps`: the same arguments, the result."""
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return run_steps(steps(*args, **kwargs))
+
+    return run
+
+
 def _then_submit(
     until_submit: Callable[P, DecideResult | Submission],
 ) -> Callable[P, DecideResult]:
@@ -182,32 +191,6 @@ class Engine:
         return model
 
     # -- one decision ----------------------------------------------------------------------------------
-    def decide_until_submit(
-        self,
-        *,
-        symbol: str,
-        side_hint: str | None,
-        t0_ms: int | None,
-        trigger: str,
-        dry_run: bool = False,
-        features: Mapping[str, Any] | None = None,
-        features_ts_ms: int | None = None,
-    ) -> DecideResult | Submission:
-        """`decide` up to S4: the result, or for an open that goes to S4 the `Submission` that
-        finishes it. Everything before S4 is bounded by the Redis and store timeouts; the
-        submission waits on S4 (up to its budget), so the HTTP app runs it on a worker thread."""
-        return run_steps(
-            self.decide_steps(
-                symbol=symbol,
-                side_hint=side_hint,
-                t0_ms=t0_ms,
-                trigger=trigger,
-                dry_run=dry_run,
-                features=features,
-                features_ts_ms=features_ts_ms,
-            )
-        )
-
     def decide_steps(
         self,
         *,
@@ -219,7 +202,10 @@ class Engine:
         features: Mapping[str, Any] | None = None,
         features_ts_ms: int | None = None,
     ) -> Steps[DecideResult | Submission]:
-        """`decide_until_submit` as `Steps`: the same work, its Redis pipelines yielded."""
+        """`decide` up to S4, its Redis pipelines yielded: the result, or for an open that goes
+        to S4 the `Submission` that finishes it. Everything before S4 is bounded by the Redis and
+        store timeouts; the submission waits on S4 (up to its budget), so the HTTP app runs it on
+        a worker thread."""
         started = time.perf_counter()
         snap = self.registry.current  # read once: this decision runs on this revision only
         now_ms = self.clock_ms()
@@ -296,6 +282,9 @@ class Engine:
         if isinstance(live, DecideResult):  # a skip (or an open that ends here): sig:events
             return (yield from self._finish(live, iid, token, trigger, started, emit=True))
         return Submission(self, live, iid, token, trigger, started)
+
+    decide_until_submit = _run_each(decide_steps)
+    """`decide_steps`, each pipeline run as it comes (blocking)."""
 
     decide = _then_submit(decide_until_submit)
     """One decision with every side effect, S4 included (blocks up to S4's budget); the

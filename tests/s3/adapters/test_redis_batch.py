@@ -24,6 +24,20 @@ def _client(server: RedisServer) -> Any:
     return client
 
 
+def hand_over(client: Any, pipes: list[Any], sizes: list[int] | None = None) -> list[Any]:
+    """Hand ``pipes`` to a fresh batcher in one turn of a loop; their replies (or errors)."""
+
+    async def main() -> list[Any]:
+        batcher = PipelineBatcher(client, on_batch=None if sizes is None else sizes.append)
+        try:
+            futures = [batcher.execute(p) for p in pipes]
+            return list(await asyncio.gather(*futures, return_exceptions=True))
+        finally:
+            await batcher.aclose()
+
+    return asyncio.run(main())
+
+
 def test_the_twin_copies_the_settings(redis_server: RedisServer) -> None:
     client = _client(redis_server)
     twin = async_twin(client)
@@ -42,25 +56,17 @@ def test_concurrent_pipelines_share_one_round_trip_and_keep_their_replies(
     k = f"b{next(_ids)}:"
     client.set(k + "text", "not a hash")
     sizes: list[int] = []
-
-    async def main() -> list[list[Any]]:
-        batcher = PipelineBatcher(client, on_batch=sizes.append)
-        assert batcher.batches
-        pipes = []
-        for i in range(5):
-            p = client.pipeline(transaction=False)
-            p.set(f"{k}{i}", str(i))
-            p.incr(k + "count")
-            if i == 2:
-                p.hgetall(k + "text")  # WRONGTYPE: an error reply, for this request only
-            p.get(f"{k}{i}")
-            pipes.append(p)
-        try:
-            return list(await asyncio.gather(*(batcher.execute(p) for p in pipes)))
-        finally:
-            await batcher.aclose()
-
-    replies = asyncio.run(main())
+    assert PipelineBatcher(client).batches
+    pipes = []
+    for i in range(5):
+        p = client.pipeline(transaction=False)
+        p.set(f"{k}{i}", str(i))
+        p.incr(k + "count")
+        if i == 2:
+            p.hgetall(k + "text")  # WRONGTYPE: an error reply, for this request only
+        p.get(f"{k}{i}")
+        pipes.append(p)
+    replies = hand_over(client, pipes, sizes)
     assert sizes == [5]  # handed over in one turn of the loop: one batch
     for i, r in enumerate(replies):
         if i == 2:
@@ -71,20 +77,10 @@ def test_concurrent_pipelines_share_one_round_trip_and_keep_their_replies(
 
 def test_a_failed_call_fails_every_request_of_the_batch() -> None:
     client = redis.Redis(port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2)
-
-    async def main() -> list[Any]:
-        batcher = PipelineBatcher(client)
-        pipes = [client.pipeline(transaction=False) for _ in range(3)]
-        for p in pipes:
-            p.get("x")
-        try:
-            return list(
-                await asyncio.gather(*(batcher.execute(p) for p in pipes), return_exceptions=True)
-            )
-        finally:
-            await batcher.aclose()
-
-    out = asyncio.run(main())
+    pipes = [client.pipeline(transaction=False) for _ in range(3)]
+    for p in pipes:
+        p.get("x")
+    out = hand_over(client, pipes)
     assert len(out) == 3 and all(isinstance(x, redis.ConnectionError) for x in out), out
 
 
@@ -142,22 +138,14 @@ def test_a_cluster_runs_each_pipeline_as_it_comes(redis_cluster: LocalCluster) -
     client, _ = connect(redis_cluster.addresses)
     k = f"{{b{next(_ids)}}}:"
     sizes: list[int] = []
-
-    async def main() -> list[list[Any]]:
-        batcher = PipelineBatcher(client, on_batch=sizes.append)
-        assert not batcher.batches
-        pipes = []
-        for i in range(3):
-            p = client.pipeline(transaction=False)
-            p.set(f"{k}{i}", str(i))
-            p.get(f"{k}{i}")
-            pipes.append(p)
-        try:
-            return list(await asyncio.gather(*(batcher.execute(p) for p in pipes)))
-        finally:
-            await batcher.aclose()
-
-    assert asyncio.run(main()) == [[True, "0"], [True, "1"], [True, "2"]]
+    assert not PipelineBatcher(client).batches
+    pipes = []
+    for i in range(3):
+        p = client.pipeline(transaction=False)
+        p.set(f"{k}{i}", str(i))
+        p.get(f"{k}{i}")
+        pipes.append(p)
+    assert hand_over(client, pipes, sizes) == [[True, "0"], [True, "1"], [True, "2"]]
     assert sizes == [1, 1, 1]
     client.close()
 
@@ -167,19 +155,11 @@ def test_past_the_batch_limit_the_rest_follows(redis_server: RedisServer, n: int
     client = _client(redis_server)
     k = f"b{next(_ids)}:"
     sizes: list[int] = []
-
-    async def main() -> list[list[Any]]:
-        batcher = PipelineBatcher(client, on_batch=sizes.append)
-        pipes = []
-        for _ in range(n):
-            p = client.pipeline(transaction=False)
-            p.incr(k + "n")
-            pipes.append(p)
-        try:
-            return list(await asyncio.gather(*(batcher.execute(p) for p in pipes)))
-        finally:
-            await batcher.aclose()
-
-    replies = asyncio.run(main())
+    pipes = []
+    for _ in range(n):
+        p = client.pipeline(transaction=False)
+        p.incr(k + "n")
+        pipes.append(p)
+    replies = hand_over(client, pipes, sizes)
     assert [r[0] for r in replies] == list(range(1, n + 1))
     assert sizes == ([1] if n == 1 else [64, 6])
