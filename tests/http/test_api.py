@@ -28,6 +28,7 @@ from s3.engine import Submission
 from s3.http.app import create_app
 from s3.s4_standin import S4Server
 from s3.service import Service
+from tests.chaos.proxy import JitterProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = json.loads((ROOT / "rulesets" / "default" / "examples" / "btc_buy_real.json").read_text())
@@ -431,6 +432,56 @@ def test_concurrent_fresh_decisions_share_redis_round_trips(live: str, service: 
     count = float(_sample(text, "s3_redis_batch_pipelines_count"))
     total = float(_sample(text, "s3_redis_batch_pipelines_sum"))
     assert total >= 2 * 48 and count < total, (count, total)  # two pipelines each, some shared
+
+
+def test_a_redis_stall_holds_the_decisions_not_the_loop(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # Redis stalls (a proxy holds every byte for 3 s; the client's timeout is 0.5 s): the
+    # decisions waiting on it answer the documented 503 once the client gives up, while the loop
+    # goes on answering /metrics at once; after the stall, decisions succeed again.
+    proxy = JitterProxy(upstream=("127.0.0.1", redis_server.port)).start()
+    svc = make_service(tmp_path, proxy.address, None, f"h{next(_counter)}:", redis_timeout_s=0.5)
+    seed(svc)
+    svc.engine.redis.set(svc.engine.keys.concurrency("BTCUSDT"), 1)  # skips: nothing to submit
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(deps=svc), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+        def call(t0: int) -> tuple[int, str, float]:
+            body = {"symbol": "BTCUSDT", "sideHint": "BUY", "context": {"t0": t0}}
+            s = time.perf_counter()
+            r = httpx.post(f"{url}/decide", json=body, headers=AUTH, timeout=20)
+            return r.status_code, r.json().get("error", ""), time.perf_counter() - s
+
+        assert call(1730000900000)[0] == 200  # the loop's client is connected
+        proxy.stall(3.0)
+        with cf.ThreadPoolExecutor(8) as pool:
+            stalled = [pool.submit(call, 1730000900001 + i) for i in range(8)]
+            time.sleep(0.2)
+            s = time.perf_counter()
+            m = httpx.get(f"{url}/metrics", timeout=20)
+            metrics_s = time.perf_counter() - s
+            answers = [f.result() for f in stalled]
+        assert m.status_code == 200 and metrics_s < 0.25, metrics_s  # not behind the stall
+        assert {(code, error) for code, error, _ in answers} == {(503, "REDIS_DOWN")}, answers
+        assert max(took for _, _, took in answers) < 2.9  # the client's timeout, not the stall
+        proxy.calm()
+        time.sleep(3.0)  # the held bytes drain
+        assert [call(1730000901000 + i)[0] for i in range(3)] == [200, 200, 200]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        svc.close()
+        proxy.stop()
 
 
 def _sample(exposition: str, name: str) -> str:
