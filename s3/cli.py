@@ -54,13 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.set_defaults(func=rules_cli.explain)
 
-    test = rsub.add_parser("test", help="run a bundle's case files and report rule coverage")
+    test = rsub.add_parser(
+        "test", help="run a bundle's case files and tapes, and report rule coverage"
+    )
     test.add_argument("bundle", metavar="BUNDLE")
     test.add_argument(
         "--cases",
         action="append",
         metavar="PATH",
-        help="case files or directories (default: BUNDLE/cases)",
+        help="case files (.toml), tapes (.jsonl, .jsonl.gz: replayed through the whole "
+        "pipeline) or directories of either (default: BUNDLE/cases)",
+    )
+    test.add_argument(
+        "--snapshot",
+        metavar="FILE",
+        help="write every case outcome and every tape event's full decision record as a "
+        "stable JSON snapshot (syrupy's format; - for stdout)",
     )
     test.add_argument("--format", choices=("human", "json"), default="human")
     test.set_defaults(func=rules_cli.test)

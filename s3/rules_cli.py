@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -276,26 +277,150 @@ def render_outcome(
         _out(f"{indent}{text:<{max(8, 76 - len(indent))}} {value}")
 
 
+TAPE_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+def _is_tape(p: Path) -> bool:
+    return p.name.endswith(TAPE_SUFFIXES)
+
+
+def _test_inputs(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
+    """The case files and the tapes named by ``--cases`` (directories: both kinds inside)."""
+    cases: list[Path] = []
+    tapes: list[Path] = []
+    for spec in args.cases or [str(Path(args.bundle) / "cases")]:
+        p = Path(spec)
+        if not p.exists():
+            raise UsageError(f"'{spec}' does not exist")
+        if p.is_dir():
+            cases.extend(sorted(p.glob("*.toml")))
+            tapes.extend(sorted(x for x in p.iterdir() if x.is_file() and _is_tape(x)))
+        else:
+            (tapes if _is_tape(p) else cases).append(p)
+    return cases, tapes
+
+
+@dataclass
+class TapeRun:
+    """One tape replayed by `s3 rules test`: the replay and, when the tape holds the live
+    engine's decisions (`s3 record --decisions`), how they compare."""
+
+    path: str
+    result: Any
+    check: Any
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def _run_tape(path: Path, snap: Any) -> TapeRun:
+    from s3.replay.replay import check_live, replay
+    from s3.replay.tape import TapeError, load
+
+    try:
+        tape = load(path)
+    except (TapeError, OSError, EOFError) as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    result = replay(tape, snap)
+    check = check_live(tape, result)
+    failures = [
+        f"{m.key} {m.path}: live {m.live!r} != replay {m.replay!r}" for m in check.mismatches
+    ] + [f"live decision {k} has no replayed decision" for k in check.live_not_replayed]
+    return TapeRun(str(path), result, check, failures)
+
+
+def _tape_line(t: TapeRun) -> str:
+    r = t.result
+    decided = [o for o in r.outcomes if o.decision is not None]
+    opens = sum(1 for o in decided if o.decision.decision == "open")
+    errors: dict[str, int] = {}
+    for o in r.outcomes:
+        if o.decision is None:
+            code = (o.error or "?").split(":", 1)[0]
+            errors[code] = errors.get(code, 0) + 1
+    live = (
+        f"; live decisions: {t.check.matched} of {t.check.compared} identical"
+        if t.check.compared
+        else "; no live decisions on the tape"
+    )
+    undecided = (
+        " (" + ", ".join(f"{n} {code}" for code, n in sorted(errors.items())) + ")"
+        if errors
+        else ""
+    )
+    return (
+        f"{'ok  ' if t.passed else 'FAIL'} {t.path}: {len(r.outcomes)} events, {opens} open, "
+        f"{len(decided) - opens} skip, {len(r.outcomes) - len(decided)} not decided"
+        f"{undecided}{live}"
+    )
+
+
+def _snapshot_doc(rs: Any, results: list[Any], tapes: list[TapeRun]) -> dict[str, Any]:
+    from s3.replay import output
+
+    doc: dict[str, Any] = {
+        "bundle": {"bundle_id": rs.bundle_id, "rev": rs.revision},
+        "cases": {
+            f"{Path(r.case.where.path).name}: {r.case.name}": {
+                "passed": r.passed,
+                "failures": list(r.failures),
+                "outcome": None if r.outcome is None else _outcome_doc(r.outcome),
+            }
+            for r in results
+        },
+        "tapes": {},
+    }
+    for t in tapes:  # each exactly what `s3 replay TAPE --snapshot` writes
+        doc["tapes"][Path(t.path).name] = output.snapshot_data(t.result)
+    return doc
+
+
+def _outcome_doc(o: Outcome) -> dict[str, Any]:
+    return {
+        "fired": list(o.fired),
+        "veto": o.veto,
+        "clamped": dict(o.clamped),
+        "faults": [f"{f.rule_id} {f.code} {f.message}" for f in o.faults],
+    }
+
+
 def test(args: argparse.Namespace) -> int:
     result = _build(args.bundle)
     if result.ruleset is None:
         return _fail_build(result)
     rs = result.ruleset
-    paths: list[Path] = []
-    for spec in args.cases or [str(Path(args.bundle) / "cases")]:
-        p = Path(spec)
-        if not p.exists():
-            raise UsageError(f"'{spec}' does not exist")
-        paths.extend(sorted(p.glob("*.toml")) if p.is_dir() else [p])
+    paths, tape_paths = _test_inputs(args)
     cases, diags = load_cases(paths)
     for d in diags:
         _out(d.render())
-    if not cases and not diags:
-        raise UsageError(f"no case files found for {args.bundle}")
+    if not cases and not diags and not tape_paths:
+        raise UsageError(f"no case files or tapes found for {args.bundle}")
     results = [run_case(rs, c) for c in cases]
+    tapes: list[TapeRun] = []
+    if tape_paths:  # the whole pipeline: the bundle's engine parameters too
+        from s3.replay_cli import _bundle
+
+        snap = _bundle(args.bundle)
+        if snap is None:
+            return 1
+        tapes = [_run_tape(p, snap) for p in tape_paths]
     hit = {rid for r in results if r.outcome for rid in (*r.outcome.fired,)}
+    for t in tapes:
+        hit |= {rid for o in t.result.outcomes if o.decision for rid in o.decision.rules_fired}
     never = [rid for rid in rs.rule_ids if rid not in hit]
     failed = [r for r in results if not r.passed]
+    tapes_failed = [t for t in tapes if not t.passed]
+    if args.snapshot:
+        from s3.replay import output
+
+        text = output.snapshot_text(_snapshot_doc(rs, results, tapes))
+        if args.snapshot == "-":
+            sys.stdout.write(text)
+            return 1 if failed or diags or tapes_failed else 0
+        Path(args.snapshot).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.snapshot).write_text(text, encoding="utf-8")
     if args.format == "json":
         _out(
             json.dumps(
@@ -309,8 +434,20 @@ def test(args: argparse.Namespace) -> int:
                         }
                         for r in results
                     ],
+                    "tapes": [
+                        {
+                            "path": t.path,
+                            "passed": t.passed,
+                            "events": len(t.result.outcomes),
+                            "live_compared": t.check.compared,
+                            "live_identical": t.check.matched,
+                            "failures": t.failures,
+                        }
+                        for t in tapes
+                    ],
                     "passed": len(results) - len(failed),
                     "failed": len(failed),
+                    "tapes_failed": len(tapes_failed),
                     "errors": len(diags),
                     "never_fired": never,
                     "coverage": (len(hit & set(rs.rule_ids)) / len(rs.rule_ids))
@@ -320,17 +457,25 @@ def test(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
-        return 1 if failed or diags else 0
+        return 1 if failed or diags or tapes_failed else 0
     for r in failed:
         _out(f"FAIL {r.case.where} {r.case.name}")
         for why in r.failures:
+            _out(f"     {why}")
+    for t in tapes:
+        _out(_tape_line(t))
+        for why in t.failures[:20]:
             _out(f"     {why}")
     covered = len(rs.rule_ids) - len(never)
     _out(
         f"{len(results)} cases: {len(results) - len(failed)} passed, {len(failed)} failed"
         + (f", {len(diags)} case file error{'s' * (len(diags) != 1)}" if diags else "")
+        + (f"; {len(tapes)} tapes: {len(tapes) - len(tapes_failed)} passed" if tapes else "")
     )
-    _out(f"rule coverage: {covered}/{len(rs.rule_ids)} rules fired by at least one case")
+    by = "case or tape event" if tapes else "case"
+    _out(f"rule coverage: {covered}/{len(rs.rule_ids)} rules fired by at least one {by}")
     if never:
         _out("never fired: " + ", ".join(never))
-    return 1 if failed or diags else 0
+    if args.snapshot and args.snapshot != "-":
+        _out(f"snapshot: {args.snapshot}")
+    return 1 if failed or diags or tapes_failed else 0

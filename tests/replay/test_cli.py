@@ -8,7 +8,9 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
 from s3.adapters.redis_client import connect
@@ -189,3 +191,88 @@ def test_record_follow_tracks_state_changes(redis_server: RedisServer, tmp_path:
     assert result and result[0].events == 5 and result[0].states == 3
     tape = load(out)
     assert [e.state.health for e in tape.events] == ["GREEN", "GREEN", "RED", "RED", "YELLOW"]
+
+
+# -- `s3 rules test` with tapes ----------------------------------------------------------------------
+def _live_tape(path: Path, tamper: bool) -> None:
+    """SMALL with the live decisions a replay of it makes (as `s3 record --decisions` stores
+    them); ``tamper`` changes one stored record, as a drifted engine would have decided."""
+    from s3.config.bundle import load_dir
+    from s3.replay.replay import replay
+    from s3.replay.tape import Header, LiveDecision, write_tape
+
+    snap = load_dir(DEFAULT).snapshot
+    assert snap is not None
+    records = [r for _, r in iter_records(SMALL)]
+    result = replay(load(SMALL), snap)
+    live = []
+    for o in result.outcomes:
+        if o.decision is None or o.replayed or o.ts is None:
+            continue
+        record = json.loads(msgspec.json.encode(o.decision))
+        if tamper and not live:
+            record["sentence"] = "something else"
+        live.append(LiveDecision(o.symbol, o.ts, o.side, o.decision.now_ms, record))
+    header = records[0]
+    assert isinstance(header, Header)
+    write_tape(path, header, [*records[1:], *live])
+
+
+def test_rules_test_takes_tapes_and_writes_the_full_records(
+    tmp_path: Path, capsys: Capture
+) -> None:
+    from s3.config.bundle import load_dir
+    from s3.replay import output
+    from s3.replay.replay import replay
+
+    snap_file, again = tmp_path / "a.json", tmp_path / "b.json"
+    argv = ["rules", "test", str(DEFAULT), "--cases", str(DEFAULT / "cases"), "--cases"]
+    assert main([*argv, str(SMALL), "--snapshot", str(snap_file)]) == 0
+    out = capsys.readouterr().out
+    assert "ok   " in out and "real_window_a_40.jsonl: 40 events" in out
+    assert "57 cases: 57 passed, 0 failed; 1 tapes: 1 passed" in out
+    assert "rules fired by at least one case or tape event" in out
+    assert main([*argv, str(SMALL), "--snapshot", str(again)]) == 0
+    assert snap_file.read_bytes() == again.read_bytes()  # stable: byte for byte
+    doc = json.loads(snap_file.read_text())
+    snap = load_dir(DEFAULT).snapshot
+    assert snap is not None
+    # the tape's part is exactly what `s3 replay TAPE --snapshot` writes: every full record
+    assert doc["tapes"]["real_window_a_40.jsonl"] == output.snapshot_data(replay(load(SMALL), snap))
+    assert snap_file.read_text() == output.snapshot_text(doc)  # syrupy's JSON bytes
+    assert len(doc["cases"]) == 57 and all(c["passed"] for c in doc["cases"].values())
+    first = next(iter(doc["tapes"]["real_window_a_40.jsonl"]["decisions"].values()))
+    assert {"gates", "rules_fired", "sentence", "reason_detail"} <= set(first)
+
+
+def test_rules_test_compares_a_tapes_live_decisions(tmp_path: Path, capsys: Capture) -> None:
+    good, bad = tmp_path / "good" / "live.jsonl", tmp_path / "bad.jsonl.gz"
+    good.parent.mkdir()
+    _live_tape(good, tamper=False)
+    _live_tape(bad, tamper=True)
+    # a directory brings its tapes (and its case files: none here)
+    assert main(["rules", "test", str(DEFAULT), "--cases", str(good.parent)]) == 0
+    out = capsys.readouterr().out
+    assert "live.jsonl: 40 events" in out and "live decisions: 40 of 40 identical" in out
+    assert main(["rules", "test", str(DEFAULT), "--cases", str(bad), "--format", "json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    (tape,) = doc["tapes"]
+    assert not tape["passed"] and doc["tapes_failed"] == 1
+    assert tape["live_compared"] == 40 and tape["live_identical"] == 39
+    first = _first_decided(bad)
+    assert tape["failures"] == [
+        f"{first.key} sentence: live 'something else' != replay {first.decision.sentence!r}"
+    ]
+    unreadable = tmp_path / "junk.jsonl"
+    unreadable.write_text("not json\n")
+    assert main(["rules", "test", str(DEFAULT), "--cases", str(unreadable)]) == 2
+    assert "junk.jsonl:1" in capsys.readouterr().err
+
+
+def _first_decided(path: Path) -> Any:
+    from s3.config.bundle import load_dir
+    from s3.replay.replay import replay
+
+    snap = load_dir(DEFAULT).snapshot
+    assert snap is not None
+    return next(o for o in replay(load(path), snap).outcomes if o.decision is not None)
