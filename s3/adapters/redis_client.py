@@ -12,7 +12,9 @@ import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.connection import HiredisRespSerializer
 from redis.retry import Retry
+from redis.utils import HIREDIS_AVAILABLE
 
 from s3.adapters.redis_keys import Keys
 from s3.core.types import MarketState
@@ -134,6 +136,16 @@ _TWIN_SETTINGS = (
 )
 
 
+class _HiredisPacking(redis.asyncio.Connection):
+    """redis-py's asyncio connection packs commands in Python; this one packs them with hiredis,
+    as the blocking client does (the same bytes, a third of the CPU)."""
+
+    _packer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return self._packer.pack(*args)
+
+
 def async_twin(client: Client) -> redis.asyncio.Redis | None:
     """An asyncio client to the same standalone server with the same settings (timeouts,
     decoding, protocol, one quick retry), for code on an event loop; None for a cluster or a
@@ -149,4 +161,7 @@ def async_twin(client: Client) -> redis.asyncio.Redis | None:
     retry = given.get("retry")
     retries = getattr(retry, "_retries", 1)
     backoff = getattr(retry, "_backoff", None) or ExponentialBackoff(cap=0.1, base=0.01)
-    return redis.asyncio.Redis(**kwargs, retry=AsyncRetry(backoff, retries))
+    twin = redis.asyncio.Redis(**kwargs, retry=AsyncRetry(backoff, retries))
+    if HIREDIS_AVAILABLE:  # before its first connection
+        twin.connection_pool.connection_class = _HiredisPacking
+    return twin

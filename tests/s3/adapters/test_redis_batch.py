@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 
 from s3.adapters.redis_batch import PipelineBatcher, run_steps_async
-from s3.adapters.redis_client import async_twin, connect
+from s3.adapters.redis_client import _HiredisPacking, async_twin, connect
 from s3.adapters.redis_server import LocalCluster, RedisServer, free_port
 from s3.engine import run_steps
 
@@ -41,12 +42,30 @@ def hand_over(client: Any, pipes: list[Any], sizes: list[int] | None = None) -> 
 def test_the_twin_copies_the_settings(redis_server: RedisServer) -> None:
     client = _client(redis_server)
     twin = async_twin(client)
-    assert twin is not None
+    assert twin is not None and twin.connection_pool.connection_class is _HiredisPacking
     kw = twin.connection_pool.connection_kwargs
     given = client.connection_pool.connection_kwargs
     for name in ("host", "port", "db", "socket_timeout", "decode_responses"):
         assert kw[name] == given[name], name
     assert async_twin(redis.Redis(unix_socket_path="/tmp/nothing.sock")) is None
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("SET", "k", "v"),
+        ("EVALSHA", "0" * 40, 1, "key", "Ptoken", 30000),
+        ("XADD", "s", "MAXLEN", "~", 1000, "*", "f", "ü€"),
+        ("SET", "k", b"\x00\xff"),
+        ("SET", "k", 0.1),
+        ("SET", "k", 1e-7),
+        ("SET", "k", -3),
+        ("CONFIG GET", "maxmemory"),
+    ],
+)
+def test_the_twin_packs_what_redis_py_packs(args: tuple[Any, ...]) -> None:
+    plain, fast = redis.asyncio.Connection(), _HiredisPacking()
+    assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args))
 
 
 def test_concurrent_pipelines_share_one_round_trip_and_keep_their_replies(
