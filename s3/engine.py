@@ -61,7 +61,7 @@ Steps = Generator[Any, list[Any], T]
 """A decision's work as a generator: it yields each Redis pipeline it needs run (queued, not
 executed) and is sent the pipeline's replies (``execute(raise_on_error=False)``), or thrown the
 error that executing it raised. `run_steps` runs each pipeline at once; the HTTP app's
-`s3.http.batching.PipelineBatcher` runs the pipelines of concurrent requests as one."""
+`s3.adapters.redis_batch.PipelineBatcher` runs those of concurrent requests as one."""
 
 
 def run_steps(steps: Steps[T]) -> T:
