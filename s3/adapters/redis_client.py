@@ -3,18 +3,14 @@ state a decision needs: one round trip per node (a pipeline; a cluster pipeline 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 import redis.asyncio
-from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
-from redis.connection import HiredisRespSerializer
 from redis.retry import Retry
-from redis.utils import HIREDIS_AVAILABLE
 
 from s3.adapters.redis_keys import Keys
 from s3.core.types import MarketState
@@ -115,53 +111,3 @@ def read_state(client: Client, keys: Keys, symbol: str) -> tuple[MarketState, di
     pipe = client.pipeline(transaction=False)
     queue_state(pipe, keys, symbol)
     return parse_state(pipe.execute())
-
-
-_TWIN_SETTINGS = (
-    "host",
-    "port",
-    "db",
-    "username",
-    "password",
-    "socket_timeout",
-    "socket_connect_timeout",
-    "socket_keepalive",
-    "decode_responses",
-    "encoding",
-    "encoding_errors",
-    "health_check_interval",
-    "client_name",
-    "protocol",
-    "legacy_responses",
-)
-
-
-class _HiredisPacking(redis.asyncio.Connection):
-    """redis-py's asyncio connection packs commands in Python; this one packs them with hiredis,
-    as the blocking client does (the same bytes, a third of the CPU)."""
-
-    _packer = HiredisRespSerializer()
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        return self._packer.pack(*args)
-
-
-def async_twin(client: Client) -> redis.asyncio.Redis | None:
-    """An asyncio client to the same standalone server with the same settings (timeouts,
-    decoding, protocol, one quick retry), for code on an event loop; None for a cluster or a
-    connection other than plain TCP (a Unix socket, TLS), which keep the blocking client."""
-    if not isinstance(client, redis.Redis):
-        return None
-    pool = client.connection_pool
-    if pool.connection_class is not redis.connection.Connection:
-        return None
-    accepted = inspect.signature(redis.asyncio.Redis.__init__).parameters
-    given = pool.connection_kwargs
-    kwargs = {k: given[k] for k in _TWIN_SETTINGS if k in given and k in accepted}
-    retry = given.get("retry")
-    retries = getattr(retry, "_retries", 1)
-    backoff = getattr(retry, "_backoff", None) or ExponentialBackoff(cap=0.1, base=0.01)
-    twin = redis.asyncio.Redis(**kwargs, retry=AsyncRetry(backoff, retries))
-    if HIREDIS_AVAILABLE:  # before its first connection
-        twin.connection_pool.connection_class = _HiredisPacking
-    return twin

@@ -1,6 +1,8 @@
-"""The pipeline batcher on real Redis: pipelines handed over together run as one round trip, each
-request gets exactly its own replies (errors included), a failed call fails every request of the
-batch, a cancelled request's pipeline never runs, and a cluster keeps one pipeline per call."""
+"""The pipeline batcher and its lean connection on real Redis: replies exactly as redis-py gives
+them, the client's settings (user, password, database, name), pipelines handed over together run
+as one round trip, each request gets exactly its own replies (errors included), a failed
+connection fails every request on it and the next one reconnects, a cancelled request's pipeline
+never runs, and a cluster keeps one pipeline per call."""
 
 from __future__ import annotations
 
@@ -10,12 +12,14 @@ from typing import Any
 
 import pytest
 import redis
-import redis.asyncio
+from redis.exceptions import NoScriptError
 
 from s3.adapters.redis_batch import PipelineBatcher, run_steps_async
-from s3.adapters.redis_client import _HiredisPacking, async_twin, connect
+from s3.adapters.redis_client import connect
 from s3.adapters.redis_server import LocalCluster, RedisServer, free_port
+from s3.adapters.redis_wire import wire_settings
 from s3.engine import run_steps
+from tests.chaos.proxy import JitterProxy
 
 _ids = itertools.count()
 
@@ -39,33 +43,148 @@ def hand_over(client: Any, pipes: list[Any], sizes: list[int] | None = None) -> 
     return asyncio.run(main())
 
 
-def test_the_twin_copies_the_settings(redis_server: RedisServer) -> None:
-    client = _client(redis_server)
-    twin = async_twin(client)
-    assert twin is not None and twin.connection_pool.connection_class is _HiredisPacking
-    kw = twin.connection_pool.connection_kwargs
-    given = client.connection_pool.connection_kwargs
-    for name in ("host", "port", "db", "socket_timeout", "decode_responses"):
-        assert kw[name] == given[name], name
-    assert async_twin(redis.Redis(unix_socket_path="/tmp/nothing.sock")) is None
+def _same_state(client: Any, k: str) -> None:
+    client.set(k + "s", "v")
+    client.set(k + "n", "41")
+    client.set(k + "raw", b"\x00\xff")
+    client.hset(k + "h", mapping={"a": "1", "b": "2"})
+    client.zadd(k + "z", {"x": 1.5, "y": 2})
+    client.delete(k + "x")
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ("SET", "k", "v"),
-        ("EVALSHA", "0" * 40, 1, "key", "Ptoken", 30000),
-        ("XADD", "s", "MAXLEN", "~", 1000, "*", "f", "ü€"),
-        ("SET", "k", b"\x00\xff"),
-        ("SET", "k", 0.1),
-        ("SET", "k", 1e-7),
-        ("SET", "k", -3),
-        ("CONFIG GET", "maxmemory"),
-    ],
-)
-def test_the_twin_packs_what_redis_py_packs(args: tuple[Any, ...]) -> None:
-    plain, fast = redis.asyncio.Connection(), _HiredisPacking()
-    assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args))
+def _all_shapes(client: Any, k: str, sha: str) -> Any:
+    """A pipeline over the reply shapes the engine meets, and some it may."""
+    p = client.pipeline(transaction=False)
+    p.mget([k + "s", k + "missing", k + "n"])
+    p.hgetall(k + "h")
+    p.hgetall(k + "missing")
+    p.hgetall(k + "s")  # WRONGTYPE: an error reply in place
+    p.incr(k + "n")
+    p.set(k + "t", "ü€", px=60_000)
+    p.get(k + "t")
+    if not client.get_encoder().decode_responses:
+        p.get(k + "raw")
+    p.zrange(k + "z", 0, -1, withscores=True)
+    p.xadd(k + "x", {"f": "v", "g": 1.25}, id="1-1", maxlen=100)
+    p.xrange(k + "x")
+    p.evalsha(sha, 1, k + "h")
+    p.evalsha("0" * 40, 0)  # NOSCRIPT
+    p.exists(k + "s", k + "missing")
+    p.ttl(k + "missing")
+    return p
+
+
+def _shape(reply: Any) -> Any:
+    return (type(reply).__name__, str(reply)) if isinstance(reply, Exception) else reply
+
+
+@pytest.mark.parametrize("decode", [True, False])
+def test_the_wire_answers_what_redis_py_answers(redis_server: RedisServer, decode: bool) -> None:
+    client = redis.Redis(port=redis_server.port, decode_responses=decode, socket_timeout=2)
+    sha = client.script_load("return {KEYS[1], redis.call('HGET', KEYS[1], 'a'), 7}")
+    k = f"w{next(_ids)}:"
+    _same_state(client, k)
+    expected = _all_shapes(client, k, sha).execute(raise_on_error=False)
+    _same_state(client, k)
+    (got,) = hand_over(client, [_all_shapes(client, k, sha)])
+    assert [_shape(r) for r in got] == [_shape(r) for r in expected]
+    assert isinstance(got[3], redis.ResponseError) and isinstance(got[-3], NoScriptError)
+    if decode:  # bytes that are not UTF-8 fail the request, as in redis-py; the next one works
+        p = client.pipeline(transaction=False)
+        p.get(k + "raw")
+        with pytest.raises(UnicodeDecodeError):
+            p.execute()
+        p = client.pipeline(transaction=False)
+        p.get(k + "raw")
+        q = client.pipeline(transaction=False)
+        q.get(k + "s")
+
+        async def main() -> list[Any]:
+            batcher = PipelineBatcher(client)
+            try:
+                bad = await asyncio.gather(batcher.execute(p), return_exceptions=True)
+                return [*bad, await batcher.execute(q)]
+            finally:
+                await batcher.aclose()
+
+        bad, good = asyncio.run(main())
+        assert isinstance(bad, UnicodeDecodeError) and good == ["v"]
+
+
+def test_the_wire_takes_the_clients_settings(redis_server: RedisServer) -> None:
+    admin = _client(redis_server)
+    user = f"wire{next(_ids)}"
+    admin.acl_setuser(user, enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"])
+    client = redis.Redis(
+        port=redis_server.port,
+        db=3,
+        username=user,
+        password="s3cret",
+        client_name="s3-wire-test",
+        decode_responses=True,
+    )
+    assert wire_settings(client) is not None
+    p = client.pipeline(transaction=False)
+    p.set("wire:db", "three")
+    p.client_getname()
+    assert hand_over(client, [p]) == [[True, "s3-wire-test"]]
+    assert redis.Redis(port=redis_server.port, db=3).get("wire:db") == b"three"
+    assert admin.get("wire:db") is None  # db 0 untouched
+    refused = redis.Redis(port=redis_server.port, username=user, password="wrong")
+    p = refused.pipeline(transaction=False)
+    p.get("x")
+    (err,) = hand_over(refused, [p])
+    assert isinstance(err, redis.AuthenticationError), err
+    assert wire_settings(redis.Redis(unix_socket_path="/tmp/nothing.sock")) is None
+    assert wire_settings(redis.Redis(ssl=True)) is None
+
+
+def test_a_stalled_or_lost_connection_fails_its_requests_then_reconnects(
+    redis_server: RedisServer,
+) -> None:
+    proxy = JitterProxy(upstream=("127.0.0.1", redis_server.port)).start()
+    client = redis.Redis(port=proxy.port, socket_timeout=0.3, decode_responses=True)
+    k = f"w{next(_ids)}:"
+
+    def pipe(n: int) -> Any:
+        p = client.pipeline(transaction=False)
+        p.incr(k + "n", n)
+        return p
+
+    async def main() -> list[Any]:
+        batcher = PipelineBatcher(client)
+        loop = asyncio.get_running_loop()
+        try:
+            out = [await batcher.execute(pipe(1))]
+            proxy.stall(1.0)
+            started = loop.time()
+            stalled = await asyncio.gather(batcher.execute(pipe(10)), return_exceptions=True)
+            out += [stalled, loop.time() - started]
+            proxy.calm()
+            out.append(await batcher.execute(pipe(100)))  # a fresh connection
+            slow = batcher.execute(pipe(1000))
+            await asyncio.sleep(0)  # written
+            proxy.stall(1.0)
+            await asyncio.sleep(0.05)
+            proxy.drop()
+            out.append((await asyncio.gather(slow, return_exceptions=True))[0])
+            proxy.calm()
+            out.append(await batcher.execute(pipe(0)))
+            return out
+        finally:
+            await batcher.aclose()
+
+    try:
+        first, (timed_out,), waited, after, lost, last = asyncio.run(main())
+        stored = int(client.get(k + "n") or 0)
+    finally:
+        proxy.stop()
+    assert first == [1]
+    assert isinstance(timed_out, redis.TimeoutError) and 0.25 < waited < 0.9, (timed_out, waited)
+    assert isinstance(lost, redis.ConnectionError) and not isinstance(lost, redis.TimeoutError)
+    # sent before the stall and the drop, those commands may have run (nothing is sent twice)
+    assert after[0] - 101 in (0, 10) and last[0] == stored
+    assert stored - after[0] in (0, 10, 1000, 1010)
 
 
 def test_concurrent_pipelines_share_one_round_trip_and_keep_their_replies(
@@ -170,7 +289,7 @@ def test_a_cluster_runs_each_pipeline_as_it_comes(redis_cluster: LocalCluster) -
 
 
 @pytest.mark.parametrize("n", [1, 70])
-def test_past_the_batch_limit_the_rest_follows(redis_server: RedisServer, n: int) -> None:
+def test_every_pipeline_of_a_turn_goes_in_one_batch(redis_server: RedisServer, n: int) -> None:
     client = _client(redis_server)
     k = f"b{next(_ids)}:"
     sizes: list[int] = []
@@ -181,4 +300,4 @@ def test_past_the_batch_limit_the_rest_follows(redis_server: RedisServer, n: int
         pipes.append(p)
     replies = hand_over(client, pipes, sizes)
     assert [r[0] for r in replies] == list(range(1, n + 1))
-    assert sizes == ([1] if n == 1 else [64, 6])
+    assert sizes == [n]
