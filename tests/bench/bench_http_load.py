@@ -9,6 +9,11 @@ clients at every count). Then 4 clients offer half of that max (Poisson arrivals
 client) and record P50/P95/P99. Targets (issue 6): P99 <= 5 ms at half of max throughput;
 /decide throughput >= 40 % of hello-world. Every /decide is a fresh decision (its own t0):
 idempotency claim, state read, decision, persistence of the signal and its event, sig:events.
+
+A third server, the floor, is hello-world plus the two Redis round trips a decision makes (the
+state read with a claim, then the signal with the stored result; through the service's own
+pipeline batcher, to the same Redis) and nothing else: offered /decide's half rate, its P99 is
+what this machine gives any correct decision before the decision itself costs anything.
 """
 
 from __future__ import annotations
@@ -39,6 +44,29 @@ from litestar import Litestar, post
 async def hello(data: dict) -> dict:
     return {"hello": "world"}
 uvicorn.run(Litestar([hello], logging_config=None), host="127.0.0.1", port=%d, log_level="warning")
+"""
+FLOOR = """
+import asyncio, itertools, redis, uvicorn
+from litestar import Litestar, post
+from s3.adapters.redis_batch import PipelineBatcher
+client = redis.Redis(port=%d, decode_responses=True, socket_timeout=2)
+batchers, ids = {}, itertools.count()
+@post("/decide", status_code=200)
+async def floor(data: dict) -> dict:
+    loop = asyncio.get_running_loop()
+    batcher = batchers.get(loop) or batchers.setdefault(loop, PipelineBatcher(client))
+    key = "floor:%%d" %% next(ids)
+    read = client.pipeline(transaction=False)  # the state, the features, a claim
+    read.mget(["prod:kill_switch", "prod:health:system:state", "a", "b", "c", "d"])
+    read.hgetall("feat:last:BTCUSDT")
+    read.set(key, "P", nx=True, px=30000)
+    await batcher.execute(read)
+    done = client.pipeline(transaction=False)  # the signal, the stored result
+    done.xadd("floor:events", {"d": "skip"}, maxlen=1000, approximate=True)
+    done.set(key, "R", px=60000)
+    await batcher.execute(done)
+    return {"hello": "world"}
+uvicorn.run(Litestar([floor], logging_config=None), host="127.0.0.1", port=%d, log_level="warning")
 """
 
 
@@ -145,7 +173,7 @@ def main() -> int:
         r = redis.Redis(host="127.0.0.1", port=redis_server.port)
         r.set("prod:kill_switch", "OFF")
         r.set("prod:health:system:state", "GREEN")
-        port, hello_port = free_port(), free_port()
+        port, hello_port, floor_port = free_port(), free_port(), free_port()
         env = {
             **os.environ,
             "S3_REDIS_ADDRESSES": redis_server.address,
@@ -167,9 +195,16 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        floor = subprocess.Popen(
+            [sys.executable, "-c", FLOOR % (redis_server.port, floor_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
         try:
             wait_up(f"http://127.0.0.1:{port}/health", s3p)
             wait_up(f"http://127.0.0.1:{hello_port}/", hello)
+            wait_up(f"http://127.0.0.1:{floor_port}/", floor)
 
             def fresh() -> None:
                 r.hset(
@@ -227,8 +262,21 @@ def main() -> int:
                     "half_p99": pct(steady, 0.99),
                     "half_n": len(steady),
                 }
+            # the floor: hello-world plus the two Redis round trips a decision makes, nothing else,
+            # offered the rate /decide was offered at half of its max
+            floor_url = f"http://127.0.0.1:{floor_port}/decide"
+            load(floor_url, args.half_clients, 1.0, 0, 0)
+            _, floored = load(
+                floor_url, args.half_clients, args.seconds, out["decide"]["max_rps"] / 2, 0
+            )
+            out["floor"] = {
+                "half_p50": pct(floored, 0.5),
+                "half_p95": pct(floored, 0.95),
+                "half_p99": pct(floored, 0.99),
+                "half_n": len(floored),
+            }
         finally:
-            for p in (s3p, hello):
+            for p in (s3p, hello, floor):
                 p.terminate()
                 p.wait(timeout=20)
     d, h = out["decide"], out["hello"]
@@ -253,6 +301,12 @@ def main() -> int:
             f"{v['half_p50']:.2f} ms  p95 {v['half_p95']:.2f} ms  p99 {v['half_p99']:.2f} ms  "
             f"({v['half_n']} requests)"
         )
+    f = out["floor"]
+    print(
+        f"  floor         hello-world + a decision's two Redis round trips, no decision, at "
+        f"/decide's half rate: p50 {f['half_p50']:.2f} ms  p95 {f['half_p95']:.2f} ms  "
+        f"p99 {f['half_p99']:.2f} ms  ({f['half_n']} requests)"
+    )
     if d["cpu_busy"] is not None and h["cpu_busy"] is not None:
         print(
             f"  server CPU at max: hello-world {h['cpu_busy']:.0%} of a core, "
