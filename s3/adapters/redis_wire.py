@@ -273,9 +273,20 @@ class Wire:
     def _write(self, conn: _Connection, requests: list[_Request]) -> None:
         live = [r for r in requests if not r.future.done()]  # cancelled before sent: not run
         if live:
-            pack = self._packer.pack
-            data = b"".join([b"".join(pack(*args)) for r in live for args, _ in r.commands])
-            conn.write(data, live)
+            pack = self._pack
+            conn.write(b"".join([pack(args) for r in live for args, _ in r.commands]), live)
+
+    def _pack(self, args: tuple[Any, ...]) -> bytes:
+        """``args`` in RESP, as redis-py's hiredis packer writes them: hiredis at once for the
+        common case (a one-word command of text, numbers and bytes), redis-py's packer for the
+        rest (a two-word command name, a bytearray, a type it refuses with DataError)."""
+        name = args[0]
+        if type(name) is str and " " not in name:
+            try:
+                return hiredis.pack_command(args)
+            except TypeError:
+                pass
+        return b"".join(self._packer.pack(*args))
 
     async def _connect(self) -> None:
         try:
@@ -330,7 +341,7 @@ class Wire:
         if handshake:
             fut: asyncio.Future[list[Any]] = self.loop.create_future()
             conn.write(
-                b"".join(b"".join(self._packer.pack(*args)) for args, _ in handshake),
+                b"".join(self._pack(args) for args, _ in handshake),
                 [_Request(handshake, fut, self.loop.time() + (s.connect_timeout or 0.0))],
             )
             try:

@@ -17,7 +17,7 @@ from redis.exceptions import NoScriptError
 from s3.adapters.redis_batch import PipelineBatcher, run_steps_async
 from s3.adapters.redis_client import connect
 from s3.adapters.redis_server import LocalCluster, RedisServer, free_port
-from s3.adapters.redis_wire import wire_settings
+from s3.adapters.redis_wire import Wire, wire_settings
 from s3.engine import run_steps
 from tests.chaos.proxy import JitterProxy
 
@@ -109,6 +109,42 @@ def test_the_wire_answers_what_redis_py_answers(redis_server: RedisServer, decod
 
         bad, good = asyncio.run(main())
         assert isinstance(bad, UnicodeDecodeError) and good == ["v"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("SET", "k", "v"),
+        ("EVALSHA", "0" * 40, 1, "key", "Ptoken", 30000),
+        ("XADD", "s", b"MAXLEN", b"~", "1000", "*", "f", "ü€"),
+        ("SET", "k", b"\x00\xff"),
+        ("SET", "k", bytearray(b"ab")),
+        ("SET", "k", memoryview(b"ab")),
+        ("SET", "k", 0.1),
+        ("SET", "k", 1e-7),
+        ("SET", "k", -3),
+        ("CONFIG GET", "maxmemory"),
+        (b"GET", "k"),
+        ("SET", "k", True),  # refused by both
+    ],
+)
+def test_the_wire_packs_what_redis_py_packs(args: tuple[Any, ...]) -> None:
+    settings = wire_settings(redis.Redis())
+    assert settings is not None
+    loop = asyncio.new_event_loop()
+    try:
+        pack = Wire(settings, {}, loop)._pack
+        encoder = redis.connection.Encoder("utf-8", "strict", False)
+        plain = redis.connection.PythonRespSerializer(6000, encoder.encode)
+        try:
+            expected = b"".join(plain.pack(*args))
+        except redis.DataError:
+            with pytest.raises(redis.DataError):
+                pack(args)
+            return
+        assert pack(args) == expected
+    finally:
+        loop.close()
 
 
 def test_the_wire_takes_the_clients_settings(redis_server: RedisServer) -> None:
