@@ -39,6 +39,8 @@ Command = tuple[tuple[Any, ...], Mapping[str, Any]]
 
 _NOT_FOR_CALLBACKS = frozenset({NEVER_DECODE, EMPTY_RESPONSE, "keys"})
 _RETRY_AFTER_S = 0.01
+_CLOSE_WAIT_S = 5.0
+"""How long `Wire.aclose` waits for the requests in flight when the client has no socket timeout."""
 
 
 @dataclass(frozen=True)
@@ -253,11 +255,12 @@ class Wire:
         request.future.set_result(out)
 
     async def aclose(self) -> None:
-        """Let the requests in flight finish (up to the socket timeout), then close."""
+        """Let the requests in flight finish (up to the socket timeout), then close: requests
+        not yet written, and those still in flight then, fail with `redis.ConnectionError`."""
         self._closed = True
         if self._conn is not None and self._conn.waiting:
             flying = [r.future for r in self._conn.waiting]
-            await asyncio.wait(flying, timeout=self.settings.socket_timeout)
+            await asyncio.wait(flying, timeout=self.settings.socket_timeout or _CLOSE_WAIT_S)
         if self._connecting is not None:
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)
