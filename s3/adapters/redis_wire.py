@@ -233,6 +233,14 @@ class Wire:
         """Settle ``request`` with its replies, each as redis-py's client would give it."""
         if request.future.done():  # its caller is gone
             return
+        try:
+            out = self._shaped(request)
+        except Exception as exc:  # a reply its callback cannot shape: this request's error only
+            request.future.set_exception(exc)
+        else:
+            request.future.set_result(out)
+
+    def _shaped(self, request: _Request) -> list[Any]:
         out = []
         callbacks = self._callbacks
         for (args, options), reply in zip(request.commands, request.replies, strict=True):
@@ -252,7 +260,7 @@ class Wire:
                 )
             else:
                 out.append(callback(reply))
-        request.future.set_result(out)
+        return out
 
     async def aclose(self) -> None:
         """Let the requests in flight finish (up to the socket timeout), then close: requests

@@ -175,6 +175,37 @@ def test_the_wire_takes_the_clients_settings(redis_server: RedisServer) -> None:
     assert wire_settings(redis.Redis(ssl=True)) is None
 
 
+def test_a_reply_its_callback_refuses_fails_that_request_only(redis_server: RedisServer) -> None:
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    k = f"w{next(_ids)}:"
+    client.set(k + "a", "1")
+
+    def refuse(reply: Any, **_: Any) -> Any:
+        raise ValueError(f"cannot shape {reply!r}")
+
+    client.response_callbacks["STRLEN"] = refuse
+    bad = client.pipeline(transaction=False)
+    bad.strlen(k + "a")
+    good = client.pipeline(transaction=False)
+    good.get(k + "a")
+    again = client.pipeline(transaction=False)
+    again.get(k + "a")
+
+    async def main() -> list[Any]:
+        batcher = PipelineBatcher(client)
+        try:
+            both = asyncio.gather(
+                batcher.execute(bad), batcher.execute(good), return_exceptions=True
+            )
+            first = await asyncio.wait_for(both, 5)  # not left waiting forever
+            return [*first, await batcher.execute(again)]  # the connection is still good
+        finally:
+            await batcher.aclose()
+
+    refused, fine, later = asyncio.run(main())
+    assert isinstance(refused, ValueError) and fine == ["1"] and later == ["1"]
+
+
 def test_a_stalled_or_lost_connection_fails_its_requests_then_reconnects(
     redis_server: RedisServer,
 ) -> None:
