@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping
@@ -324,10 +325,10 @@ class Engine:
             raise Rejected("SYMBOL_NOT_CONFIGURED", d.sentence, symbol=d.symbol)
         return result
 
-    @property
+    @functools.cached_property
     def _pipelined(self) -> bool:
         """Scripts go in pipelines on a standalone server only (redis-py refuses EVALSHA in a
-        cluster pipeline)."""
+        cluster pipeline). Asked once: redis-py's classes make `isinstance` slow."""
         return not is_cluster(self.redis)
 
     def _read(self, symbol: str, iid: str | None) -> Steps[tuple[MarketState, dict[str, str], Any]]:

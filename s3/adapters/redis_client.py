@@ -78,13 +78,14 @@ def queue_state(pipe: Any, keys: Keys, symbol: str) -> int:
         keys.budget_inuse("SPOT"),
         keys.concurrency(symbol),
     )
-    if isinstance(pipe, ClusterPipeline):
+    cluster = isinstance(pipe, ClusterPipeline)  # once: slow for redis-py's classes
+    if cluster:
         for key in singles:
             pipe.get(key)
     else:
         pipe.mget(singles)
     pipe.hgetall(keys.feat_last(symbol))
-    return len(singles) + 1 if isinstance(pipe, ClusterPipeline) else 2
+    return len(singles) + 1 if cluster else 2
 
 
 def parse_state(replies: Sequence[Any]) -> tuple[MarketState, dict[str, str]]:
