@@ -102,11 +102,12 @@ def run_demo(*, events: int = 0, quiet: bool = False) -> int:
                         "BUY" if float(row.get("trade_flow_1m", 0.0)) >= 0 else "SELL"
                     )
                     symbol = row["symbol"]
-                    redis.hset(keys.feat_last(symbol), mapping=dict(fields))  # type: ignore[arg-type]
-                    redis.xadd(keys.feat_events(symbol), dict(fields))  # type: ignore[arg-type]
-                    # positions close after a while (S6's job): give their quota back
+                    # positions close after a while (S6's job): give their quota back, before
+                    # the next event goes out (not while the worker decides it: a race)
                     while opened and n - opened[0][0] >= CLOSE_AFTER_EVENTS:
                         engine.ledger.release(opened.popleft()[1], "position closed (demo)")
+                    redis.hset(keys.feat_last(symbol), mapping=dict(fields))  # type: ignore[arg-type]
+                    redis.xadd(keys.feat_events(symbol), dict(fields))  # type: ignore[arg-type]
                     deadline = time.monotonic() + 5
                     while runner.handled <= n and time.monotonic() < deadline:
                         time.sleep(0.002)

@@ -239,9 +239,9 @@ class Runner:
                     left_ms if isinstance(left_ms, int) and left_ms > 0 else engine.claim_ttl_ms
                 )
                 time.sleep(min(wait_ms, engine.claim_ttl_ms) / 1000 + 0.05)
+        if self.on_decision is not None:  # before the count: a watcher of `handled` then
+            self.on_decision(result)  # finds this decision among those handed over
         self.handled += 1
-        if self.on_decision is not None:
-            self.on_decision(result)
 
     def start(self) -> None:
         self.worker.ensure_groups()
