@@ -82,6 +82,12 @@ class Metrics:
             buckets=(1, 2, 3, 4, 6, 8, 16, 32, 64),
             registry=r,
         )
+        self.http_errors = Counter(
+            "s3_http_errors_total",
+            "HTTP requests answered with an error, by error code and status",
+            ["code", "status"],
+            registry=r,
+        )
         self.shadow_diffs = Counter(
             "s3_shadow_diff_total",
             "Decisions where the shadow bundle differs",

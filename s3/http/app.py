@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from collections.abc import Callable
 from decimal import Decimal
 from functools import partial
@@ -144,6 +145,7 @@ class HealthResponse(msgspec.Struct, frozen=True):
 
 
 _ENCODER = msgspec.json.Encoder(decimal_format="number")
+log = logging.getLogger("s3.http")
 
 
 def _json(body: Any, status: int = 200) -> Response[bytes]:
@@ -264,24 +266,37 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
             }
         )
 
+    def error(body: ErrorBody, status: int) -> Response[bytes]:
+        """An error answer, counted by code and status (`s3_http_errors_total`)."""
+        service.engine.metrics.child(
+            service.engine.metrics.http_errors, body.error, str(status)
+        ).inc()
+        return _json(body, status)
+
     def on_s3_error(_: Request[Any, Any, Any], exc: S3Error) -> Response[bytes]:
-        return _json(ErrorBody(exc.code, exc.detail, dict(exc.extra)), exc.status)
+        return error(ErrorBody(exc.code, exc.detail, dict(exc.extra)), exc.status)
 
     def on_redis(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
         # Redis lost in the middle of a request (after the state was read): the same 503 as a
         # Redis found down at the start. The claim lapses after its short life and a pending
         # reservation is settled by reconcile/self-heal (docs/reliability.md)
-        return _json(ErrorBody("REDIS_DOWN", f"Redis is unavailable: {exc}"), 503)
+        return error(ErrorBody("REDIS_DOWN", f"Redis is unavailable: {exc}"), 503)
 
     def on_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
         extra = exc.extra if isinstance(exc.extra, dict) else {"errors": exc.extra}
-        return _json(ErrorBody("BAD_REQUEST", str(exc.detail), extra or {}), 400)
+        return error(ErrorBody("BAD_REQUEST", str(exc.detail), extra or {}), 400)
 
     def on_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
         code = {401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(
             exc.status_code, "HTTP_ERROR"
         )
-        return _json(ErrorBody(code, str(exc.detail)), exc.status_code)
+        return error(ErrorBody(code, str(exc.detail)), exc.status_code)
+
+    def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+        # A bug, not the request's fault nor a dependency's: the traceback goes to the log, the
+        # client gets a plain 500 that names no internals
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error(ErrorBody("INTERNAL", "an unexpected error; see the service log"), 500)
 
     async def on_stop() -> None:
         loop = asyncio.get_running_loop()
@@ -299,6 +314,7 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
             redis.TimeoutError: on_redis,
             ValidationException: on_validation,
             HTTPException: on_http,
+            Exception: on_unexpected,
         },
         openapi_config=OpenAPIConfig(title="S3 strategy engine", version="1.0.0"),
         logging_config=None,  # the process configures logging, not the app

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -253,6 +254,31 @@ def test_redis_down_is_503(tmp_path: Path, s4: S4Server) -> None:
     finally:
         svc.close()
         server.stop()
+
+
+def test_error_answers_are_counted_and_a_bug_is_a_plain_500(
+    client: TestClient[Any],
+    service: Service,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert client.post("/decide", json={"symbol": "BTCUSDT"}).status_code == 401
+    assert client.post("/decide", json={"sideHint": "BUY"}, headers=AUTH).status_code == 400
+    assert decide(client, symbol="DOGEUSDT").status_code == 422
+
+    def broken(**_: Any) -> Any:
+        raise RuntimeError("an internal detail")
+
+    monkeypatch.setattr(service.engine, "decide_steps", broken)
+    with caplog.at_level(logging.ERROR, logger="s3.http"):
+        r = decide(client)
+    assert (r.status_code, r.json()["error"]) == (500, "INTERNAL")
+    assert "internal detail" not in r.text  # names no internals
+    assert any("internal detail" in (rec.exc_text or "") for rec in caplog.records)
+    text = client.get("/metrics").text
+    for code, status in (("UNAUTHORIZED", 401), ("BAD_REQUEST", 400), ("INTERNAL", 500)):
+        assert f's3_http_errors_total{{code="{code}",status="{status}"}} 1.0' in text, code
+    assert 'status="422"' in text
 
 
 def test_redis_lost_in_the_middle_of_a_decision_is_503(
