@@ -43,6 +43,22 @@ def hand_over(client: Any, pipes: list[Any], sizes: list[int] | None = None) -> 
     return asyncio.run(main())
 
 
+def hand_over_then(client: Any, first: list[Any], then: Any) -> tuple[list[Any], Any]:
+    """``first`` handed to a fresh batcher in one turn (their replies or errors, waited for at
+    most 5 s), then ``then`` on the same batcher: how its connection is after them."""
+
+    async def main() -> tuple[list[Any], Any]:
+        batcher = PipelineBatcher(client)
+        try:
+            both = asyncio.gather(*(batcher.execute(p) for p in first), return_exceptions=True)
+            got = await asyncio.wait_for(both, 5)  # never left waiting forever
+            return list(got), await batcher.execute(then)
+        finally:
+            await batcher.aclose()
+
+    return asyncio.run(main())
+
+
 def _same_state(client: Any, k: str) -> None:
     client.set(k + "s", "v")
     client.set(k + "n", "41")
@@ -98,16 +114,7 @@ def test_the_wire_answers_what_redis_py_answers(redis_server: RedisServer, decod
         p.get(k + "raw")
         q = client.pipeline(transaction=False)
         q.get(k + "s")
-
-        async def main() -> list[Any]:
-            batcher = PipelineBatcher(client)
-            try:
-                bad = await asyncio.gather(batcher.execute(p), return_exceptions=True)
-                return [*bad, await batcher.execute(q)]
-            finally:
-                await batcher.aclose()
-
-        bad, good = asyncio.run(main())
+        (bad,), good = hand_over_then(client, [p], q)
         assert isinstance(bad, UnicodeDecodeError) and good == ["v"]
 
 
@@ -191,18 +198,7 @@ def test_a_reply_its_callback_refuses_fails_that_request_only(redis_server: Redi
     again = client.pipeline(transaction=False)
     again.get(k + "a")
 
-    async def main() -> list[Any]:
-        batcher = PipelineBatcher(client)
-        try:
-            both = asyncio.gather(
-                batcher.execute(bad), batcher.execute(good), return_exceptions=True
-            )
-            first = await asyncio.wait_for(both, 5)  # not left waiting forever
-            return [*first, await batcher.execute(again)]  # the connection is still good
-        finally:
-            await batcher.aclose()
-
-    refused, fine, later = asyncio.run(main())
+    (refused, fine), later = hand_over_then(client, [bad, good], again)
     assert isinstance(refused, ValueError) and fine == ["1"] and later == ["1"]
 
 
