@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -103,6 +103,13 @@ class _Request:
         self.deadline = deadline
 
 
+def _fail(requests: Iterable[_Request], exc: Exception) -> None:
+    """``exc`` for every request still waiting (a cancelled one's caller is gone)."""
+    for request in requests:
+        if not request.future.done():
+            request.future.set_exception(exc)
+
+
 class _Connection(asyncio.Protocol):
     """One TCP connection: the requests written on it, answered in order."""
 
@@ -175,9 +182,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
         waiting, self.waiting = self.waiting, collections.deque()
-        for request in waiting:
-            if not request.future.done():
-                request.future.set_exception(exc)
+        _fail(waiting, exc)
 
     def _check_deadline(self) -> None:
         self._timer = None
@@ -218,9 +223,7 @@ class Wire:
         deadline = self.loop.time() + (timeout if timeout is not None else 0.0)
         requests = [_Request(commands, fut, deadline) for commands, fut in pipelines]
         if self._closed:
-            err = redis.ConnectionError(f"{self.where}: the connection is closed")
-            for r in requests:
-                r.future.set_exception(err)
+            _fail(requests, redis.ConnectionError(f"{self.where}: the connection is closed"))
             return
         if self._conn is not None and self._conn.open:
             self._write(self._conn, requests)
@@ -274,9 +277,7 @@ class Wire:
             await asyncio.gather(self._connecting, return_exceptions=True)
         closed = redis.ConnectionError(f"{self.where}: the connection is closed")
         unsent, self._unsent = self._unsent, []
-        for r in unsent:
-            if not r.future.done():
-                r.future.set_exception(closed)
+        _fail(unsent, closed)
         if self._conn is not None:
             self._conn.fail(closed)
             self._conn = None
@@ -304,9 +305,7 @@ class Wire:
             conn = await self._open()
         except Exception as exc:
             unsent, self._unsent = self._unsent, []
-            for r in unsent:
-                if not r.future.done():
-                    r.future.set_exception(exc)
+            _fail(unsent, exc)
             return
         finally:
             self._connecting = None
