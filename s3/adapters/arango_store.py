@@ -148,7 +148,7 @@ def store_http_client(timeout_s: float = 10.0) -> HTTPClient:
     retry a POST whose connection was reset (a stale keep-alive connection closed by the server
     or a proxy), yet every request of the store is safe to send twice: inserts are idempotent by
     key (the second copy finds 1210 and answers False), queries read, `set_active` replaces one
-    document, and cursors are read in one batch. So: one retry, for every method, after a
+    document, and a cursor's batches are asked for by number (``allowRetry``). So: one retry, for every method, after a
     refused or reset connection; none after a read timeout (the server may still be at work and
     a second wait doubles the caller's) and none on an HTTP status (the store maps each answer).
     """
@@ -247,12 +247,17 @@ class ArangoStore:
         create_database: bool = False,
         timeout_s: float = 10.0,
         http_client: HTTPClient | None = None,
+        retry: WriteRetry | None = None,
     ) -> ArangoStore:
         """Connect to ``http[s]://user:pass@host:8529/dbname`` and check the connection.
 
         The database must exist: the engine's user should not hold the server-wide right to
         create one. ``create_database=True`` (tests, a development server) creates it through
         ``_system`` first, which needs that right.
+
+        Args:
+            http_client: python-arango's HTTP client; `store_http_client` by default.
+            retry: how writes meeting a write-write conflict are retried.
 
         Raises:
             DependencyUnavailable: the server cannot be reached, refuses the credentials or
@@ -270,7 +275,7 @@ class ArangoStore:
                     _create_database(client, target)
                 db = client.db(target.database, target.username, target.password, verify=False)
                 db.properties()  # the check: credentials, rights, the database itself
-            return cls(db, client=client)
+            return cls(db, client=client, retry=retry)
         except BaseException:
             client.close()
             raise
@@ -404,10 +409,13 @@ class ArangoStore:
         return self._write(f"{coll.name}/{key}", lambda: coll.insert(body, silent=True))
 
     def _query(self, aql: str, bind: dict[str, Any], batch: int = docs.MAX_LIMIT) -> list[Any]:
-        """Run one AQL query; ``batch`` at least the rows expected reads them in one round trip
-        (a cursor's next batch is not safe to ask for twice, see `store_http_client`)."""
+        """Run one AQL query; ``batch`` at least the rows expected reads them in one round trip.
+        Should a result need more batches, ``allowRetry`` (ArangoDB 3.11+) names each one, so a
+        batch asked for twice (`store_http_client` retries a reset connection) is the same."""
         with _guard(self._where):
-            cursor = _done(self._db.aql.execute(aql, bind_vars=bind, batch_size=batch))
+            cursor = _done(
+                self._db.aql.execute(aql, bind_vars=bind, batch_size=batch, allow_retry=True)
+            )
             return list(cursor)
 
     def _one(self, coll: str, equal: dict[str, Any]) -> dict[str, Any] | None:

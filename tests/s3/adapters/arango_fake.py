@@ -283,7 +283,7 @@ class FakeArango:
         """Inserts answered 1200 because another insert of the key was in flight."""
         self.indexes_built: list[tuple[str, str, bool]] = []
         """(collection, index, built in the background) for each index created."""
-        self._cursors: dict[str, list[dict[str, Any]]] = {}
+        self._cursors: dict[str, _Cursor] = {}
         self._ids = itertools.count(1000)
         self._lock = threading.RLock()
 
@@ -529,6 +529,9 @@ class FakeArango:
         return None
 
     def _cursor(self, c: Call, db: dict[str, Collection], p: list[str]) -> Answer:
+        """A cursor keeps all its rows; batch n (from 1) is always the same rows, so a batch
+        asked for again by number (``/_api/cursor/<id>/<n>``, allowRetry) is answered again.
+        Without a number, the next batch is the one after the last sent."""
         if len(p) == 2 and c.method == "post":
             q = c.body
             named = _QUERY_COLL.match(q["query"])
@@ -540,37 +543,47 @@ class FakeArango:
             rows, plan = run_aql(docs, q["query"], q.get("bindVars", {}), c.database)
             with self._lock:
                 self.plans.append(plan)
-            return self._batch(rows, int(q.get("batchSize", 1000)), None, 201)
-        if len(p) >= 3 and c.method == "post":
+                cid = str(next(self._ids))
+                self._cursors[cid] = _Cursor(rows, int(q.get("batchSize", 1000)))
+            return self._batch(cid, 1, 201)
+        if len(p) in (3, 4) and c.method == "post":
             with self._lock:
-                rest = self._cursors.pop(p[2], None)
-            if rest is None:
+                cursor = self._cursors.get(p[2])
+            if cursor is None:
                 return error(404, 1600, "cursor not found")
-            return self._batch(rest[1:], int(rest[0]["batch"]), p[2], 200)
+            return self._batch(p[2], int(p[3]) if len(p) == 4 else cursor.sent + 1, 200)
         if len(p) == 3 and c.method == "delete":
             with self._lock:
                 self._cursors.pop(p[2], None)
             return 202, {"error": False, "code": 202, "id": p[2]}
         return error(404, 404, "fake arango: no such cursor route")
 
-    def _batch(
-        self, rows: list[dict[str, Any]], size: int, cursor: str | None, status: int
-    ) -> Answer:
-        head, rest = rows[:size], rows[size:]
+    def _batch(self, cid: str, n: int, status: int) -> Answer:
+        with self._lock:
+            cursor = self._cursors[cid]
+            cursor.sent = n
+            rows = cursor.rows[(n - 1) * cursor.size : n * cursor.size]
+            more = n * cursor.size < len(cursor.rows)
+            if not more:
+                del self._cursors[cid]
         body: dict[str, Any] = {
-            "result": head,
-            "hasMore": bool(rest),
+            "result": rows,
+            "hasMore": more,
             "cached": False,
             "extra": {"warnings": [], "stats": {"writesExecuted": 0}},
             "error": False,
             "code": status,
         }
-        if rest:
-            cid = cursor or str(next(self._ids))
-            with self._lock:
-                self._cursors[cid] = [{"batch": size}, *rest]
-            body["id"] = cid
+        if more:
+            body["id"], body["nextBatchId"] = cid, str(n + 1)
         return status, body
+
+
+@dataclass
+class _Cursor:
+    rows: list[dict[str, Any]]
+    size: int
+    sent: int = 0
 
 
 _QUERY_COLL = re.compile(r"^FOR d IN (\w+)")
