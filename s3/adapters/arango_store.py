@@ -441,7 +441,7 @@ class ArangoStore:
         """Up to ``limit`` documents in (time, id) order, ids compared by bytes as SQLite does.
 
         AQL sorts by the covering index, so by (time, ICU collation of id): within one time the
-        order may differ from bytes ("a" < "B" < "_" there; "B" < "_" < "a" in bytes). One row
+        order may differ from bytes ("_" < "a" < "B" there; "B" < "_" < "a" in bytes). One row
         past the limit tells whether the page ends inside a run of equal times; only then is
         that run read whole (by the same index) so the page keeps its byte-order first ones.
         """

@@ -55,10 +55,10 @@ def arango_target() -> Iterator[ArangoTarget]:
 
 
 def open_arango(target: ArangoTarget) -> ArangoStore:
-    from arango.client import ArangoClient
-
-    client = ArangoClient(hosts=target.hosts)
-    return ArangoStore(client.db(target.database, target.username, target.password), client=client)
+    """As the engine opens it: `from_url`, with the store's own HTTP client."""
+    return ArangoStore.from_url(
+        f"{target.hosts}/{target.database}", username=target.username, password=target.password
+    )
 
 
 @pytest.fixture
