@@ -101,6 +101,10 @@ class WriteRetry:
     base_s: float = 0.002
     cap_s: float = 0.1
 
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base_s < 0 or self.cap_s < 0:
+            raise ValueError(f"WriteRetry: attempts >= 1 and delays >= 0, found {self}")
+
     def delay(self, attempt: int, rng: random.Random) -> float:
         return rng.uniform(0.0, min(self.cap_s, self.base_s * 2**attempt))
 
@@ -147,7 +151,8 @@ def store_http_client(timeout_s: float = 10.0) -> HTTPClient:
     backoff, times 3 resolver tries); a decision path wants a quick 503 instead. They also never
     retry a POST whose connection was reset (a stale keep-alive connection closed by the server
     or a proxy), yet every request of the store is safe to send twice: inserts are idempotent by
-    key (the second copy finds 1210 and answers False), queries read, `set_active` replaces one
+    key (should the first copy have landed, the second finds 1210: the document is stored and
+    `put_*` answers False, which no caller acts on), queries read, `set_active` replaces one
     document, and a cursor's batches are asked for by number (``allowRetry``). So: one retry, for every method, after a
     refused or reset connection; none after a read timeout (the server may still be at work and
     a second wait doubles the caller's) and none on an HTTP status (the store maps each answer).
