@@ -1,0 +1,67 @@
+"""A recording audit hook for the security tests: which events fired in this thread, and whether
+generated code (a frame whose globals carry `dsl.guard.MARK`) was on the stack when each one did."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from dsl.guard import MARK, MARKER
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    from_generated: bool
+    detail: str
+
+
+_local = threading.local()
+
+
+def _generated_on_stack() -> bool:
+    f = sys._getframe(2)  # f_globals and f_back are not audited (f_code is)
+    while f is not None:
+        if f.f_globals.get(MARK) is MARKER:
+            return True
+        f = f.f_back  # type: ignore[assignment]
+    return False
+
+
+def _recorder(event: str, args: tuple[object, ...]) -> None:
+    sink = getattr(_local, "sink", None)
+    if sink is None or event == "sys._getframe" or getattr(_local, "busy", False):
+        return
+    _local.busy = True
+    try:
+        detail = repr(args[0])[:120] if args else ""
+        sink.append(Event(event, _generated_on_stack(), detail))
+    finally:
+        _local.busy = False
+
+
+_installed = False
+
+
+@contextmanager
+def recording() -> Iterator[list[Event]]:
+    """Every audit event this thread raises inside the block (the hook stays, as hooks do)."""
+    global _installed
+    if not _installed:
+        sys.addaudithook(_recorder)
+        _installed = True
+    events: list[Event] = []
+    _local.sink = events
+    try:
+        yield events
+    finally:
+        _local.sink = None
+
+
+BUILD_EVENTS = frozenset({"open", "os.scandir", "compile", "exec", "import"})
+"""What the loader and compiler themselves cause during a build: reading the files, walking the
+directory, parsing and compiling the generated module, executing it once, and a lazily imported
+module of the standard library. None of them from generated code; evaluation causes none at all."""
