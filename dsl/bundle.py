@@ -53,7 +53,7 @@ RESERVED_WORDS = frozenset(
 )
 FUNCTION_NAMES = frozenset(["abs", "min", "max", "clamp", "log", "sqrt", "between", "has"])
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-_SAFE_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_SAFE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 """What each part of a rule file's path inside a bundle must be (E312)."""
 MAX_BUNDLE_ENTRIES = 256
 """Most files and directories under a bundle directory, all kinds counted (E310)."""
@@ -317,8 +317,9 @@ def scan_bundle(root: Path, display_root: str | None = None) -> BundleScan:
 
     A link is never followed (neither a linked file nor a linked directory is read). A name with
     a control or non-printable character is refused with its characters escaped, whatever the
-    file is (it would otherwise reach diagnostics, logs and generated code), and the path of a
-    rule file must be letters, digits, '_', '-' and '.' (no spaces, quotes or brackets).
+    file is (it would otherwise reach diagnostics, logs and generated code), and each part of the
+    path of a rule file must be letters, digits, '_', '-' and '.', starting with a letter or
+    digit (no spaces, quotes, brackets or dunder names).
     """
     shown_root = display_root if display_root is not None else str(root).rstrip("/")
     scan = BundleScan()
@@ -385,7 +386,7 @@ def scan_bundle(root: Path, display_root: str | None = None) -> BundleScan:
                             Diagnostic(
                                 "E312",
                                 f"rule file name {escaped(shown)} is not letters, digits, "
-                                "'_', '-' and '.'",
+                                "'_', '-' and '.' starting with a letter or digit",
                                 None,
                                 "rename the file (and its directories), e.g. risk_limits.rule",
                             )

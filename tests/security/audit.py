@@ -61,7 +61,20 @@ def recording() -> Iterator[list[Event]]:
         _local.sink = None
 
 
-BUILD_EVENTS = frozenset({"open", "os.scandir", "compile", "exec", "import"})
-"""What the loader and compiler themselves cause during a build: reading the files, walking the
-directory, parsing and compiling the generated module, executing it once, and a lazily imported
-module of the standard library. None of them from generated code; evaluation causes none at all."""
+BUILD_EVENTS = frozenset(
+    {
+        "open",  # reading bundle.toml and the rule files
+        "os.scandir",  # walking the bundle directory
+        "compile",  # ast.parse and compile of the generated module
+        "exec",  # running the verified module, once per evaluator
+        "builtins.id",  # pydantic copies the manifest's defaults (copy.deepcopy)
+        "import",  # first use of a module (lark's and pydantic's error paths, the stdlib)
+        "os.listdir",
+        "marshal.loads",
+        "object.__getattr__",
+        "object.__setattr__",
+        "sys.addaudithook",  # the guard installing its hook, at the first build of a process
+    }
+)
+"""What the loader and compiler themselves may cause during a build; none of it from generated
+code (checked separately), and evaluation causes no event at all."""
