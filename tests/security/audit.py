@@ -22,8 +22,12 @@ class Event:
 _local = threading.local()
 
 
-def _generated_on_stack() -> bool:
+def _from_generated(event: str) -> bool:
+    """Like the guard: introspection counts when generated code does it itself (a tracer's
+    frame walks during a hypothesis replay are not), anything else when it is on the stack."""
     f = sys._getframe(2)  # f_globals and f_back are not audited (f_code is)
+    if event.startswith("object."):
+        return f.f_globals.get(MARK) is MARKER
     while f is not None:
         if f.f_globals.get(MARK) is MARKER:
             return True
@@ -38,7 +42,7 @@ def _recorder(event: str, args: tuple[object, ...]) -> None:
     _local.busy = True
     try:
         detail = repr(args[0])[:120] if args else ""
-        sink.append(Event(event, _generated_on_stack(), detail))
+        sink.append(Event(event, _from_generated(event), detail))
     finally:
         _local.busy = False
 
