@@ -89,9 +89,8 @@ def _fatal_exit(service: Any, stop: Any) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from s3.http.app import create_app
+    from s3.http.server import server_config
     from s3.worker import Runner
 
     service = _service()
@@ -106,7 +105,17 @@ def serve(args: argparse.Namespace) -> int:
         f"rev {service.engine.registry.current.rev}; redis {'embedded' if service.redis_server else 'external'})",
         flush=True,
     )
-    server = _Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+    settings = service.settings
+    server = _Server(
+        server_config(
+            app,
+            host=args.host,
+            port=args.port,
+            request_timeout_s=settings.http_request_timeout_s,
+            keepalive_s=settings.http_keepalive_s,
+            log_level="warning",
+        )
+    )
 
     def on_signal(*_: object) -> None:
         server.should_exit = True  # stop taking requests; in-flight ones finish

@@ -22,7 +22,14 @@ from s3.adapters.redis_server import RedisServer
 from s3.adapters.redis_streams import emit_order_cmd, emit_signal, read_cfg_events
 from s3.adapters.s4_client import OrderCmdRequest, S4Client
 from s3.config.bundle import checksum_files, read_bundle_files
-from s3.config.reload import ActivePointer, BundleDoc, Reloader, ReloadResult
+from s3.config.reload import (
+    ActivePointer,
+    BundleDoc,
+    MalformedBundle,
+    Reloader,
+    ReloadResult,
+    check_files,
+)
 from s3.config.settings import Settings
 from s3.core.types import Decision
 from s3.engine import Engine
@@ -45,8 +52,19 @@ class StoreSource:
         return None if a is None else ActivePointer(a.bundle_id, a.rev, a.checksum)
 
     def fetch(self, bundle_id: str, rev: int) -> BundleDoc | None:
-        b = self.store.get_bundle(bundle_id, rev)
-        return None if b is None else BundleDoc(b.bundle_id, b.rev, b.checksum, dict(b.files))
+        where = f"config_bundles {bundle_id} rev {rev}"
+        try:
+            b = self.store.get_bundle(bundle_id, rev)
+        except (
+            msgspec.ValidationError
+        ) as exc:  # the store answered with a document of the wrong shape
+            raise MalformedBundle(f"{where}: {exc}") from None
+        if b is None:
+            return None
+        return BundleDoc(b.bundle_id, b.rev, b.checksum, dict(check_files(b.files, where)))
+
+    def revisions(self, bundle_id: str) -> list[int]:
+        return [b.rev for b in self.store.list_bundles(bundle_id)]
 
 
 def publish(
@@ -322,6 +340,10 @@ class Service:
         except Exception as exc:
             store_state = f"down: {type(exc).__name__}"
             degraded.append("store")
+        config = "ok"
+        if self.reloader.fallback is not None:
+            config = f"fallback: {self.reloader.fallback}"
+            degraded.append("config")
         snap = self.engine.registry.current
         return HealthResponse(
             status="OK" if not degraded else "DEGRADED",
@@ -331,6 +353,7 @@ class Service:
             rules_loaded=len(snap.ruleset.rules),
             bundle_id=snap.bundle_id,
             streams=streams,
+            config=config,
             degraded=degraded,
         )
 

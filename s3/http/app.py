@@ -143,6 +143,8 @@ class HealthResponse(msgspec.Struct, frozen=True):
     rules_loaded: int
     bundle_id: str
     streams: str = "ok"
+    config: str = "ok"
+    """"ok", or "fallback: ..." when a start serves a revision other than the active one."""
     degraded: list[str] = []
 
 
