@@ -32,6 +32,7 @@ class TimedHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._request_deadline: asyncio.TimerHandle | None = None
+        self._headers_done = False
 
     def _arm(self) -> None:
         if self._request_deadline is None:
@@ -52,7 +53,12 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._headers_done = False  # until then `cycle` is the previous request's, if any
         self._arm()
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._headers_done = True
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -62,9 +68,10 @@ class TimedHttpProtocol(HttpToolsProtocol):
         self._request_deadline = None
         if self.transport.is_closing():
             return
-        cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.response_started:
-            # Nothing of ours on the wire for this request: say why before closing.
+        cycle = self.cycle if self._headers_done else None
+        if cycle is None or not cycle.response_started:
+            # Nothing of ours on the wire for this request: say why before closing. (An app may
+            # answer before reading the body, e.g. a 401: then the connection is just closed.)
             self.transport.write(_TIMEOUT_RESPONSE)
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # the app's next receive() says so; its send()s are dropped
