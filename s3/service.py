@@ -248,12 +248,23 @@ class Service:
                     }
                 )
 
+        build = None
+        if settings.bundle_build == "process":
+            from s3.config.offpath import build_off_path, warm_up
+
+            warm_up()
+            timeout_s = settings.bundle_build_timeout_s
+
+            def build(doc: BundleDoc, s: Settings | None) -> tuple[Any, list[str]]:
+                return build_off_path(doc, s, timeout_s=timeout_s)
+
         reloader = Reloader(
             None,
             StoreSource(store),
             cache_dir=Path(settings.cache_dir),
             on_event=on_event,
             settings=settings,
+            build=build,
         )
         registry = reloader.start_registry()
         client.set(keys.cfg_rcu_rev, str(registry.current.rev))

@@ -179,6 +179,8 @@ class Reloader:
         on_event: EventSink | None = None,
         on_applied: Callable[[BundleSnapshot], None] | None = None,
         settings: Settings | None = None,
+        build: Callable[[BundleDoc, Settings | None], tuple[BundleSnapshot | None, list[str]]]
+        | None = None,
     ):
         self.registry = registry
         self.source = source
@@ -186,6 +188,9 @@ class Reloader:
         self.on_event = on_event or (lambda kind, detail: None)
         self.on_applied = on_applied or (lambda snap: None)
         self.settings = settings
+        self.build = build
+        """How a revision is built while another one serves (`s3.config.offpath`); default
+        `compile_doc` here. Startup, with nothing serving yet, always builds in process."""
         self._lock = threading.Lock()  # one reload at a time; decisions never wait on it
         self.last_rejected: tuple[str, int] | None = None
         self.fallback: str | None = None
@@ -275,6 +280,8 @@ class Reloader:
                     f"the bundle's {doc.checksum[:12]}…"
                 ],
             )
+        elif self.build is not None and current is not None:
+            snap, reasons = self.build(doc, self.settings)
         else:
             snap, reasons = compile_doc(doc, self.settings)
         if snap is None or doc is None:
