@@ -55,9 +55,8 @@ class StoreSource:
         where = f"config_bundles {bundle_id} rev {rev}"
         try:
             b = self.store.get_bundle(bundle_id, rev)
-        except (
-            msgspec.ValidationError
-        ) as exc:  # the store answered with a document of the wrong shape
+        except msgspec.ValidationError as exc:
+            # the store answered, with a document of the wrong shape: not a bundle
             raise MalformedBundle(f"{where}: {exc}") from None
         if b is None:
             return None
@@ -250,9 +249,8 @@ class Service:
 
         build = None
         if settings.bundle_build == "process":
-            from s3.config.offpath import build_off_path, warm_up
+            from s3.config.offpath import build_off_path
 
-            warm_up()
             timeout_s = settings.bundle_build_timeout_s
 
             def build(doc: BundleDoc, s: Settings | None) -> tuple[Any, list[str]]:
@@ -392,6 +390,11 @@ class Service:
 
     # -- background: reload on cfg:events and by polling ------------------------------------------------
     def start_reload_watch(self) -> None:
+        if self.settings.bundle_build == "process":
+            from s3.config.offpath import warm_up
+
+            warm_up()
+
         def watch() -> None:
             last_id = "$"
             next_poll = time.monotonic() + self.settings.config_poll_sec

@@ -44,9 +44,11 @@ def _context() -> Any:
     return _MP
 
 
-def warm_up() -> None:
-    """Start the fork server now (it imports the build and builds the DSL parser once), on a
-    background thread, so that the first reload does not wait for it."""
+def warm_up(delay_s: float = 10.0) -> None:
+    """Start the fork server after ``delay_s`` (it imports the build and builds the DSL parser
+    once, ~1 s of CPU), on a background thread, so that a later reload does not wait for it. The
+    delay spares the cost to processes that live only seconds; a reload before it starts the
+    server itself."""
     import threading
     from multiprocessing import forkserver
 
@@ -57,7 +59,9 @@ def warm_up() -> None:
         except Exception as exc:  # the first build will try again, and say why if it fails
             log.warning("bundle build fork server did not start: %s", exc)
 
-    threading.Thread(target=start, name="s3-build-warmup", daemon=True).start()
+    timer = threading.Timer(delay_s, start)
+    timer.name, timer.daemon = "s3-build-warmup", True
+    timer.start()
 
 
 # -- the child ------------------------------------------------------------------------------------
