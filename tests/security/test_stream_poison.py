@@ -102,6 +102,25 @@ def test_stream_poison_entries_are_dead_lettered_and_the_worker_lives_on(
     assert last not in {d["id"] for d in dlq}
 
 
+def test_stream_bytes_that_are_not_utf8_are_dead_lettered(
+    service: Service, runner: Runner, redis_server: RedisServer
+) -> None:
+    # A producer writes raw bytes: every read of the entry used to raise UnicodeDecodeError in
+    # the client, killing each worker that read or claimed it.
+    raw = redis_server.client()  # writes the bytes as they are
+    key = service.engine.keys.feat_events(BTC)
+    fields = {k.encode(): v.encode() for k, v in good(service).items()}
+    bad = str(raw.xadd(key, {**fields, b"mid": b"\xff\xfe60000"}))
+    raw.xadd(key, {**fields, b"\xc3(": b"1"})  # a field name that is not UTF-8 either
+    xadd(service, good(service))
+    runner.start()
+    wait_for(lambda: runner.handled == 2, what="the entries after the raw bytes")
+    [d] = dead_letters(service)
+    assert (d["id"], d["error_code"]) == (bad, "PARSE.BAD_TYPE")
+    assert "\ufffd" in d["error"] and "mid" in d["error"]
+    assert service.health().streams == "ok"
+
+
 def test_stream_a_check_that_raises_dead_letters_the_entry(
     service: Service, redis_server: RedisServer
 ) -> None:
