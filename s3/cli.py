@@ -85,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (rules_cli.UsageError, ops_cli.UsageError) as exc:
         print(f"s3: error: {exc}", file=sys.stderr)
         return 2
+    except ops_cli.Unavailable as exc:
+        print(f"s3: error: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `s3 rules lint ... | head`
         return 0
     return code

@@ -153,6 +153,15 @@ def bar_update(
         states[symbol] = atr_mod.update(state, high=high, low=low, close=close)
 
 
+def _entry_position(entry_id: str) -> tuple[int, int] | None:
+    """A stream entry id ``ms-seq`` as a tuple that sorts as Redis does (None if not an id)."""
+    ms, _, seq = entry_id.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return None
+
+
 class Runner:
     """Stream worker + jobs in background threads; `stop()` finishes in-flight work and acks it."""
 
@@ -174,6 +183,8 @@ class Runner:
         engine = service.engine
         self.handled = 0
         self.on_decision: Callable[[Any], None] | None = None
+        self._folded: dict[str, tuple[int, int]] = {}
+        """Per symbol, the id of the last entry whose bar went into the ATR state."""
         self.worker = StreamWorker(
             engine.redis,
             engine.keys,
@@ -193,6 +204,9 @@ class Runner:
                 # a feature event that waits goes stale); read few at a time so few wait.
                 count=10,
             ),
+            # An entry the engine refuses as input (a bad feature, a bad side...) fails the same
+            # way on every attempt: dead-letter it at once.
+            input_errors=(InputError,),
         )
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
@@ -210,7 +224,15 @@ class Runner:
             "spread_bps": parsed.spread_bps,
             "depth_top1_usdt": parsed.depth_top1_usdt,
         }
-        bar_update(engine.atr_states, symbol, features, engine.registry.current.params.atr_period)
+        # A bar counts once: an entry handled again (a failed attempt, a crash before its ack)
+        # or one retried after later entries of its stream leaves the ATR state alone.
+        position = _entry_position(entry_id)
+        if position is None or position > self._folded.get(symbol, (-1, -1)):
+            bar_update(
+                engine.atr_states, symbol, features, engine.registry.current.params.atr_period
+            )
+            if position is not None:
+                self._folded[symbol] = position
         side = features.pop("side_hint", None)
 
         def decide() -> Any:
@@ -245,13 +267,11 @@ class Runner:
 
     def start(self) -> None:
         self.worker.ensure_groups()
-        t = threading.Thread(target=self.worker.run, name="s3-stream", daemon=True)
-        t.start()
-        self._threads.append(t)
+        # Never a quiet death: an exception, or a return nobody asked for, fails `/health` and
+        # makes `s3 serve` / `s3 worker` exit non-zero (Service.spawn).
+        self._threads.append(self.service.spawn("s3-stream", self.worker.run, self._stop))
         if self.jobs is not None:
-            jt = threading.Thread(target=self._jobs_loop, name="s3-jobs", daemon=True)
-            jt.start()
-            self._threads.append(jt)
+            self._threads.append(self.service.spawn("s3-jobs", self._jobs_loop, self._stop))
 
     def update_stream_metrics(self) -> None:
         """Stream lag per symbol (entries delivered and not acknowledged, plus, on Redis 7, entries

@@ -38,6 +38,8 @@ from s3.adapters.redis_producers import (
 log = logging.getLogger(__name__)
 
 _MAX_REMEMBERED_ERRORS = 10_000
+_MAX_ERROR_CHARS = 2_000
+"""A dead letter's ``error`` is cut to this length (an exception may quote a huge input)."""
 
 Handler = Callable[[str, str, dict[str, str]], None]
 """``handler(symbol, entry_id, fields)``; it returns once the signal is persisted, or raises."""
@@ -150,6 +152,7 @@ class StreamWorker:
         *,
         validate: Callable[..., ParseError | None] = check_feature_entry,
         on_acked: Callable[[str, list[str]], None] | None = None,
+        input_errors: tuple[type[Exception], ...] = (),
     ) -> None:
         kwargs = client.get_connection_kwargs()
         if not kwargs.get("decode_responses"):
@@ -162,6 +165,8 @@ class StreamWorker:
             )
         self.client, self.keys, self.handler, self.config = client, keys, handler, config
         self.validate, self.on_acked = validate, on_acked
+        self.input_errors = input_errors
+        """Handler exceptions that blame the entry: dead-lettered at once, never retried."""
         self.stats = WorkerStats()
         self._symbol_of = {keys.feat_events(s): s for s in config.symbols}
         self._groups = self._slot_groups(list(self._symbol_of))
@@ -350,15 +355,32 @@ class StreamWorker:
 
     def _handle(self, key: str, entry_id: str, fields: dict[str, str], *, attempt: int) -> None:
         symbol = self._symbol_of[key]
-        invalid = self.validate(fields, symbol=symbol)
+        try:
+            invalid = self.validate(fields, symbol=symbol)
+        except Exception as exc:  # whatever an entry makes the check raise, it is the entry's fault
+            invalid = ParseError("PARSE.ERROR", "", f"the entry cannot be read: {_described(exc)}")
         if invalid is not None:
+            self._errors.pop((key, entry_id), None)
             self._dead_letter(key, entry_id, fields, invalid.code, invalid.message, attempt)
             return
         try:
             self.handler(symbol, entry_id, fields)
+        except self.input_errors as exc:  # the entry is at fault: another attempt fails the same
+            self.stats.failed += 1
+            self._errors.pop((key, entry_id), None)
+            code = getattr(exc, "code", None)
+            self._dead_letter(
+                key,
+                entry_id,
+                fields,
+                f"INPUT.{code}" if isinstance(code, str) else "INPUT",
+                f"handler refused the entry: {_described(exc)}",
+                attempt,
+            )
+            return
         except Exception as exc:
             self.stats.failed += 1
-            error = f"handler raised {type(exc).__name__}: {exc}"
+            error = f"handler raised {_described(exc)}"
             log.warning(
                 "%s %s: %s (attempt %d of %d)",
                 key,
@@ -400,7 +422,7 @@ class StreamWorker:
             "consumer": self.config.consumer,
             "fields": msgspec.json.encode(fields).decode() if fields is not None else "",
             "error_code": code,
-            "error": error,
+            "error": error[:_MAX_ERROR_CHARS],
             "attempts": str(attempts),
             "ts": str(int(time.time() * 1000)),
         }
@@ -507,6 +529,12 @@ class StreamWorker:
             if not found:
                 self._dead_letter(key, entry_id, None, "DELETED", _DELETED, attempts=0)
                 self._ack_later(key, entry_id)
+
+
+def _described(exc: BaseException) -> str:
+    """``Type: message``, the message cut short (an error may quote megabytes of input)."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
 
 
 _ABANDONED = "unknown, its consumer stopped or crashed while handling it"

@@ -59,11 +59,19 @@ def intent_id(symbol: str, side: str, t0_ms: int, config_rev: int) -> str:
     return f"s3-{base}-{t0_ms}-{digest}"
 
 
+def _finite(v: float) -> bool:
+    """False for inf/nan, and for an integer too large for a float (``math.isfinite`` raises)."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def _number(features: Mapping[str, Any], name: str) -> float:
     v = features.get(name)
     if type(v) is float and math.isfinite(v):
         return v
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, int | float) or not _finite(v):
         raise InputError(
             "BAD_FEATURE", f"feature '{name}' must be a finite number, found {v!r}", feature=name
         )

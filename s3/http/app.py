@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import sys
 from collections.abc import Callable
 from decimal import Decimal
 from functools import partial
@@ -26,6 +27,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
+from s3.adapters.feature_events import MAX_DEPTH, nesting_depth
 from s3.adapters.redis_batch import PipelineBatcher, run_steps_async
 from s3.core.types import Decision, OcoLeg
 from s3.engine import Submission
@@ -141,10 +143,45 @@ class HealthResponse(msgspec.Struct, frozen=True):
     rules_loaded: int
     bundle_id: str
     streams: str = "ok"
+    config: str = "ok"
+    """"ok", or "fallback: ..." when a start serves a revision other than the active one."""
     degraded: list[str] = []
 
 
 _ENCODER = msgspec.json.Encoder(decimal_format="number")
+_FLOAT_MAX = sys.float_info.max
+
+
+class _Request(Request[Any, Any, Any]):
+    async def json(self) -> Any:
+        """A body nested deeper than the decoder's recursion limit is the request's fault."""
+        try:
+            return await super().json()
+        except RecursionError:
+            raise ValidationException(
+                "the JSON body nests lists/objects too deeply to decode", extra={}
+            ) from None
+
+
+def check_features(features: dict[str, Any] | None) -> None:
+    """Refuse, with the feature's name, what no feature can be and what later code would choke
+    on: lists/objects nested deeper than `MAX_DEPTH`, integers beyond a float's range."""
+    for name, value in (features or {}).items():
+        if nesting_depth(value) > MAX_DEPTH:
+            raise InputError(
+                "BAD_FEATURE",
+                f"feature '{name}' nests lists/objects deeper than {MAX_DEPTH}",
+                feature=name,
+            )
+        if type(value) is int and not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+            raise InputError(
+                "BAD_FEATURE",
+                f"feature '{name}' is an integer of about {int(value.bit_length() * 0.30103) + 1} "
+                "digits, beyond a float's range (1.8e308)",
+                feature=name,
+            )
+
+
 log = logging.getLogger("s3.http")
 
 
@@ -211,6 +248,7 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
         status_code=HTTP_200_OK,
     )
     async def decide_route(data: JSONBody[DecideRequest]) -> Response[bytes]:
+        check_features(data.features)
         symbol = data.symbol.upper()
         args: dict[str, Any] = {
             "symbol": symbol,
@@ -318,6 +356,7 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
         },
         openapi_config=OpenAPIConfig(title="S3 strategy engine", version="1.0.0"),
         logging_config=None,  # the process configures logging, not the app
+        request_class=_Request,
         on_shutdown=[on_stop],
         debug=False,
     )

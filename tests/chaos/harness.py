@@ -455,7 +455,7 @@ class ChaosEnv:
         self, symbol: str, ts: int, *, slow: bool
     ) -> tuple[dict[str, str], str, str | None]:
         """The next malformation, every kind in turn (shuffled), so each run has them all.
-        ``slow``: include those only the decision finds (retried up to max_attempts)."""
+        ``slow``: include those only the decision finds (dead-lettered as INPUT.* at once)."""
         if not self._malformed:
             self._malformed = list(self.MALFORMED)
             self.rng.shuffle(self._malformed)

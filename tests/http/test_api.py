@@ -315,6 +315,7 @@ def test_health_and_metrics_and_openapi(client: TestClient[Any]) -> None:
         "rules_loaded": 31,
         "bundle_id": "default",
         "streams": "ok",
+        "config": "ok",
         "degraded": [],
     }
     decide(client)
