@@ -165,6 +165,9 @@ class Service:
     store: Any
     redis_server: RedisServer | None = None
     api_token: str | None = None
+    cfg_events_from: str = "$"
+    """Where the reload watch starts reading `cfg:events`: the stream's last id before the startup
+    read the active pointer, so a publish during startup is seen at once, not at the next poll."""
     _threads: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -213,6 +216,10 @@ class Service:
                     }
                 )
 
+        cfg_events_from = "$"
+        with contextlib.suppress(Exception):  # Redis down: from when the watch starts, as before
+            newest = client.xrevrange(keys.cfg_events, "+", "-", count=1)
+            cfg_events_from = str(newest[0][0]) if newest else "0-0"
         reloader = Reloader(
             None,
             StoreSource(store),
@@ -251,7 +258,7 @@ class Service:
                 client.set(keys.cfg_rcu_rev, str(snap.rev))
 
         reloader.on_applied = applied
-        return cls(settings, engine, reloader, store, server, settings.api_token)
+        return cls(settings, engine, reloader, store, server, settings.api_token, cfg_events_from)
 
     # -- health and admin -----------------------------------------------------------------------------
     def health(self) -> HealthResponse:
@@ -304,7 +311,7 @@ class Service:
     # -- background: reload on cfg:events and by polling ------------------------------------------------
     def start_reload_watch(self) -> None:
         def watch() -> None:
-            last_id = "$"
+            last_id = self.cfg_events_from
             next_poll = time.monotonic() + self.settings.config_poll_sec
             while not self._stop.is_set():
                 try:
