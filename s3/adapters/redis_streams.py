@@ -240,7 +240,12 @@ class StreamWorker:
         `EntryLost` rather than decide the entry a second time."""
         key = self.keys.feat_events(symbol)
         cfg = self.config
-        return bool(self._keep(keys=[key], args=[cfg.group, cfg.consumer, entry_id]))
+        try:
+            return bool(self._keep(keys=[key], args=[cfg.group, cfg.consumer, entry_id]))
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):  # the stream was deleted: its entries are nobody's
+                return False
+            raise
 
     @property
     def stream_groups(self) -> list[tuple[str, ...]]:

@@ -584,6 +584,8 @@ def test_keep_holds_an_entry_of_this_consumer_and_refuses_one_taken_over(
     client.xack(key, "g", entry)
     assert other.keep(BTC, entry) is False  # acknowledged: nobody's any more
     assert _owner_and_idle(client, key, entry) is None
+    client.delete(key)
+    assert worker.keep(BTC, entry) is False  # the stream (and its group) deleted
 
 
 def test_an_entry_taken_over_while_it_waited_in_the_batch_is_left_to_its_new_consumer(
@@ -599,9 +601,10 @@ def test_an_entry_taken_over_while_it_waited_in_the_batch_is_left_to_its_new_con
     def handler(symbol: str, entry_id: str, fields: dict[str, str]) -> None:
         seen.append(entry_id)
         if entry_id == ids[0]:  # a slow first entry: the second is taken over meanwhile
-            client.xclaim(key, "g", "c2", 0, [ids[1]], justid=True)
+            time.sleep(0.01)
+            assert client.xclaim(key, "g", "c2", 1, [ids[1]], justid=True) == [ids[1]]
 
-    # min idle 1 ms: every entry is checked before its handler runs, whatever the timing
+    # min idle 1 ms: an entry that waited 0.5 ms is checked before its handler runs
     worker = StreamWorker(client, keys, handler, config(min_idle_ms=1, count=10))
     worker.ensure_groups()
     ids.extend(produce(client, keys, BTC, 3))
