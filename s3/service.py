@@ -195,6 +195,9 @@ class Service:
     store: Any
     redis_server: RedisServer | None = None
     api_token: str | None = None
+    cfg_events_from: str = "$"
+    """Where the reload watch starts reading `cfg:events`: the stream's last id before the startup
+    read the active pointer, so a publish during startup is seen at once, not at the next poll."""
     _threads: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     dead_threads: dict[str, str] = field(default_factory=dict)
@@ -256,6 +259,10 @@ class Service:
             def build(doc: BundleDoc, s: Settings | None) -> tuple[Any, list[str]]:
                 return build_off_path(doc, s, timeout_s=timeout_s)
 
+        cfg_events_from = "$"
+        with contextlib.suppress(Exception):  # Redis down: from when the watch starts, as before
+            newest = client.xrevrange(keys.cfg_events, "+", "-", count=1)
+            cfg_events_from = str(newest[0][0]) if newest else "0-0"
         reloader = Reloader(
             None,
             StoreSource(store),
@@ -295,7 +302,7 @@ class Service:
                 client.set(keys.cfg_rcu_rev, str(snap.rev))
 
         reloader.on_applied = applied
-        return cls(settings, engine, reloader, store, server, settings.api_token)
+        return cls(settings, engine, reloader, store, server, settings.api_token, cfg_events_from)
 
     # -- background threads ----------------------------------------------------------------------------
     def spawn(
@@ -396,7 +403,7 @@ class Service:
             warm_up()
 
         def watch() -> None:
-            last_id = "$"
+            last_id = self.cfg_events_from
             next_poll = time.monotonic() + self.settings.config_poll_sec
             while not self._stop.is_set():
                 try:

@@ -15,7 +15,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from s3.adapters.redis_streams import ParseError, StreamWorker, WorkerConfig, parse_feature_entry
+from s3.adapters.redis_streams import (
+    EntryLost,
+    ParseError,
+    StreamWorker,
+    WorkerConfig,
+    parse_feature_entry,
+)
 from s3.core import atr as atr_mod
 from s3.core.types import AtrState
 from s3.errors import InputError, Rejected
@@ -260,10 +266,29 @@ class Runner:
                 wait_ms = (
                     left_ms if isinstance(left_ms, int) and left_ms > 0 else engine.claim_ttl_ms
                 )
-                time.sleep(min(wait_ms, engine.claim_ttl_ms) / 1000 + 0.05)
+                self._wait_keeping(
+                    symbol, entry_id, min(wait_ms, engine.claim_ttl_ms) / 1000 + 0.05
+                )
         if self.on_decision is not None:  # before the count: a watcher of `handled` then
             self.on_decision(result)  # finds this decision among those handed over
         self.handled += 1
+
+    def _wait_keeping(self, symbol: str, entry_id: str, seconds: float) -> None:
+        """Wait ``seconds`` keeping the entry: its idle time starts again every third of
+        ``min_idle_ms``, so no other consumer takes it over meanwhile. A wait may outlast
+        ``min_idle_ms`` (a 3.1 s claim against 1.5 s in the chaos suite); unkept, the entry would be
+        taken over and decided by another consumer, perhaps under a newer revision, hence under
+        another intent id, while this one goes on to decide it too: two orders for one event.
+        If it was taken over all the same (this process stalled), raise `EntryLost`: it is the
+        other consumer's now."""
+        step_s = self.worker.config.min_idle_ms / 3000
+        deadline = time.monotonic() + seconds
+        while True:
+            time.sleep(max(0.0, min(step_s, deadline - time.monotonic())))
+            if not self.worker.keep(symbol, entry_id):
+                raise EntryLost(f"during a wait for the claim of another attempt on {entry_id}")
+            if time.monotonic() >= deadline:
+                return
 
     def start(self) -> None:
         self.worker.ensure_groups()

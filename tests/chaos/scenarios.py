@@ -29,8 +29,9 @@ def kill9_faults(env: ChaosEnv, started: float) -> None:
     """SIGKILL a random worker every 0.8-1.6 s (``cfg.kill_every``); the workers also kill
     themselves at crash points."""
     low, high = env.cfg.kill_every
-    while not env.stop_feed.wait(env.rng.uniform(low, high)):
-        env.kill_random_worker()
+    rng = env.rng("kill9")
+    while not env.stop_feed.wait(rng.uniform(low, high)):
+        env.kill_random_worker(rng)
 
 
 KILL9 = ChaosConfig("kill -9 workers", seconds=9.0, workers=3, crash_p=0.004)
@@ -40,13 +41,14 @@ KILL9 = ChaosConfig("kill -9 workers", seconds=9.0, workers=3, crash_p=0.004)
 def redis_restart_faults(env: ChaosEnv, started: float) -> None:
     """kill -9 Redis and start it again (append-only file) twice; a worker kill in between."""
     n = max(2, int(env.cfg.seconds / 5))
+    rng = env.rng("redis_restart")
     for i in range(n):
         if not _at(env, started, (i + 0.5) / (n + 0.5)):
             return
-        env.restart_redis(down_s=env.rng.uniform(0.3, 1.2))
+        env.restart_redis(down_s=rng.uniform(0.3, 1.2))
         if env.stop_feed.wait(1.0):
             return
-        env.kill_random_worker()
+        env.kill_random_worker(rng)
 
 
 REDIS_RESTART = ChaosConfig("Redis restarted mid-load", seconds=8.0, workers=2, aof=True)
@@ -63,7 +65,8 @@ def jitter_faults(env: ChaosEnv, started: float) -> None:
     env.faults["proxy latency+jitter (whole run)"] += 1
     next_big = time.monotonic() + 0.4 * min(env.cfg.seconds, 8.0)
     stall = True
-    while not env.stop_feed.wait(env.rng.uniform(0.3, 0.7)):
+    rng = env.rng("jitter")
+    while not env.stop_feed.wait(rng.uniform(0.3, 0.7)):
         if proxy.drop_one():
             env.faults["proxy connection dropped"] += 1
         if time.monotonic() < next_big:
@@ -78,7 +81,7 @@ def jitter_faults(env: ChaosEnv, started: float) -> None:
             time.sleep(0.6)
             proxy.refuse = False
         stall = not stall
-        next_big = time.monotonic() + env.rng.uniform(1.6, 4.0)
+        next_big = time.monotonic() + rng.uniform(1.6, 4.0)
     env.faults["proxy connection dropped mid-command"] += proxy.stats.chunk_drops
 
 
@@ -93,9 +96,10 @@ def feed_gap_faults(env: ChaosEnv, started: float) -> None:
     if not _at(env, started, 0.4 if env.cfg.seconds < 20 else 0.1):
         return
     env.backlog = []  # type: ignore[attr-defined]
+    rng = env.rng("gap")
     while True:
         gap(env)
-        if env.stop_feed.wait(env.rng.uniform(10.0, 14.0)):
+        if env.stop_feed.wait(rng.uniform(10.0, 14.0)):
             return
         if time.monotonic() - started > env.cfg.seconds - 6:
             return
@@ -106,8 +110,9 @@ def gap(env: ChaosEnv) -> None:
     env.feed_paused.set()
     paused_ms = int(time.time() * 1000)
     env.faults[f"feed stopped {gap_s:.1f} s"] += 1
+    rng = env.rng("gap")
     for symbol in SYMBOLS:
-        fields: dict[Any, Any] = env.event_fields(symbol, paused_ms, "BUY")
+        fields: dict[Any, Any] = env.event_fields(symbol, paused_ms, "BUY", rng)
         key = env.keys.feat_last(symbol)
         env.retry(functools.partial(env.client.hset, key, mapping=fields))
     time.sleep(gap_s)
@@ -115,7 +120,7 @@ def gap(env: ChaosEnv) -> None:
         symbol = SYMBOLS[i % 2]
         ts = env.next_ts(symbol, paused_ms + 10 * i)
         side = "BUY" if i % 3 else "SELL"
-        env.push(symbol, env.event_fields(symbol, ts, side), ts, side, "decide")
+        env.push(symbol, env.event_fields(symbol, ts, side, rng), ts, side, "decide")
         env.backlog.append(env.pushed[-1])  # type: ignore[attr-defined]
     if getattr(env, "resumed_ms", None) is None:
         env.resumed_ms = int(time.time() * 1000)  # type: ignore[attr-defined]
@@ -177,16 +182,17 @@ def s4_faults(env: ChaosEnv, started: float) -> None:
         ("accept_late", 900, "S4 accepts after the client gave up"),
     ]
     i = 0
-    while not env.stop_feed.wait(env.rng.uniform(0.3, 0.6)):
+    rng = env.rng("s4")
+    while not env.stop_feed.wait(rng.uniform(0.3, 0.6)):
         mode, delay, label = modes[i % len(modes)]
         i += 1
         s4.set_mode(mode, delay_ms=delay)
         env.faults[label + " (window)"] += 1
-        if env.stop_feed.wait(env.rng.uniform(0.6, 1.2)):
+        if env.stop_feed.wait(rng.uniform(0.6, 1.2)):
             break
         s4.set_mode("ok")
         if i % 3 == 0:
-            env.kill_random_worker()
+            env.kill_random_worker(rng)
     s4.set_mode("ok")
 
 
@@ -265,4 +271,4 @@ def run(name: str, *, scale: float = 1.0, seed: int | None = None) -> Report:
         drain_timeout_s=cfg.drain_timeout_s + 10 * scale,
         seed=cfg.seed if seed is None else seed,
     )
-    return run_scenario(cfg, faults, checks)
+    return run_scenario(cfg, faults, checks, key=name)
