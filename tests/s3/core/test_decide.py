@@ -94,6 +94,19 @@ def test_happy_path_opens_with_a_legal_intent(snap: BundleSnapshot) -> None:
     assert [g.gate for g in d.gates] == list(gates.GATE_ORDER) and all(g.passed for g in d.gates)
 
 
+def test_tp_target_is_an_roe_on_the_margin_posted(snap: BundleSnapshot) -> None:
+    """docs/sizing.md "Take profit": 10 % x tp_mult of q x E / leverage after rounding q down."""
+    d = run(snap)
+    i = d.intent
+    assert (d.size_mult, d.tp_mult) == (0.756, 0.81)
+    assert (i.notional_usdt, i.margin_usdt) == (Decimal("247.1132"), Decimal("12.35566"))
+    assert "TP for net profit >= 1.00080846 USDT = 0.1 x margin 12.35566 x tp_mult 0.81" in (
+        d.sizing_notes
+    )
+    net = i.qty * i.tp_px * Decimal("0.9998") - i.notional_usdt * Decimal("1.0005")
+    assert net == Decimal("1.00118588") and net / i.margin_usdt >= Decimal("0.081")
+
+
 def test_same_input_same_decision_bit_for_bit(snap: BundleSnapshot) -> None:
     a = msgspec.json.encode(run(snap))
     b = msgspec.json.encode(run(snap))
