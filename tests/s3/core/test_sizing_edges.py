@@ -368,3 +368,24 @@ def test_an_oco_tp_leg_below_min_notional_is_named() -> None:
     assert sentence.startswith("OCO above (TP) leg notional ") and sentence.endswith(
         " below min_notional 150"
     )
+
+
+def test_a_notional_past_the_last_of_three_brackets_names_the_last_cap() -> None:
+    three = (*BRACKETS, Bracket(D(5000), D(8000), 2, D("0.05"), D(160)))
+    p = params(leverage=2, margin_base_usdt=D(5000))  # notional 10000
+    assert skip("SIZING.LEVERAGE_BRACKET", params=p, filters=filters(brackets=three)) == (
+        "notional 10000 USDT is not below the last leverage bracket's cap 8000"
+    )
+
+
+def test_the_guards_behind_the_exact_solving_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stop and the target are solved exactly, so the guards after them cannot fire; with
+    the solver broken on purpose they must skip rather than emit a stop past the cap or a TP
+    short of the target."""
+    import s3.core.sizing as sizing
+
+    monkeypatch.setattr(sizing, "_solve", lambda case, coef, rhs: case.entry - 5)
+    # the stop (loss-cap branch) at 95 loses 5 > cap 4 (the ATR stop 90 would lose 10)
+    assert skip("SIZING.LOSS_CAP", params=params(max_loss_usdt=D(4))) == ("loss at SL 5 above 4")
+    # the ATR stop 90 holds; the TP solved to 95 is moved to 101: net 1 below the target 10
+    assert skip("SIZING.TP_INVALID") == "net at TP 1 below 10"
