@@ -9,7 +9,7 @@ bug: the module is refused and never executed.
 
 *The alarm* is an audit hook (`sys.addaudithook`, PEP 578). It refuses the events of `_WATCHED`
 (processes, files, sockets, imports, ``exec``/``compile``, code and function objects) while an
-evaluator is built or run under `armed` (the ``exec`` of the verified module itself is the one
+evaluator is built (or traced) under `armed` (the ``exec`` of the verified module itself is the one
 exception), and at any time when generated code is on the Python stack, so the raw hot path
 (`CompiledRuleset.run`) is covered without arming; introspection (``object.__getattr__`` of
 ``gi_frame``, ``tb_frame``, ``f_code``, ``__globals__`` ...) is refused when generated code does
@@ -254,7 +254,7 @@ class SandboxViolation(RuntimeError):
 
 
 ARMED: ContextVar[bool] = ContextVar("dsl_guard_armed", default=False)
-"""Set while an evaluator is built or run in this thread and context (see `armed`)."""
+"""Set while an evaluator is built or traced in this thread and context (see `armed`)."""
 _EXEC_OK: ContextVar[CodeType | None] = ContextVar("dsl_guard_exec_ok", default=None)
 _WATCHED = (
     "os.",
@@ -315,7 +315,7 @@ def _hook(event: str, args: tuple[object, ...]) -> None:
     if ARMED.get():
         if event == "exec" and args and args[0] is _EXEC_OK.get():
             return
-        _refuse(event, "while an evaluator was built or run")
+        _refuse(event, "while an evaluator was built or traced")
     if _generated(caller):
         _refuse(event, "from generated code")
 
