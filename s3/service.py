@@ -254,7 +254,7 @@ class Service:
             timeout_s = settings.bundle_build_timeout_s
 
             def build(doc: BundleDoc, s: Settings | None) -> tuple[Any, list[str]]:
-                return build_off_path(doc, s, timeout_s=timeout_s)
+                return build_off_path(doc, s, timeout_s=timeout_s, cold="in_process")
 
         reloader = Reloader(
             None,
