@@ -257,7 +257,7 @@ class Service:
             timeout_s = settings.bundle_build_timeout_s
 
             def build(doc: BundleDoc, s: Settings | None) -> tuple[Any, list[str]]:
-                return build_off_path(doc, s, timeout_s=timeout_s)
+                return build_off_path(doc, s, timeout_s=timeout_s, cold="in_process")
 
         cfg_events_from = "$"
         with contextlib.suppress(Exception):  # Redis down: from when the watch starts, as before

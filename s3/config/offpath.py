@@ -21,6 +21,7 @@ import logging
 import marshal
 import multiprocessing
 import pickle
+import threading
 import time
 import types
 from multiprocessing.connection import Connection
@@ -44,18 +45,27 @@ def _context() -> Any:
     return _MP
 
 
+_READY = threading.Event()
+"""Set once the fork server runs (`warm_up` or a first build that waited for it)."""
+
+
+def _start_server() -> None:
+    from multiprocessing import forkserver
+
+    _context()
+    forkserver.ensure_running()
+    _READY.set()
+
+
 def warm_up(delay_s: float = 10.0) -> None:
     """Start the fork server after ``delay_s`` (it imports the build and builds the DSL parser
     once, ~1 s of CPU), on a background thread, so that a later reload does not wait for it. The
     delay spares the cost to processes that live only seconds; a reload before it starts the
     server itself."""
-    import threading
-    from multiprocessing import forkserver
 
     def start() -> None:
         try:
-            _context()
-            forkserver.ensure_running()
+            _start_server()
         except Exception as exc:  # the first build will try again, and say why if it fails
             log.warning("bundle build fork server did not start: %s", exc)
 
@@ -110,18 +120,16 @@ def pack(snap: Any) -> dict[str, Any]:
     }
 
 
-BUILD_NICENESS = 10
-"""The child's CPU priority below the server's: on a busy machine decisions come first."""
-
-
 def _child(conn: Connection, doc: Any, settings: Settings | None) -> None:
     import contextlib
     import os
 
     from s3.config.reload import compile_doc
 
-    with contextlib.suppress(OSError, AttributeError):  # best effort (not on every platform)
-        os.nice(BUILD_NICENESS)
+    niceness = settings.bundle_build_nice if settings is not None else 0
+    if niceness:
+        with contextlib.suppress(OSError, AttributeError):  # best effort (not everywhere)
+            os.nice(niceness)
     try:
         try:
             snap, reasons = compile_doc(doc, settings)
@@ -175,10 +183,22 @@ def unpack(packed: dict[str, Any]) -> Any:
 
 
 def build_off_path(
-    doc: Any, settings: Settings | None, *, timeout_s: float = 120.0
+    doc: Any, settings: Settings | None, *, timeout_s: float = 120.0, cold: str = "wait"
 ) -> tuple[Any | None, list[str]]:
     """`compile_doc` in a child process: the snapshot, or why there is none. A build that takes
-    longer than ``timeout_s`` is killed and the bundle rejected."""
+    longer than ``timeout_s`` is killed and the bundle rejected.
+
+    ``cold``: what to do while the fork server is not running yet: ``"wait"`` for it to start
+    (~1 s of CPU), or ``"in_process"``: build here, as a reload did before, so that a reload
+    right after a start is no slower than it was (the server warms up meanwhile)."""
+    if not _READY.is_set():
+        if cold == "in_process":
+            from s3.config.reload import compile_doc
+
+            log.info("bundle build fork server not ready yet: building in process")
+            warm_up(0.0)
+            return compile_doc(doc, settings)
+        _start_server()
     ctx = _context()
     receiver, sender = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_child, args=(sender, doc, settings), name="s3-bundle-build")

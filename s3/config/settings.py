@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     never wait on it) or on the reload thread of the serving process."""
     bundle_build_timeout_s: float = Field(120.0, gt=0)
     """A reload's build that takes longer is stopped and the revision rejected (process only)."""
+    bundle_build_nice: int = Field(0, ge=0, le=19)
+    """The build child's niceness (process only): above 0 it yields the CPU to decisions, at
+    the cost of a slower reload on a busy machine."""
     http_request_timeout_s: float = Field(10.0, gt=0)
     """`s3 serve`: time to receive a whole request (headers and body) from its first byte, or
     from the connection's opening; past it a 408 and the connection closed."""
