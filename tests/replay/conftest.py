@@ -26,6 +26,7 @@ DEFAULT = ROOT / "rulesets" / "default"
 TAPES = ROOT / "data" / "tapes"
 REAL = TAPES / "real_sample.jsonl.gz"
 SMALL = TAPES / "real_window_a_40.jsonl"
+DENSE = TAPES / "real_window_c_dense.jsonl.gz"
 
 
 def make_bundle_b(root: Path) -> Path:
