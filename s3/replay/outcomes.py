@@ -21,7 +21,9 @@ when the tape has no ``bid``/``ask``):
 - *time stop*: at the first quote ``time_stop_ms`` (bundle ``[exits]``) or more after the entry
   fill, a market close at the touch plus slippage; taker fee.
 - *end of tape*: a position still open is marked at the last quote's touch plus slippage and the
-  taker fee (what closing it would cost), flagged ``end``.
+  taker fee (what closing it would cost), flagged ``end``. A hole in the tape (no quote within
+  60 s after the time stop: a tape of several windows) ends a position the same way, at the last
+  quote before the hole.
 
 **Bar tapes** (every event a bar with ``open``/``high``/``low``/``close`` at its close time; the
 bid/ask are the bar's prices ∓ the event's half spread): entries at the *next* bar's open plus a
@@ -69,6 +71,9 @@ if TYPE_CHECKING:
 FUNDING_TOLERANCE_MS = 60_000
 """A funding record counts for a settlement time T when it is within this of T."""
 HOUR_MS = 3_600_000
+GAP_MS = 60_000
+"""No quote within this of a position's time stop is a hole in the tape (a tape made of several
+windows): the position ends at the last quote before the hole, as at the end of the tape."""
 E8 = Decimal("0.00000001")
 _ZERO = Decimal(0)
 _BPS = Decimal(10_000)
@@ -117,6 +122,7 @@ class Trade:
     exit_liquidity: str
     gross: Decimal
     fees: Decimal
+    """entry_fee + exit_fee."""
     funding: Decimal
     funding_payments: tuple[FundingPayment, ...]
     pnl: Decimal
@@ -127,6 +133,8 @@ class Trade:
     """The deciding event's features (what a model trained on outcomes reads)."""
     size_mult: float = 1.0
     rules_fired: tuple[str, ...] = ()
+    entry_fee: Decimal = _ZERO
+    exit_fee: Decimal = _ZERO
 
     @property
     def filled(self) -> bool:
@@ -174,6 +182,8 @@ class Trade:
             },
             "gross": s(self.gross),
             "fees": s(self.fees),
+            "entry_fee": s(self.entry_fee),
+            "exit_fee": s(self.exit_fee),
             "funding": s(self.funding),
             "funding_payments": [
                 {"time": f.time, "rate": f.rate, "mark": s(f.mark), "amount": s(f.amount)}
@@ -486,14 +496,16 @@ class OutcomeSim:
         # exit
         t_stop = entry_ts + self.params.exits.time_stop_ms
         kt = int(np.searchsorted(ts, t_stop, "left"))
+        hole = kt < n and int(ts[kt]) > t_stop + GAP_MS  # a tape of several windows
+        last = kt - 1 if hole else min(kt, n - 1)
         search_from = entry_k if s.bars else entry_k + 1
         eps = float(tick) * 1e-6
-        hit = first_exit(
-            s, search_from, min(kt, n - 1), long, float(intent.sl_px), float(intent.tp_px), eps
-        )
+        hit = first_exit(s, search_from, last, long, float(intent.sl_px), float(intent.tp_px), eps)
         end = False
         if hit is not None:
             k, reason = hit
+        elif hole:
+            k, reason = max(last, entry_k), "end"
         elif kt < n:
             k, reason = kt, "time"
         else:
@@ -517,7 +529,9 @@ class OutcomeSim:
         sign = 1 if long else -1
         gross = sign * (exit_qty * exit_px - qty * entry_px)
         fee_in = fee_maker if liq == "maker" else fee_taker
-        fees = qty * entry_px * fee_in + exit_qty * exit_px * exit_fee
+        entry_fee = qty * entry_px * fee_in
+        exit_fee_usdt = exit_qty * exit_px * exit_fee
+        fees = entry_fee + exit_fee_usdt
         payments: tuple[FundingPayment, ...] = ()
         if intent.market == "FUT":
             payments = self._funding(
@@ -538,6 +552,8 @@ class OutcomeSim:
             funding_payments=payments,
             pnl=gross - fees + funding,
             release_after=self.last_index + 1 if end else int(s.index[k]),
+            entry_fee=entry_fee,
+            exit_fee=exit_fee_usdt,
             **common,  # type: ignore[arg-type]
         )
 

@@ -26,11 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from s3.replay.tape import Event, Header, Record, State, stream_fields
+from s3.replay.tape import Event, Funding, Header, Record, State, stream_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "samples" / "features_real.jsonl"
+FUNDING = ROOT / "data" / "samples" / "funding_real.jsonl"
+"""The exchange's settled funding rates around the sample's windows (tools/derive_tapes.py)."""
 SYNTH_START_MS = 1_704_067_200_000  # 2024-01-01 00:00:00 UTC
+EIGHT_H_MS = 8 * 3_600_000
 
 
 # -- the real sample --------------------------------------------------------------------------------
@@ -52,6 +55,23 @@ def sample_records(
         fields = stream_fields(row)
         fields["side_hint"] = book_side(row)
         yield Event(symbol=row["symbol"], id="", fields=fields)
+
+
+def sample_funding(rows: list[dict[str, Any]], path: str | Path = FUNDING) -> list[Funding]:
+    """The settled funding rates of the rows' symbols within 8 h of their time span, as tape
+    records (so the outcome simulation can charge the funding a position crosses)."""
+    if not rows or not Path(path).is_file():
+        return []
+    lo = min(r["ts"] for r in rows) - EIGHT_H_MS
+    hi = max(r["ts"] for r in rows) + EIGHT_H_MS
+    symbols = {r["symbol"] for r in rows}
+    out = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            f = json.loads(line)
+            if f["symbol"] in symbols and lo <= f["time"] <= hi:
+                out.append(Funding(symbol=f["symbol"], time=f["time"], rate=f["rate"]))
+    return sorted(out, key=lambda f: (f.time, f.symbol))
 
 
 def sample_header(path: str | Path = SAMPLE, note: str = "") -> Header:
