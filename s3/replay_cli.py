@@ -286,7 +286,9 @@ def tape_synth(args: argparse.Namespace) -> int:
                 yield r
 
         lines = write_tape(args.out, synth.synth_header(args.events, args.seed), counted())
-    _out(f"wrote {args.out}: {args.events} events ({lines - 1 - args.events} state records)\n")
+    _out(
+        f"wrote {args.out}: {args.events} events ({lines - 1 - args.events} state and funding records)\n"
+    )
     return 0
 
 

@@ -8,8 +8,8 @@ independent of the flow and momentum the rules test, so vetoes such as R-023 (st
 the entry) do occur. The state is fixed: kill switch OFF, health GREEN, no
 `funding:next` key (the feature carries the funding).
 
-`synth_records` generates a random but plausible stream for two perpetuals: a mid that follows a
-random walk with changing volatility, a one-tick book that now and then widens, log-normal top
+`synth_records` generates a random but plausible stream for two perpetuals (with funding records
+on the 8 h grid, the walk's own rate): a mid that follows a random walk with changing volatility, a one-tick book that now and then widens, log-normal top
 depth with occasional crumbs, autocorrelated taker flow, drifting funding, the one-minute return,
 volatility and the trend/range label computed from the walk itself, state changes (health, now and
 then a kill switch, a `funding:next` key) and a few malformed entries. Same seed, same bytes.
@@ -178,8 +178,13 @@ def synth_records(
     ts = start_ms
     health, kill = "GREEN", "OFF"
     funding_keys: dict[str, float] = {}
+    next_funding = (start_ms // EIGHT_H_MS + 1) * EIGHT_H_MS
     yield State(ts=ts, kill_switch=kill, health=health)
     for n in range(events):
+        while ts >= next_funding:  # the walk's funding settles on the 8 h grid (synthetic too)
+            for w in walks:
+                yield Funding(symbol=w.spec.symbol, time=next_funding, rate=round(w.funding, 8))
+            next_funding += EIGHT_H_MS
         if n and rng.random() < 1 / state_every:
             health = rng.choices([h for h, _ in HEALTH_WEIGHTS], [w for _, w in HEALTH_WEIGHTS])[0]
             kill = "ON" if rng.random() < 0.05 else "OFF"
@@ -203,6 +208,8 @@ def synth_records(
             fields["mid"] = rng.choice(("NaN", "", "abc"))
         yield Event(symbol=walk.spec.symbol, id="", fields=fields)
         ts += 500
+    for w in walks:  # the settlement after the last event (a position may still be open)
+        yield Funding(symbol=w.spec.symbol, time=next_funding, rate=round(w.funding, 8))
 
 
 def synth_header(events: int, seed: int) -> Header:
