@@ -63,6 +63,8 @@ class Base:
     decisions: dict[int, Decision]
     first: set[int]
     """Events that are the first decided one of their intent (later ones replay it)."""
+    opens: set[int]
+    """The first events whose decision with free budgets is an open."""
     ts: dict[int, int]
     elapsed_s: float = 0.0
 
@@ -101,7 +103,7 @@ def base_pass(
     atr_states: dict[str, AtrState] = {}
     seen: set[tuple[str, str, int]] = set()
     recorded = tape.decisions if cfg.clock == "recorded" else {}
-    base = Base(snap, {}, {}, {}, set(), {})
+    base = Base(snap, {}, {}, {}, set(), set(), {})
     for ev in tape.events:
         f, ts, symbol = ev.features, ev.ts, ev.symbol
         if ev.error is not None or f is None or ts is None:
@@ -143,6 +145,8 @@ def base_pass(
         base.inputs[i] = inp
         base.decisions[i] = d
         base.ts[i] = ts
+        if d.decision == "open":
+            base.opens.add(i)
         if box[0] is not None:
             base.raws[i] = box[0]
     base.elapsed_s = time.perf_counter() - started
@@ -225,6 +229,7 @@ class Attributor:
         self._inject = _capturing(snap, self._box, inject=True)
         self.decides = 0
         """Decisions re-run for the variants (the cost beyond the base pass)."""
+        self._fired_at: dict[int, list[int]] | None = None
 
     def _trade(self, i: int, d: Decision) -> Trade:
         it = d.intent
@@ -238,19 +243,48 @@ class Attributor:
             t = _relabel(t, d)
         return t
 
-    def run(self, overrides: dict[int, Decision] | None = None, label: str = "full") -> Run:
-        """The ledger over the events that open with free budgets, in tape order."""
+    def _fired(self) -> dict[int, list[int]]:
+        """Rule index -> the events (in tape order) where it fired or faulted."""
+        if self._fired_at is None:
+            at: dict[int, list[int]] = {}
+            for i in sorted(self.base.raws):
+                fired, faults = self.base.raws[i][0], self.base.raws[i][1]
+                for r in {*fired, *(k for k, _ in faults)}:
+                    at.setdefault(r, []).append(i)
+            self._fired_at = at
+        return self._fired_at
+
+    def _variant(self, i: int, r: int) -> Decision:
+        """Event i's decision (free budgets) by the bundle without rule index r."""
+        raw = self.base.raws[i]
+        raw2 = raw_without(raw, r, self.snap)
+        if raw2 is None or _rules_output(raw2, self.snap) == _rules_output(raw, self.snap):
+            return self.base.decisions[i]
+        self._box[0] = raw2
+        self.decides += 1
+        return decide(self.base.inputs[i], self._inject, self.model)
+
+    def run(self, rule: int | None = None, label: str = "full") -> Run:
+        """The ledger over the events that may open, in tape order. Without ``rule`` (an index),
+        the events where it fired are decided again, lazily: only when the symbol has a free
+        entry slot, since a refused entry is refused whatever it would have been."""
         b = self.base
-        decisions = b.decisions if not overrides else {**b.decisions, **overrides}
-        candidates = sorted(i for i in b.first if decisions[i].decision == "open")
+        changed = set(self._fired().get(rule, ())) if rule is not None else set()
+        candidates = sorted(b.opens | changed)
         risk = SimRisk()
         trades: list[Trade] = []
         budgets = self.cfg.budgets
+        limit = self.snap.params.risk.concurrent_entries_per_symbol
         for i in candidates:
-            d = decisions[i]
-            assert d.intent is not None and d.reservation is not None
             if budgets:
                 risk.release_due(i, b.ts[i], self.cfg)
+                if risk.concurrency.get(b.inputs[i].symbol, 0) >= limit:
+                    continue
+            d = self._variant(i, rule) if rule is not None and i in changed else b.decisions[i]
+            if d.decision != "open":
+                continue
+            assert d.intent is not None and d.reservation is not None
+            if budgets:
                 ok, _, _ = risk.reserve(d.intent.intent_id, d.reservation, i, b.ts[i])
                 if not ok:
                     continue
@@ -262,17 +296,8 @@ class Attributor:
 
     def without(self, rule_id: str) -> Run:
         """The bundle without ``rule_id`` (only the events where it fired or faulted differ)."""
-        rs = self.snap.ruleset
-        r = rs.rule_ids.index(rule_id)
-        overrides: dict[int, Decision] = {}
-        for i, raw in self.base.raws.items():
-            raw2 = raw_without(raw, r, self.snap)
-            if raw2 is None or _rules_output(raw2, self.snap) == _rules_output(raw, self.snap):
-                continue
-            self._box[0] = raw2
-            self.decides += 1
-            overrides[i] = decide(self.base.inputs[i], self._inject, self.model)
-        return self.run(overrides, label=f"without {rule_id}")
+        r = self.snap.ruleset.rule_ids.index(rule_id)
+        return self.run(r, label=f"without {rule_id}")
 
 
 def _exits(config: ReplayConfig | None) -> ReplayConfig:
@@ -324,7 +349,8 @@ class RuleRow:
     """Max drawdown of the full bundle minus without the rule (negative: the rule reduces it)."""
     fired: int
     changed: int
-    """Events whose decision differs without the rule (before budgets)."""
+    """Decisions run again without the rule (events where its output mattered and the symbol had
+    a free entry slot)."""
 
     @property
     def distinguishable(self) -> bool:
@@ -341,7 +367,7 @@ class RuleRow:
             "d_trades": self.d_trades,
             "d_max_drawdown": money(self.d_drawdown),
             "fired": self.fired,
-            "changed_decisions": self.changed,
+            "decided_again": self.changed,
         }
 
 
@@ -410,6 +436,7 @@ def attribute(
             raise ValueError(f"rule {rid!r} is not in bundle {snap.bundle_id} rev {snap.rev}")
         before = at.decides
         run = at.without(rid)
+        changed = at.decides - before
         deltas = base_blocks - block_pnl(run.trades, first_ts, span, k)
         dd = Decimal(drawdown(equity_curve(run.trades, capital), capital)["max_drawdown"])
         rows.append(
@@ -421,7 +448,7 @@ def attribute(
                 len(full.filled) - len(run.filled),
                 full_dd - dd,
                 fired[rid],
-                at.decides - before,
+                changed,
             )
         )
         if progress is not None:

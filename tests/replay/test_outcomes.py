@@ -4,17 +4,24 @@ rules one by one, funding history, budgets released at the exit, no look-ahead, 
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from syrupy.assertion import SnapshotAssertion
 
 from s3.core.decide import BundleSnapshot
 from s3.core.params import EngineParams, ExitParams
 from s3.core.types import Decision, OrderIntent
+from s3.replay import output
+from s3.replay.figures import cash_flows, equity_curve, figures
 from s3.replay.outcomes import OutcomeError, OutcomeSim, Trade
 from s3.replay.replay import ReplayConfig, replay
-from s3.replay.tape import Event, Funding, Header, State, Tape, from_records, stream_fields
+from s3.replay.tape import Event, Funding, Header, State, Tape, from_records, load, stream_fields
+from tests.replay.conftest import DEFAULT, TAPES
 from tests.replay.test_replay import EXAMPLE
 
 D = Decimal
@@ -349,3 +356,130 @@ def test_no_look_ahead(default_snap: BundleSnapshot) -> None:
     for cut in range(1, len(mids)):
         part = replay(tape(*full_tape[:cut]), default_snap, ReplayConfig(exits=True))
         assert [o.decision for o in part.outcomes] == [o.decision for o in full.outcomes[:cut]]
+
+
+# -- properties ----------------------------------------------------------------------------------------
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(st.integers(-40, 40), min_size=30, max_size=120),
+    sides=st.lists(st.sampled_from(["BUY", "SELL"]), min_size=1, max_size=8),
+    stop_s=st.integers(5, 120),
+    funding=st.floats(-0.0005, 0.0005, allow_nan=False),
+)
+def test_pnl_sums_equal_the_equity_change(
+    default_snap: BundleSnapshot, steps: list[int], sides: list[str], stop_s: int, funding: float
+) -> None:
+    """Whatever the path: the trades' P&L sums to the change of an equity built from every cash
+    movement (entry fees, funding payments, gross result and exit fee) in time order, and each
+    trade's P&L is its gross minus fees plus funding."""
+    start = FUNDING_T - 45_000
+    mid = 61778.25
+    events: list[Any] = [Funding(symbol="BTCUSDT", time=FUNDING_T, rate=round(funding, 8))]
+    for n, step in enumerate(steps):
+        mid += step * 10  # 10 USDT steps: SL and TP (~0.2-0.6 % away) are reached
+        events.append(real_like(start + 5_000 * n, mid, sides[n % len(sides)]))
+    snap = msgspec.structs.replace(
+        default_snap, params=params(default_snap, time_stop_ms=stop_s * 1000)
+    )
+    got = replay(tape(*events), snap, ReplayConfig(exits=True))
+    capital = Decimal(200)
+    flows = cash_flows(got.trades)
+    equity = capital + sum((amount for _, _, amount in flows), Decimal(0))
+    total = sum((t.pnl for t in got.trades), Decimal(0))
+    assert equity - capital == total
+    curve = equity_curve(got.trades, capital)
+    assert (curve[-1][1] if curve else capital) == equity
+    for t in got.trades:
+        assert t.pnl == t.gross - t.fees + t.funding
+        assert t.fees == t.entry_fee + t.exit_fee
+        assert t.funding == sum((p.amount for p in t.funding_payments), Decimal(0))
+        if t.filled:
+            assert t.exit_ts is not None and t.entry_ts is not None and t.exit_ts >= t.entry_ts
+            if t.exit_reason == "sl":  # a stop never fills better than its stop price
+                assert (t.exit_px <= t.sl_px) if t.side == "BUY" else (t.exit_px >= t.sl_px)
+            if t.exit_reason == "tp":
+                assert t.exit_px == t.tp_px
+    figs = figures(got.trades, got.first_ts, got.last_ts, capital)
+    assert Decimal(figs["all"]["pnl"]) == total
+
+
+def test_same_tape_same_bytes(default_snap: BundleSnapshot, tmp_path: Path) -> None:
+    """Two replays of a real dense tape write the same JSON, byte for byte."""
+    from s3.cli import main
+
+    outs = []
+    for n in (1, 2):
+        out = tmp_path / f"r{n}.json"
+        code = main(
+            [
+                "replay",
+                str(TAPES / "real_window_b_dense.jsonl.gz"),
+                "--bundle",
+                str(DEFAULT),
+                "--limit",
+                "12000",
+                "--quiet",
+                "--json",
+                str(out),
+            ]
+        )
+        assert code == 0
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] and b'"trades"' in outs[0]
+
+
+def test_golden_outcomes_of_a_real_tape(
+    default_snap: BundleSnapshot, json_snapshot: SnapshotAssertion
+) -> None:
+    """The JSON summary of the outcomes (figures, trades, equity) on real window B (BTCUSDT,
+    2023-04-04/05, across the 00:00 funding time)."""
+    result = replay(
+        load(TAPES / "real_window_b_dense.jsonl.gz"), default_snap, ReplayConfig(exits=True)
+    )
+    doc = output.outcomes_json(result)
+    assert doc["figures"]["all"]["trades"] >= 2
+    assert any(t["funding_payments"] for t in doc["trades"])
+    assert doc == json_snapshot
+
+
+# -- the shipped tapes with prices --------------------------------------------------------------------
+DENSE_TAPES = {
+    # file: (events, first ts, last ts, funding records)
+    "real_window_a_dense.jsonl.gz": (97_166, 1723161317000, 1723161601056, 6),
+    "real_window_b_dense.jsonl.gz": (40_482, 1680652761001, 1680653214649, 3),
+    "real_window_c_dense.jsonl.gz": (94_331, 1721347083025, 1721347502291, 6),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DENSE_TAPES))
+def test_dense_tapes_carry_quotes_and_funding(name: str) -> None:
+    events, first, last, funding = DENSE_TAPES[name]
+    t = load(TAPES / name)
+    assert len(t.events) == events
+    assert (t.events[0].ts, t.events[-1].ts) == (first, last)
+    assert sum(len(v) for v in t.funding.values()) == funding
+    for sym, rates in t.funding.items():
+        assert sym in t.symbols and all(time % (8 * 3_600_000) == 0 for time, _ in rates)
+    # the settlement inside the window (00:00 UTC) is on the tape
+    midnight = (last // 86_400_000) * 86_400_000
+    assert first < midnight <= last
+    assert all(midnight in dict(rates) for rates in t.funding.values())
+    for e in t.events[:: max(1, events // 2000)]:
+        assert e.features is not None and e.features["bid"] < e.features["ask"]
+
+
+def test_bar_tape() -> None:
+    t = load(TAPES / "real_bars_1m.jsonl.gz")
+    assert len(t.events) == 84_666 and t.symbols == ["BTCUSDT", "ETHUSDT"]
+    assert "TYPICAL VALUES, not measured" in t.header.note
+    assert sum(len(v) for v in t.funding.values()) == 180
+    from s3.replay.outcomes import build_series, tape_kind
+
+    assert tape_kind(t) == "bars"
+    s = build_series(t)["BTCUSDT"]
+    assert s.bars and s.n == 42_333 and bool((s.ts[1:] - s.ts[:-1] == 60_000).all())
+    e = t.events[0]
+    assert e.features is not None and e.ts is not None
+    f = e.features
+    assert f["low"] <= min(f["open"], f["close"]) <= max(f["open"], f["close"]) <= f["high"]
+    assert f["mid"] == f["close"] and e.ts % 60_000 == 0
