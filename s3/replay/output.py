@@ -202,7 +202,8 @@ def summary_text(result: ReplayResult, s: Summary, *, rules: bool = True) -> str
     errs = sum(s.errors.values())
     lines.append(
         f"{s.events} events: {s.decided} decided ({s.opens} open, {s.skips} skip), "
-        f"{errs} not decided, {s.replayed} idempotent replays"
+        f"{errs} not decided, {s.replayed} idempotent replays; {s.same_ms} events in the same "
+        "millisecond as an earlier one of their symbol"
     )
     if s.errors:
         lines.append("not decided: " + ", ".join(f"{k} {v}" for k, v in s.errors.items()))

@@ -69,6 +69,12 @@ def real_tape() -> Tape:
     return load(REAL)
 
 
+@pytest.fixture(scope="session")
+def dense_tape() -> Tape:
+    """data/tapes/real_window_c_dense.jsonl.gz: 94,331 real quotes, loaded once per session."""
+    return load(DENSE)
+
+
 @pytest.fixture
 def json_snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
     return snapshot.use_extension(JSONSnapshotExtension)

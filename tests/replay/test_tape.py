@@ -15,13 +15,14 @@ from s3.replay.tape import (
     LiveDecision,
     Record,
     State,
+    Tape,
     TapeError,
     iter_records,
     load,
     stream_fields,
     write_tape,
 )
-from tests.replay.conftest import DENSE, REAL, SMALL
+from tests.replay.conftest import REAL, SMALL
 
 RECORDS: list[Record] = [
     State(ts=1, kill_switch="OFF", health="GREEN", funding={"ETHUSDT": 0.0002}),
@@ -134,9 +135,9 @@ def test_shipped_tapes_carry_the_touch() -> None:
             assert f["mid"] == round((f["bid"] + f["ask"]) / 2, 4)
 
 
-def test_dense_tape_is_one_event_per_quote() -> None:
+def test_dense_tape_is_one_event_per_quote(dense_tape: Tape) -> None:
     """data/tapes/real_window_c_dense.jsonl.gz: every bookTicker row of window C after the warm-up."""
-    tape = load(DENSE)
+    tape = dense_tape
     assert len(tape.events) == 94_331
     assert [tape.events[0].ts, tape.events[-1].ts] == [1721347083025, 1721347502291]
     per_symbol = {s: sum(e.symbol == s for e in tape.events) for s in ("BTCUSDT", "ETHUSDT")}
