@@ -20,8 +20,9 @@ against real replays of bundles compiled without each rule.
 (default: one per two time stops, at least 10 and at most 100), each trade counted in the block
 of its deciding event. Per block, the P&L difference (full − without r); ``resamples`` (2,000)
 draws of as many blocks with replacement (numpy's PCG64 seeded with ``seed``, default 0; the same
-draws for every rule) give the distribution of the summed difference, and its 2.5 % and 97.5 %
-percentiles the 95 % interval. An interval that contains 0 is reported as "not distinguishable
+draws for every rule) give the distribution of the summed difference, and its BCa percentiles
+(bias-corrected and accelerated: plain 2.5/97.5 % percentiles under-cover a skewed difference,
+as a veto's is) the 95 % interval. An interval that contains 0 is reported as "not distinguishable
 from zero". Blocks keep the trades that interact through the ledger together; with few trades
 the interval is wide, as it should be.
 """
@@ -29,6 +30,7 @@ the interval is wide, as it should be.
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -330,10 +332,32 @@ def block_pnl(
     return out
 
 
-def bootstrap_ci(deltas: np.ndarray[Any, Any], draws: np.ndarray[Any, Any]) -> tuple[float, float]:
-    """The 2.5 % and 97.5 % percentiles of the summed block differences over the draws."""
+def bootstrap_ci(
+    deltas: np.ndarray[Any, Any], draws: np.ndarray[Any, Any], level: float = 0.95
+) -> tuple[float, float]:
+    """The BCa (bias-corrected and accelerated, Efron 1987) 95 % interval of the sum of the
+    block differences: the percentiles of the resampled sums, moved for the bias (the share of
+    resampled sums below the observed one) and for the skewness (the acceleration, from the
+    jackknife of the blocks). A P&L difference is skewed (a veto saves a few large losses), where
+    plain percentiles cover less than they claim."""
+    total = float(deltas.sum())
+    if np.all(deltas == deltas[0]):
+        return total, total
     sums = deltas[draws].sum(axis=1)
-    lo, hi = np.percentile(sums, [2.5, 97.5])
+    nd = statistics.NormalDist()
+    below = float(np.mean(sums < total)) + 0.5 * float(np.mean(sums == total))
+    below = min(max(below, 1 / (2 * len(sums))), 1 - 1 / (2 * len(sums)))
+    z0 = nd.inv_cdf(below)
+    k = len(deltas)
+    jack = (total - deltas) / (k - 1)  # the mean of the other blocks
+    d = jack.mean() - jack
+    den = float((d**2).sum()) ** 1.5
+    a = float((d**3).sum()) / (6 * den) if den > 0 else 0.0
+    qs = []
+    for alpha in ((1 - level) / 2, (1 + level) / 2):
+        z = nd.inv_cdf(alpha)
+        qs.append(nd.cdf(z0 + (z0 + z) / (1 - a * (z0 + z))))
+    lo, hi = np.percentile(sums, [100 * qs[0], 100 * qs[1]])
     return float(lo), float(hi)
 
 
@@ -387,7 +411,7 @@ class Attribution:
     def to_json(self) -> dict[str, Any]:
         return {
             "method": "leave-one-out; contribution = P&L(full) - P&L(without the rule); 95 % "
-            "interval: block bootstrap over equal time blocks (percentiles 2.5/97.5)",
+            "interval: block bootstrap over equal time blocks (BCa percentiles)",
             "blocks": self.blocks,
             "resamples": self.resamples,
             "seed": self.seed,
