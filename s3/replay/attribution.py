@@ -29,7 +29,9 @@ the interval is wide, as it should be.
 
 from __future__ import annotations
 
+import bisect
 import copy
+import heapq
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -269,19 +271,42 @@ class Attributor:
     def run(self, rule: int | None = None, label: str = "full") -> Run:
         """The ledger over the events that may open, in tape order. Without ``rule`` (an index),
         the events where it fired are decided again, lazily: only when the symbol has a free
-        entry slot, since a refused entry is refused whatever it would have been."""
+        entry slot, since a refused entry is refused whatever it would have been.
+
+        Each symbol's candidates are a sorted list; while a symbol's slots are all taken, its
+        pointer jumps past the first release (a bisection), so a run costs about one step per
+        trade, not one per candidate event."""
         b = self.base
         changed = set(self._fired().get(rule, ())) if rule is not None else set()
-        candidates = sorted(b.opens | changed)
+        per_symbol: dict[str, list[int]] = {}
+        for i in sorted(b.opens | changed):
+            per_symbol.setdefault(b.inputs[i].symbol, []).append(i)
         risk = SimRisk()
         trades: list[Trade] = []
         budgets = self.cfg.budgets
         limit = self.snap.params.risk.concurrent_entries_per_symbol
-        for i in candidates:
+        heap = [(lst[0], sym, 0) for sym, lst in per_symbol.items()]
+        heapq.heapify(heap)
+        while heap:
+            i, sym, k = heapq.heappop(heap)
+            lst = per_symbol[sym]
+            nxt = k + 1
             if budgets:
                 risk.release_due(i, b.ts[i], self.cfg)
-                if risk.concurrency.get(b.inputs[i].symbol, 0) >= limit:
+                if risk.concurrency.get(sym, 0) >= limit:
+                    # refused whatever it is, and so is every candidate of this symbol until
+                    # the first of its positions is released
+                    free_after = min(
+                        p.release_after if p.release_after is not None else i
+                        for p in risk.positions
+                        if p.symbol == sym
+                    )
+                    nxt = max(nxt, bisect.bisect_right(lst, free_after))
+                    if nxt < len(lst):
+                        heapq.heappush(heap, (lst[nxt], sym, nxt))
                     continue
+            if nxt < len(lst):
+                heapq.heappush(heap, (lst[nxt], sym, nxt))
             d = self._variant(i, rule) if rule is not None and i in changed else b.decisions[i]
             if d.decision != "open":
                 continue
@@ -448,10 +473,11 @@ def attribute(
     ids = list(rules) if rules is not None else list(snap.ruleset.rule_ids)
     titles = {r.rule_id: r.rule.title or "" for r in snap.ruleset.rules}
     fired: dict[str, int] = dict.fromkeys(ids, 0)
-    index = {rid: n for n, rid in enumerate(snap.ruleset.rule_ids)}
+    all_ids = snap.ruleset.rule_ids
+    index = {rid: n for n, rid in enumerate(all_ids)}
     for raw in at.base.raws.values():
         for i in raw[0]:
-            rid = snap.ruleset.rule_ids[i]
+            rid = all_ids[i]
             if rid in fired:
                 fired[rid] += 1
     rows: list[RuleRow] = []
