@@ -63,12 +63,14 @@ class Base:
 
     snap: BundleSnapshot
     inputs: dict[int, DecisionInput]
+    """Each event's input with free budgets."""
     raws: dict[int, Raw]
     decisions: dict[int, Decision]
+    """With the entry slots in use (cheap: no sizing); `Attributor.full` gives the real one."""
     first: set[int]
     """Events that are the first decided one of their intent (later ones replay it)."""
     opens: set[int]
-    """The first events whose decision with free budgets is an open."""
+    """The first events that reach sizing (potential opens: passed gates, rules and model)."""
     ts: dict[int, int]
     elapsed_s: float = 0.0
 
@@ -98,7 +100,11 @@ def _capturing(snap: BundleSnapshot, box: list[Any], inject: bool) -> BundleSnap
 def base_pass(
     tape: Tape, snap: BundleSnapshot, cfg: ReplayConfig, model: Model | None = None
 ) -> Base:
-    """Decide every event as `replay` does, with free budgets, keeping what the variants need."""
+    """Decide every event as `replay` does, keeping what the variants need. Every decision is
+    taken with the symbol's entry slots all in use: it then stops where the engine would size the
+    entry (`RISK_BUDGET.CONCURRENCY`, an entry that passed the gates, the rules and the model: a
+    potential open), which costs what a replay costs; the full decision with free budgets is
+    taken later, only for the events the ledger reaches with a free slot."""
     started = time.perf_counter()
     model = model or build_model(snap.params.model)
     box: list[Any] = [None]
@@ -108,6 +114,7 @@ def base_pass(
     seen: set[tuple[str, str, int]] = set()
     recorded = tape.decisions if cfg.clock == "recorded" else {}
     base = Base(snap, {}, {}, {}, set(), set(), {})
+    full_slots = params.risk.concurrent_entries_per_symbol
     for ev in tape.events:
         f, ts, symbol = ev.features, ev.ts, ev.symbol
         if ev.error is not None or f is None or ts is None:
@@ -133,6 +140,7 @@ def base_pass(
                 kill_switch=cfg.kill_switch if cfg.kill_switch is not None else st.kill_switch,
                 health=cfg.health if cfg.health is not None else st.health,
                 funding_next=st.funding.get(symbol),
+                concurrency=full_slots,
             ),
             atr_state=atr_states.get(symbol),
             trigger="stream",
@@ -146,10 +154,12 @@ def base_pass(
             seen.add(key)
         i = ev.index
         base.first.add(i)
-        base.inputs[i] = inp
+        base.inputs[i] = msgspec.structs.replace(
+            inp, state=msgspec.structs.replace(inp.state, concurrency=0)
+        )
         base.decisions[i] = d
         base.ts[i] = ts
-        if d.decision == "open":
+        if d.reason_detail == "RISK_BUDGET.CONCURRENCY":
             base.opens.add(i)
         if box[0] is not None:
             base.raws[i] = box[0]
@@ -234,6 +244,9 @@ class Attributor:
         self.decides = 0
         """Decisions re-run for the variants (the cost beyond the base pass)."""
         self._fired_at: dict[int, list[int]] | None = None
+        self._full: dict[int, Decision] = {}
+        self.full_decides = 0
+        """Full decisions (free budgets) the ledger needed from the base pass's potential opens."""
 
     def _trade(self, i: int, d: Decision) -> Trade:
         it = d.intent
@@ -258,12 +271,23 @@ class Attributor:
             self._fired_at = at
         return self._fired_at
 
+    def full(self, i: int) -> Decision:
+        """Event i's decision by the whole bundle with free budgets (taken once, when needed)."""
+        d = self._full.get(i)
+        if d is None:
+            d = self.base.decisions[i]
+            if i in self.base.opens:
+                self.full_decides += 1
+                d = decide(self.base.inputs[i], self.snap, self.model)
+            self._full[i] = d
+        return d
+
     def _variant(self, i: int, r: int) -> Decision:
         """Event i's decision (free budgets) by the bundle without rule index r."""
         raw = self.base.raws[i]
         raw2 = raw_without(raw, r, self.snap)
         if raw2 is None or _rules_output(raw2, self.snap) == _rules_output(raw, self.snap):
-            return self.base.decisions[i]
+            return self.full(i)
         self._box[0] = raw2
         self.decides += 1
         return decide(self.base.inputs[i], self._inject, self.model)
@@ -307,7 +331,7 @@ class Attributor:
                     continue
             if nxt < len(lst):
                 heapq.heappush(heap, (lst[nxt], sym, nxt))
-            d = self._variant(i, rule) if rule is not None and i in changed else b.decisions[i]
+            d = self._variant(i, rule) if rule is not None and i in changed else self.full(i)
             if d.decision != "open":
                 continue
             assert d.intent is not None and d.reservation is not None
