@@ -94,6 +94,39 @@ def test_happy_path_opens_with_a_legal_intent(snap: BundleSnapshot) -> None:
     assert [g.gate for g in d.gates] == list(gates.GATE_ORDER) and all(g.passed for g in d.gates)
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"bid": 61778.3, "ask": 61778.2}, "bid 61778.3 must be below ask 61778.2"),
+        ({"bid": -1.0}, "feature 'bid' must be > 0, found -1.0"),
+        ({"ask": "x"}, "feature 'ask' must be a number, found 'x'"),
+        (
+            {"bid": 61779.2, "ask": 61779.3},
+            "bid 61779.2 and ask 61779.3 do not match mid 61778.25: (bid + ask) / 2 = 61779.25 is "
+            "more than half a tick (0.10) away",
+        ),
+    ],
+)
+def test_a_bad_touch_is_bad_input(
+    snap: BundleSnapshot, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InputError) as err:
+        run(snap, **changes)
+    assert err.value.code in ("BAD_FEATURE", "BAD_FEATURES")  # the schema reads types first
+    assert err.value.detail == message
+
+
+def test_the_touch_features_price_the_entry_exactly(snap: BundleSnapshot) -> None:
+    buy = run(snap, bid=61778.2, ask=61778.3)
+    sell = run(snap, side="SELL", imbalance_top1=0.5, bid=61778.2, ask=61778.3)
+    assert buy.intent.entry_px == Decimal("61778.3") and sell.decision == "open"
+    assert sell.intent.entry_px == Decimal("61778.2")
+    assert (
+        buy.sizing_notes[0]
+        == "entry at the ask 61778.3 (MakerThenTaker; the touch in the features)"
+    )
+
+
 def test_tp_target_is_an_roe_on_the_margin_posted(snap: BundleSnapshot) -> None:
     """docs/sizing.md "Take profit": 10 % x tp_mult of q x E / leverage after rounding q down."""
     d = run(snap)

@@ -328,3 +328,64 @@ def test_bad_bands_and_brackets_are_a_skip_with_a_sentence(
     changes: dict[str, Any], sentence: str
 ) -> None:
     assert skip("SIZING.BAD_INPUT", filters=filters(**changes)) == sentence
+
+
+# --- found by mutation testing ------------------------------------------------------------------
+
+
+def test_a_spot_exit_of_nothing_skips_even_with_min_qty_0() -> None:
+    fee = {"fee_maker": D("0.001"), "fee_taker": D("0.001")}
+    assert skip(
+        "SIZING.OCO_LEG_BELOW_MIN_NOTIONAL", params=spot(**fee), filters=filters(min_qty=D(0))
+    ) == ("exit qty 0 below min_qty 0 (bought 1, 0.999 left after the 0.001 base fee)")
+
+
+def test_a_liquidation_skip_names_the_bracket() -> None:
+    # x10, notional 100 in bracket 1 (rate 0.01): LP 90.909..., above the ATR stop 90.
+    assert skip(
+        "SIZING.LIQUIDATION", params=params(leverage=10, margin_base_usdt=D(10)), filters=FINE
+    ) == (
+        "SL 90 is not above the liquidation buffer 90.90909091 (LP 90.90909091 + 0 x |100 - LP|; "
+        "leverage 10, bracket 1: 0 <= notional < 1000, maintenance rate 0.01, amount 0)"
+    )
+
+
+def test_a_long_liquidation_price_just_above_zero_is_reported() -> None:
+    # x2, notional 100, amount 49.5: LP = (100 - 49.5 x 2) / (1 x 2) = 0.5, reported on the tick
+    # toward entry: 1. (LP <= 0 would have no liq_px.)
+    r = ok(params=params(leverage=2, margin_base_usdt=D(50), maintenance_amount=D("49.5")))
+    assert r.liq_px == 1 and "SL 90 clears the liquidation buffer 0.5 (LP 0.5)" in r.notes
+
+
+def test_an_oco_tp_leg_below_min_notional_is_named() -> None:
+    # qty 2 (notional 200), 1.998 left after the base fee: the OCO sells 1; TP leg 1 x TP < 150.
+    fee = {"fee_maker": D("0.001"), "fee_taker": D("0.001")}
+    sentence = skip(
+        "SIZING.OCO_LEG_BELOW_MIN_NOTIONAL",
+        params=spot(quote_budget_usdt=D(200), max_loss_usdt=D(100), **fee),
+        filters=filters(min_notional=D(150)),
+    )
+    assert sentence.startswith("OCO above (TP) leg notional ") and sentence.endswith(
+        " below min_notional 150"
+    )
+
+
+def test_a_notional_past_the_last_of_three_brackets_names_the_last_cap() -> None:
+    three = (*BRACKETS, Bracket(D(5000), D(8000), 2, D("0.05"), D(160)))
+    p = params(leverage=2, margin_base_usdt=D(5000))  # notional 10000
+    assert skip("SIZING.LEVERAGE_BRACKET", params=p, filters=filters(brackets=three)) == (
+        "notional 10000 USDT is not below the last leverage bracket's cap 8000"
+    )
+
+
+def test_the_guards_behind_the_exact_solving_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stop and the target are solved exactly, so the guards after them cannot fire; with
+    the solver broken on purpose they must skip rather than emit a stop past the cap or a TP
+    short of the target."""
+    import s3.core.sizing as sizing
+
+    monkeypatch.setattr(sizing, "_solve", lambda case, coef, rhs: case.entry - 5)
+    # the stop (loss-cap branch) at 95 loses 5 > cap 4 (the ATR stop 90 would lose 10)
+    assert skip("SIZING.LOSS_CAP", params=params(max_loss_usdt=D(4))) == ("loss at SL 5 above 4")
+    # the ATR stop 90 holds; the TP solved to 95 is moved to 101: net 1 below the target 10
+    assert skip("SIZING.TP_INVALID") == "net at TP 1 below 10"
