@@ -31,6 +31,7 @@ ENGINE_SECTIONS = (
     "risk",
     "atr",
     "engine",
+    "exits",
 )
 """Top-level tables of bundle.toml that belong to the engine (the DSL warns about any other)."""
 
@@ -224,6 +225,13 @@ class EngineModel(_Strict):
     is not a permission to trade."""
 
 
+class ExitsModel(_Strict):
+    """`s3 replay`'s exit simulation (the live engine does not read it)."""
+
+    time_stop_ms: Annotated[int, Field(gt=0)] = 300_000
+    market_slip_bps: Annotated[float, Field(ge=0, le=1000)] = 0.5
+
+
 class EngineSectionsModel(_Strict):
     gates: GatesModel = GatesModel()
     symbols: dict[str, SymbolModel] = {}
@@ -236,6 +244,7 @@ class EngineSectionsModel(_Strict):
     risk: RiskModel = RiskModel()
     atr: AtrModel = AtrModel()
     engine: EngineModel = EngineModel()
+    exits: ExitsModel = ExitsModel()
 
     @field_validator("symbols")
     @classmethod
@@ -457,4 +466,5 @@ def _to_params(m: EngineSectionsModel, s: Settings) -> p.EngineParams:
         m.engine.veto_on_rule_fault,
         m.fees.maker,
         m.fees.taker,
+        p.ExitParams(m.exits.time_stop_ms, m.exits.market_slip_bps),
     )
