@@ -302,10 +302,43 @@ def load_onnx(
         sha256=hashlib.sha256(data).hexdigest(),
         size=len(data),
     )
-    probe = model.run(dict.fromkeys(model.features, 0.0))
-    if probe.p is None:
-        return None, [Problem("file", f"'{name}' fails on a probe row of zeros: {probe.degraded}")]
-    return model, []
+    problem = _probe(model, spec.deadline_ms, name)
+    return (None, [problem]) if problem is not None else (model, [])
+
+
+def _probe(model: OnnxModel, deadline_ms: int, name: str) -> Problem | None:
+    """Run a row of zeros twice (the first run warms up), each run cancelled after a bound, so
+    loading a model that hangs cannot hang a publish or a reload; the second run must answer
+    within the deadline, else every decision would time out."""
+    import threading
+    import time
+
+    zeros = dict.fromkeys(model.features, 0.0)
+    bound_s = max(1.0, 20 * deadline_ms / 1000)
+    took = 0.0
+    for _ in range(2):
+        options = model.run_options()
+        timer = threading.Timer(bound_s, lambda o=options: setattr(o, "terminate", True))
+        timer.start()
+        started = time.perf_counter()
+        try:
+            result = model.run(zeros, options)
+        finally:
+            timer.cancel()
+        took = time.perf_counter() - started
+        if options.terminate:
+            return Problem(
+                "file", f"'{name}' gave no answer on a probe row of zeros within {bound_s:g} s"
+            )
+        if result.p is None:
+            return Problem("file", f"'{name}' fails on a probe row of zeros: {result.degraded}")
+    if took * 1000 > deadline_ms:
+        return Problem(
+            "deadline_ms",
+            f"'{name}' took {took * 1000:.1f} ms on one row, more than its deadline of "
+            f"{deadline_ms} ms: every decision would time out",
+        )
+    return None
 
 
 def _probability_output(

@@ -209,3 +209,53 @@ def slow_model(iterations: int = 2_000_000_000, *, inputs: tuple[str, ...] = INP
         helper.make_node("Expand", ["p_one", "pshape"], ["p"]),
     ]
     return _model(helper.make_graph(nodes, "slow", [x], [p]))
+
+
+def by_input_model() -> bytes:
+    """One real ONNX model that shows every degradation by its input ``oi_change_1h`` (an
+    optional feature): p = the input itself (0.7 is a probability, 1.5 is not), after a Loop of
+    int(input) additions (1e9 runs for hours unless cancelled); absent, the feature is missing."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])
+    p = helper.make_tensor_value_info("p", TensorProto.FLOAT, [None, 1])
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node(
+                "Constant",
+                [],
+                ["one"],
+                value=helper.make_tensor("o", TensorProto.FLOAT, [1], [1.0]),
+            ),
+            helper.make_node("Add", ["v_in", "one"], ["v_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1]),
+        ],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["xmax"], keepdims=0),
+        helper.make_node("Cast", ["xmax"], ["trips"], to=TensorProto.INT64),
+        helper.make_node(
+            "Constant", [], ["cond"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True])
+        ),
+        helper.make_node(
+            "Constant", [], ["v0"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])
+        ),
+        helper.make_node("Loop", ["trips", "cond", "v0"], ["v_final"], body=body),
+        helper.make_node(
+            "Constant", [], ["zero"], value=helper.make_tensor("z", TensorProto.FLOAT, [1], [0.0])
+        ),
+        helper.make_node("Mul", ["v_final", "zero"], ["nothing"]),
+        helper.make_node("Add", ["x", "nothing"], ["p"]),
+    ]
+    return _model(helper.make_graph(nodes, "by_input", [x], [p]))
+
+
+BY_INPUT_SECTION = model_toml(inputs=("oi_change_1h",))
