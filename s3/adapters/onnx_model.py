@@ -131,11 +131,12 @@ class OnnxModel:
         a value that is not a finite number."""
         np = self._np
         if self.columns is not None:
-            x = np.array([[features[n] for n in self.columns]], dtype=self._dtype)
-            if not np.isfinite(x).all():
-                bad = [n for n, v in zip(self.columns, x[0], strict=True) if not np.isfinite(v)]
-                raise ValueError(f"feature {bad[0]!r} is not a finite number")
-            return {self.input_name: x}
+            row = [features[n] for n in self.columns]
+            total = sum(row)  # TypeError for text; NaN or ±inf for a value that is not finite
+            if total - total != 0:
+                bad = [n for n, v in zip(self.columns, row, strict=True) if v - v != 0]
+                raise ValueError(f"feature {(bad or self.columns)[0]!r} is not a finite number")
+            return {self.input_name: np.array([row], dtype=self._dtype)}
         out = {}
         for name, dtype in self.named:
             x = np.array([[features[name]]], dtype=getattr(np, dtype))
@@ -162,8 +163,8 @@ class OnnxModel:
             feeds = self.feeds(features)
         except KeyError as exc:
             return degraded(ERROR, f"feature {exc.args[0]!r} is missing")
-        except (ValueError, TypeError) as exc:
-            return degraded(ERROR, f"bad input: {exc}")
+        except Exception as exc:  # text, NaN, a value beyond the input's float range
+            return degraded(ERROR, f"bad input: {type(exc).__name__}: {exc}")
         try:
             out = self.session.run([self.output], feeds, run_options)[0]
         except Exception as exc:  # the runtime's failure (or a run terminated late)
