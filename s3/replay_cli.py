@@ -154,6 +154,7 @@ def replay_cmd(args: argparse.Namespace) -> int:
     from s3.replay import output, report
     from s3.replay.diff import diff as ab_diff
     from s3.replay.diff import summarize
+    from s3.replay.outcomes import OutcomeError
     from s3.replay.replay import ReplayConfig, check_live, replay
 
     if args.hold_events is not None and args.hold_events < 1:
@@ -163,9 +164,13 @@ def replay_cmd(args: argparse.Namespace) -> int:
     snap_b = _bundle(args.against) if args.against else None
     if snap_a is None or (args.against and snap_b is None):
         return 1
+    fixed_hold = args.hold_ms is not None or args.hold_events is not None
     cfg = ReplayConfig(
-        hold_ms=None if args.hold_ms is not None and args.hold_ms < 0 else args.hold_ms,
+        hold_ms=None
+        if args.hold_ms is not None and args.hold_ms < 0
+        else (args.hold_ms if args.hold_ms is not None else 60_000),
         hold_events=args.hold_events,
+        exits=not fixed_hold,
         latency_ms=args.latency_ms,
         clock=args.clock,
         budgets=not args.no_budgets,
@@ -175,12 +180,16 @@ def replay_cmd(args: argparse.Namespace) -> int:
     n = len(tape.events)
     with _progress(args.quiet, "replaying") as progress:
         task = progress.add_task("replay", total=n * (2 if snap_b else 1))
-        a = replay(tape, snap_a, cfg, progress=lambda i: progress.update(task, completed=i))
-        b = (
-            replay(tape, snap_b, cfg, progress=lambda i: progress.update(task, completed=n + i))
-            if snap_b is not None
-            else None
-        )
+        try:
+            a = replay(tape, snap_a, cfg, progress=lambda i: progress.update(task, completed=i))
+            b = (
+                replay(tape, snap_b, cfg, progress=lambda i: progress.update(task, completed=n + i))
+                if snap_b is not None
+                else None
+            )
+        except OutcomeError as exc:
+            _err(f"s3 replay: {exc}")
+            return 1
     d = ab_diff(a, b) if b is not None else None
     took = a.elapsed_s + (b.elapsed_s if b else 0.0)
     rate = (n * (2 if b else 1)) / took if took > 0 else 0.0
@@ -190,6 +199,8 @@ def replay_cmd(args: argparse.Namespace) -> int:
             _out(output.diff_text(a, b, d, limit=args.max_list))
         else:
             _out(output.summary_text(a, summarize(a), rules=not args.no_rules))
+            if a.exits:
+                _out(output.outcomes_text(a))
         _out(
             f"replayed {n} events x {2 if b else 1} bundle(s) in {took:.2f} s ({rate:,.0f} decisions/s)\n"
         )
@@ -248,12 +259,13 @@ def tape_sample(args: argparse.Namespace) -> int:
     ]
     if not rows:
         raise UsageError("no sample rows match --symbol/--ts-from/--ts-to")
+    funding = synth.sample_funding(rows[: args.limit] if args.limit else rows)
     lines = write_tape(
         args.out,
         synth.sample_header(src, note=args.note),
-        synth.sample_records(rows, limit=args.limit),
+        [*funding, *synth.sample_records(rows, limit=args.limit)],
     )
-    _out(f"wrote {args.out}: {lines - 2} events from {src}\n")
+    _out(f"wrote {args.out}: {lines - 2 - len(funding)} events from {src}\n")
     return 0
 
 
@@ -274,7 +286,9 @@ def tape_synth(args: argparse.Namespace) -> int:
                 yield r
 
         lines = write_tape(args.out, synth.synth_header(args.events, args.seed), counted())
-    _out(f"wrote {args.out}: {args.events} events ({lines - 1 - args.events} state records)\n")
+    _out(
+        f"wrote {args.out}: {args.events} events ({lines - 1 - args.events} state and funding records)\n"
+    )
     return 0
 
 
@@ -341,17 +355,17 @@ def add_commands(sub: Any, parser_class: Any) -> None:
     p.add_argument(
         "--hold-ms",
         type=int,
-        default=60_000,
+        default=None,
         metavar="MS",
-        help="close a position this long after it opened, in tape time "
-        "(default 60000; negative: never)",
+        help="no outcome simulation: close a position this long after it opened, in tape time "
+        "(negative: never). Default: every open is followed to its simulated exit (P&L)",
     )
     p.add_argument(
         "--hold-events",
         type=int,
         default=None,
         metavar="N",
-        help="close a position N events after it opened (replaces --hold-ms)",
+        help="no outcome simulation: close a position N events after it opened",
     )
     p.add_argument(
         "--latency-ms",

@@ -170,6 +170,9 @@ class Runner:
         s = service.settings
         self.symbols = s.symbol_list()
         self.last_event_ms: dict[str, int] = {}
+        self.last_ts_ms: dict[str, int] = {}
+        """The `ts` of the last event handled per symbol: a feed that emits every book update
+        puts several events in one millisecond (counted in s3_same_ms_events_total)."""
         self.jobs = Jobs(service, self.symbols, self.last_event_ms) if jobs else None
         engine = service.engine
         self.handled = 0
@@ -239,6 +242,10 @@ class Runner:
                     left_ms if isinstance(left_ms, int) and left_ms > 0 else engine.claim_ttl_ms
                 )
                 time.sleep(min(wait_ms, engine.claim_ttl_ms) / 1000 + 0.05)
+        if self.last_ts_ms.get(symbol) == parsed.ts_ms:
+            replayed = "true" if result.replayed else "false"
+            engine.metrics.child(engine.metrics.same_ms_events, symbol, replayed).inc()
+        self.last_ts_ms[symbol] = parsed.ts_ms
         if self.on_decision is not None:  # before the count: a watcher of `handled` then
             self.on_decision(result)  # finds this decision among those handed over
         self.handled += 1

@@ -20,7 +20,7 @@ from dsl.bundle import Manifest, key_span
 from s3.config.settings import Settings
 from s3.core import params as p
 from s3.core.model import default_model_id
-from s3.core.sizing import SizingParams, SymbolFilters
+from s3.core.sizing import Bracket, SizingParams, SymbolFilters
 
 ENGINE_SECTIONS = (
     "gates",
@@ -34,6 +34,7 @@ ENGINE_SECTIONS = (
     "risk",
     "atr",
     "engine",
+    "exits",
 )
 """Top-level tables of bundle.toml that belong to the engine (the DSL warns about any other)."""
 
@@ -81,6 +82,16 @@ class GatesModel(_Strict):
     windows: list[WindowModel] = []
 
 
+class BracketModel(_Strict):
+    """One row of `GET /fapi/v1/leverageBracket` (exchange-rules §3.3)."""
+
+    notional_floor: NonNegDec
+    notional_cap: PosDec
+    initial_leverage: Annotated[int, Field(ge=1, le=125)]
+    maint_margin_ratio: Annotated[Decimal, Field(ge=0, lt=1, allow_inf_nan=False)]
+    cum: NonNegDec = Decimal(0)
+
+
 class SymbolModel(_Strict):
     market: Literal["FUT", "SPOT"] = "FUT"
     tick_size: PosDec
@@ -88,6 +99,10 @@ class SymbolModel(_Strict):
     min_qty: PosDec
     min_notional: NonNegDec
     min_price: NonNegDec = Decimal(0)
+    max_price: PosDec | None = None
+    percent_price_up: Annotated[Decimal, Field(ge=1, allow_inf_nan=False)] | None = None
+    percent_price_down: Annotated[Decimal, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
+    brackets: list[BracketModel] = []
     max_qty: PosDec | None = None
     market_step_size: PosDec | None = None
     market_min_qty: PosDec | None = None
@@ -96,6 +111,25 @@ class SymbolModel(_Strict):
     leverage: Annotated[int, Field(ge=1, le=125)] | None = None
     spread_bp_limit: Annotated[float, Field(gt=0)] | None = None
     depth_top1_usdt_min: Annotated[float, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _prices_and_brackets(self) -> SymbolModel:
+        if self.max_price is not None and self.max_price <= self.min_price:
+            raise ValueError(f"max_price {self.max_price} is not above min_price {self.min_price}")
+        cap = Decimal(0)
+        for n, b in enumerate(self.brackets, 1):
+            if b.notional_floor != cap:
+                raise ValueError(
+                    f"brackets[{n}].notional_floor {b.notional_floor} is not "
+                    f"{'0' if n == 1 else f'the cap of bracket {n - 1}, {cap}'}"
+                )
+            if b.notional_cap <= b.notional_floor:
+                raise ValueError(
+                    f"brackets[{n}].notional_cap {b.notional_cap} is not above its floor "
+                    f"{b.notional_floor}"
+                )
+            cap = b.notional_cap
+        return self
 
 
 class SizingModel(_Strict):
@@ -240,6 +274,13 @@ class EngineModel(_Strict):
     is not a permission to trade."""
 
 
+class ExitsModel(_Strict):
+    """`s3 replay`'s exit simulation (the live engine does not read it)."""
+
+    time_stop_ms: Annotated[int, Field(gt=0)] = 300_000
+    market_slip_bps: Annotated[float, Field(ge=0, le=1000)] = 0.5
+
+
 class EngineSectionsModel(_Strict):
     gates: GatesModel = GatesModel()
     symbols: dict[str, SymbolModel] = {}
@@ -252,6 +293,7 @@ class EngineSectionsModel(_Strict):
     risk: RiskModel = RiskModel()
     atr: AtrModel = AtrModel()
     engine: EngineModel = EngineModel()
+    exits: ExitsModel = ExitsModel()
 
     @field_validator("symbols")
     @classmethod
@@ -321,6 +363,18 @@ def engine_params(
                     key_span(path, text, ("symbols", sym, "leverage")),
                 )
             )
+        lev = sm.leverage or m.sizing.leverage or settings.leverage_default
+        if sm.market == "FUT" and sm.brackets:
+            top = sm.brackets[0].initial_leverage
+            if lev > top:
+                diags.append(
+                    Diagnostic(
+                        "E303",
+                        f"symbols.{sym}: leverage {lev} is above {top}, the most its first "
+                        "leverage bracket allows",
+                        key_span(path, text, ("symbols", sym, "brackets")),
+                    )
+                )
         if sm.max_qty is not None and sm.max_qty < sm.min_qty:
             diags.append(
                 Diagnostic(
@@ -380,6 +434,19 @@ def _to_params(m: EngineSectionsModel, s: Settings) -> p.EngineParams:
                 market_min_qty=sm.market_min_qty,
                 market_max_qty=sm.market_max_qty,
                 anchored=sm.market == "FUT",
+                max_price=sm.max_price,
+                percent_price_up=sm.percent_price_up,
+                percent_price_down=sm.percent_price_down,
+                brackets=tuple(
+                    Bracket(
+                        b.notional_floor,
+                        b.notional_cap,
+                        b.initial_leverage,
+                        b.maint_margin_ratio,
+                        b.cum,
+                    )
+                    for b in sm.brackets
+                ),
             ),
             funding_interval_hours=sm.funding_interval_hours,
             leverage=sm.leverage,
@@ -476,4 +543,5 @@ def _to_params(m: EngineSectionsModel, s: Settings) -> p.EngineParams:
         m.engine.veto_on_rule_fault,
         m.fees.maker,
         m.fees.taker,
+        p.ExitParams(m.exits.time_stop_ms, m.exits.market_slip_bps),
     )

@@ -100,6 +100,17 @@ class RiskLimits(msgspec.Struct, frozen=True):
     concurrent_entries_per_symbol: int
 
 
+class ExitParams(msgspec.Struct, frozen=True):
+    """How `s3 replay` follows an open position to its exit (docs/replay.md, fill model); the live
+    engine does not read these."""
+
+    time_stop_ms: int = 300_000
+    """Close a position at market this long after its entry fill (tape time)."""
+    market_slip_bps: float = 0.5
+    """Every market fill (a stop, a time stop, a taker entry) is this much worse than the touch,
+    plus half the spread for each top-of-book depth the order eats beyond the first."""
+
+
 class EngineParams(msgspec.Struct, frozen=True):
     """Everything a decision needs from the bundle besides the compiled rules."""
 
@@ -115,3 +126,4 @@ class EngineParams(msgspec.Struct, frozen=True):
     veto_on_rule_fault: bool = True
     fee_maker: Decimal = Decimal("0.0002")
     fee_taker: Decimal = Decimal("0.0005")
+    exits: ExitParams = ExitParams()

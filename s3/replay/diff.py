@@ -32,6 +32,10 @@ class Summary:
     events: int = 0
     decided: int = 0
     replayed: int = 0
+    """Events answered by idempotency with an earlier decision (same symbol, side, t0 ms)."""
+    same_ms: int = 0
+    """Events in the same millisecond as an earlier event of their symbol (a feed that emits every
+    book update puts several in one ms; with the same side they share an intent id)."""
     opens: int = 0
     skips: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -72,6 +76,7 @@ class Summary:
             "events": self.events,
             "decided": self.decided,
             "idempotent_replays": self.replayed,
+            "same_ms_events": self.same_ms,
             "open": self.opens,
             "skip": self.skips,
             "errors": self.errors,
@@ -121,8 +126,15 @@ def summarize(result: ReplayResult) -> Summary:
     vetoes: collections.Counter[str] = collections.Counter()
     hist = [0] * len(SIZE_BINS)
     notional = Decimal(0)
+    seen_ms: set[tuple[str, int]] = set()
     for o in result.outcomes:
         s.events += 1
+        if o.ts is not None:
+            key = (o.symbol, o.ts)
+            if key in seen_ms:
+                s.same_ms += 1
+            else:
+                seen_ms.add(key)
         if o.decision is None:
             errors[(o.error or "ERROR").split(":")[0]] += 1
             continue
@@ -221,6 +233,10 @@ def _l1(d: Decision) -> tuple[Any, ...]:
 
 
 def _changes(oa: Outcome, ob: Outcome) -> Change | None:
+    if oa.replayed and ob.replayed:
+        # Idempotency answered an earlier decision again under both bundles: that decision's own
+        # event carries any change; counting it again here would count one change many times.
+        return None
     da, db = oa.decision, ob.decision
     if da is None or db is None:
         if (da is None) != (db is None) or oa.error != ob.error:

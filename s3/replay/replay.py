@@ -23,6 +23,11 @@ after the opening event's) or in events (``hold_events``: released before the ev
 places after the opening one, counting every event of the tape). S4 is assumed to accept every
 intent (a reservation is never released early).
 
+**Outcomes** (``exits=True``, what `s3 replay` does by default): instead of a fixed holding,
+every open is followed along the tape's later prices to its exit (`s3.replay.outcomes`: fill
+model, fees, funding, P&L) and its reservation is released before the first event after the
+exit's quote; the result carries the trades.
+
 **Clock.** ``now_ms`` of a decision is the recorded live clock reading when the tape holds that
 decision (``clock="recorded"``), else the event's ``ts`` plus ``latency_ms``.
 
@@ -49,6 +54,7 @@ from s3.core.decide import BundleSnapshot, decide
 from s3.core.model import Model, model_of
 from s3.core.types import AtrState, Decision, DecisionInput, MarketState, Reservation
 from s3.errors import InputError
+from s3.replay.outcomes import OutcomeSim, Trade, tape_kind
 from s3.replay.tape import Tape, TapeEvent
 
 Clock = Literal["recorded", "tape"]
@@ -69,10 +75,15 @@ class ReplayConfig:
     """Force this health state for every event (what-if); None: the tape's."""
     kill_switch: str | None = None
     """Force this kill switch value for every event; None: the tape's."""
+    exits: bool = False
+    """Follow every open to its simulated exit (P&L); positions are released at their exit and
+    hold_ms/hold_events are ignored."""
 
     def describe(self) -> dict[str, Any]:
         return {
-            "hold": f"{self.hold_events} events"
+            "hold": "until the simulated exit"
+            if self.exits
+            else f"{self.hold_events} events"
             if self.hold_events is not None
             else (f"{self.hold_ms} ms of tape time" if self.hold_ms is not None else "never"),
             "latency_ms": self.latency_ms,
@@ -110,6 +121,8 @@ class _Position:
     units: int
     index: int
     ts: int
+    release_after: int | None = None
+    """With exits: released before the first event whose index is above this."""
 
 
 class SimRisk:
@@ -161,7 +174,11 @@ class SimRisk:
     def release_due(self, index: int, ts: int | None, cfg: ReplayConfig) -> None:
         if not self.positions:
             return
-        if cfg.hold_events is not None:
+        if cfg.exits:
+            due = [
+                p for p in self.positions if p.release_after is not None and p.release_after < index
+            ]
+        elif cfg.hold_events is not None:
             due = [p for p in self.positions if index - p.index >= cfg.hold_events]
         elif cfg.hold_ms is not None and ts is not None:
             due = [p for p in self.positions if ts - p.ts >= cfg.hold_ms]
@@ -216,6 +233,14 @@ class ReplayResult:
     open_at_end: int = 0
     elapsed_s: float = field(default=0.0, compare=False)
     """Wall time of the loop (not part of any deterministic output)."""
+    trades: list[Trade] = field(default_factory=list)
+    """With exits: every open followed to its outcome, in the order they opened."""
+    exits: bool = False
+    tape_kind: str = "quotes"
+    first_ts: int | None = None
+    last_ts: int | None = None
+    params: Any = field(default=None, compare=False, repr=False)
+    """The bundle's `EngineParams` (exit parameters, fees) for the reports."""
 
     @property
     def label(self) -> str:
@@ -247,6 +272,8 @@ def replay(
     recorded = tape.decisions if cfg.clock == "recorded" else {}
     force_health, force_kill = cfg.health, cfg.kill_switch
     budgets = cfg.budgets
+    sim = OutcomeSim(tape, params) if cfg.exits else None
+    trades: list[Trade] = []
     outcomes: list[Outcome] = []
     append = outcomes.append
     started = time.perf_counter()
@@ -335,12 +362,19 @@ def replay(
                     sentence=sentence,
                     intent=None,
                 )
+            elif sim is not None:
+                trade = sim.trade(ev, d)
+                trades.append(trade)
+                risk.positions[-1].release_after = trade.release_after
+        elif d.decision == "open" and sim is not None:
+            trades.append(sim.trade(ev, d))
         out = Outcome(index, symbol, ts, side, mid, d)
         if iid is not None:
             seen[iid] = out
         append(out)
     elapsed = time.perf_counter() - started
     rs = snap.ruleset
+    stamps = [e.ts for e in tape.events if e.ts is not None]
     return ReplayResult(
         bundle_id=snap.bundle_id,
         rev=rev,
@@ -355,6 +389,12 @@ def replay(
         released=risk.released,
         open_at_end=len(risk.positions),
         elapsed_s=elapsed,
+        trades=trades,
+        exits=cfg.exits,
+        tape_kind=tape_kind(tape) if cfg.exits else "quotes",
+        first_ts=min(stamps) if stamps else None,
+        last_ts=max(stamps) if stamps else None,
+        params=params,
     )
 
 
