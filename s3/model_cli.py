@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from s3.rules_cli import UsageError, _load_features
@@ -113,6 +114,29 @@ def explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def train(args: argparse.Namespace) -> int:
+    from s3.model.train import TrainError, TrainOptions
+    from s3.model.train import train as run_train
+
+    try:
+        report = run_train(
+            args.bundle,
+            args.tape,
+            args.out,
+            TrainOptions(seed=args.seed, folds=args.folds, limit=args.limit),
+            progress=None if args.quiet else _err,
+        )
+    except TrainError as exc:
+        _err(f"s3 model train: {exc}")
+        return 1
+    if args.json:
+        _out(json.dumps(report, indent=2, sort_keys=True))
+        return 0
+    _out((Path(args.out) / "report" / "training.md").read_text(encoding="utf-8"))
+    _out(f"bundle written to {args.out} (report in {args.out}/report/)")
+    return 0
+
+
 def add_commands(sub: Any, parser_class: Any) -> None:
     m = sub.add_parser("model", help="explain and train the L2 model (see docs/model.md)")
     msub = m.add_subparsers(dest="model_command", required=True, parser_class=parser_class)
@@ -123,3 +147,17 @@ def add_commands(sub: Any, parser_class: Any) -> None:
     )
     e.add_argument("--format", choices=("human", "json"), default="human")
     e.set_defaults(func=explain)
+    t = msub.add_parser(
+        "train", help="fit, export and judge a model on the outcomes of replayed tapes"
+    )
+    t.add_argument("--bundle", default="rulesets/default", help="the bundle to train for")
+    t.add_argument(
+        "--tape", action="append", required=True, metavar="TAPE", help="a real tape (repeatable)"
+    )
+    t.add_argument("--out", required=True, metavar="DIR", help="the bundle directory to write")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--folds", type=int, default=4, help="walk-forward test blocks")
+    t.add_argument("--limit", type=int, default=0, help="only the first N events of each tape")
+    t.add_argument("--json", action="store_true", help="print the report as JSON")
+    t.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    t.set_defaults(func=train)

@@ -8,9 +8,11 @@ Loading verifies the file against the bundle before anything runs it:
 
 - onnxruntime must accept it (a file it cannot load is an error naming the file);
 - inputs, one of two forms: **one tensor** ``[N, k]`` of float or double whose ``k`` columns are
-  the features listed in ``[model] inputs`` (in that order; a model exported by `s3 model train`
-  also carries the list in its metadata ``s3.inputs``, which must agree), or **one input per
-  feature**, each named after a numeric feature of ``[features]``, ``[N, 1]`` float or double;
+  the features listed in ``[model] inputs`` (in that order; ``FEATURE=VALUE`` is an indicator
+  column of an enum feature, 1.0 when it has that value, such as ``side=BUY``; a model exported
+  by `s3 model train` also carries the list in its metadata ``s3.inputs``, which must agree), or
+  **one input per feature**, each named after a numeric feature of ``[features]``, ``[N, 1]``
+  float or double;
 - the output is one probability: a single float output of one column, or a binary classifier's
   ``label`` plus ``[N, 2]`` probabilities (p is column 1, scikit-learn's convention);
 - a probe row (zeros) runs and answers one value.
@@ -119,6 +121,11 @@ class OnnxModel:
         self.sha256 = sha256
         self.size = size
         self.features = columns if columns is not None else tuple(n for n, _ in named)
+        parsed = [
+            (c.partition("=")[0], c.partition("=")[2] if "=" in c else None) for c in self.features
+        ]
+        self._indicators = parsed if any(v is not None for _, v in parsed) else None
+        """Single-tensor columns ``FEATURE=VALUE`` (1.0 when the enum feature has the value)."""
 
     def run_options(self) -> Any:
         """A fresh `RunOptions` for one call (setting ``terminate`` cancels that run)."""
@@ -131,7 +138,13 @@ class OnnxModel:
         a value that is not a finite number."""
         np = self._np
         if self.columns is not None:
-            row = [features[n] for n in self.columns]
+            if self._indicators:
+                row = [
+                    features[n] if v is None else float(features.get(n) == v)
+                    for n, v in self._indicators
+                ]
+            else:
+                row = [features[n] for n in self.columns]
             total = sum(row)  # TypeError for text; NaN or ±inf for a value that is not finite
             if total - total != 0:
                 bad = [n for n, v in zip(self.columns, row, strict=True) if v - v != 0]
@@ -314,7 +327,7 @@ def _probe(model: OnnxModel, deadline_ms: int, name: str) -> Problem | None:
     import threading
     import time
 
-    zeros = dict.fromkeys(model.features, 0.0)
+    zeros = {c.partition("=")[0]: 0.0 for c in model.features}
     bound_s = max(1.0, 20 * deadline_ms / 1000)
     took = 0.0
     for _ in range(2):

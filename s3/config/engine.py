@@ -335,15 +335,28 @@ def engine_params(
                     "declare it in [features] as number or int",
                 )
             )
-    for i, name in enumerate(m.model.inputs):
+    for i, column in enumerate(m.model.inputs):
+        name, _, value = column.partition("=")
         spec = features.get(name)
-        if spec is None or spec.type not in ("number", "int"):
+        if "=" in column:  # an indicator column: 1.0 when the enum feature has this value
+            if spec is None or spec.type != "enum" or value not in spec.values:
+                diags.append(
+                    Diagnostic(
+                        "E308",
+                        f"model.inputs[{i}]: '{column}' needs an enum feature '{name}' with the "
+                        f"value '{value}'",
+                        key_span(path, text, ("model", "inputs")),
+                        "an indicator column is FEATURE=VALUE of an enum feature",
+                    )
+                )
+        elif spec is None or spec.type not in ("number", "int"):
             diags.append(
                 Diagnostic(
                     "E308",
                     f"model.inputs[{i}]: the model reads '{name}', which is not a numeric feature",
                     key_span(path, text, ("model", "inputs")),
-                    "declare it in [features] as number or int",
+                    "declare it in [features] as number or int, or use an indicator column "
+                    "FEATURE=VALUE of an enum feature",
                 )
             )
     if len(set(m.model.inputs)) != len(m.model.inputs):
