@@ -20,15 +20,19 @@ against real replays of bundles compiled without each rule.
 (default: one per two time stops, at least 10 and at most 100), each trade counted in the block
 of its deciding event. Per block, the P&L difference (full − without r); ``resamples`` (2,000)
 draws of as many blocks with replacement (numpy's PCG64 seeded with ``seed``, default 0; the same
-draws for every rule) give the distribution of the summed difference, and its 2.5 % and 97.5 %
-percentiles the 95 % interval. An interval that contains 0 is reported as "not distinguishable
+draws for every rule) give the distribution of the summed difference, and its BCa percentiles
+(bias-corrected and accelerated: plain 2.5/97.5 % percentiles under-cover a skewed difference,
+as a veto's is) the 95 % interval. An interval that contains 0 is reported as "not distinguishable
 from zero". Blocks keep the trades that interact through the ledger together; with few trades
 the interval is wide, as it should be.
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
+import heapq
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -267,19 +271,42 @@ class Attributor:
     def run(self, rule: int | None = None, label: str = "full") -> Run:
         """The ledger over the events that may open, in tape order. Without ``rule`` (an index),
         the events where it fired are decided again, lazily: only when the symbol has a free
-        entry slot, since a refused entry is refused whatever it would have been."""
+        entry slot, since a refused entry is refused whatever it would have been.
+
+        Each symbol's candidates are a sorted list; while a symbol's slots are all taken, its
+        pointer jumps past the first release (a bisection), so a run costs about one step per
+        trade, not one per candidate event."""
         b = self.base
         changed = set(self._fired().get(rule, ())) if rule is not None else set()
-        candidates = sorted(b.opens | changed)
+        per_symbol: dict[str, list[int]] = {}
+        for i in sorted(b.opens | changed):
+            per_symbol.setdefault(b.inputs[i].symbol, []).append(i)
         risk = SimRisk()
         trades: list[Trade] = []
         budgets = self.cfg.budgets
         limit = self.snap.params.risk.concurrent_entries_per_symbol
-        for i in candidates:
+        heap = [(lst[0], sym, 0) for sym, lst in per_symbol.items()]
+        heapq.heapify(heap)
+        while heap:
+            i, sym, k = heapq.heappop(heap)
+            lst = per_symbol[sym]
+            nxt = k + 1
             if budgets:
                 risk.release_due(i, b.ts[i], self.cfg)
-                if risk.concurrency.get(b.inputs[i].symbol, 0) >= limit:
+                if risk.concurrency.get(sym, 0) >= limit:
+                    # refused whatever it is, and so is every candidate of this symbol until
+                    # the first of its positions is released
+                    free_after = min(
+                        p.release_after if p.release_after is not None else i
+                        for p in risk.positions
+                        if p.symbol == sym
+                    )
+                    nxt = max(nxt, bisect.bisect_right(lst, free_after))
+                    if nxt < len(lst):
+                        heapq.heappush(heap, (lst[nxt], sym, nxt))
                     continue
+            if nxt < len(lst):
+                heapq.heappush(heap, (lst[nxt], sym, nxt))
             d = self._variant(i, rule) if rule is not None and i in changed else b.decisions[i]
             if d.decision != "open":
                 continue
@@ -330,10 +357,32 @@ def block_pnl(
     return out
 
 
-def bootstrap_ci(deltas: np.ndarray[Any, Any], draws: np.ndarray[Any, Any]) -> tuple[float, float]:
-    """The 2.5 % and 97.5 % percentiles of the summed block differences over the draws."""
+def bootstrap_ci(
+    deltas: np.ndarray[Any, Any], draws: np.ndarray[Any, Any], level: float = 0.95
+) -> tuple[float, float]:
+    """The BCa (bias-corrected and accelerated, Efron 1987) 95 % interval of the sum of the
+    block differences: the percentiles of the resampled sums, moved for the bias (the share of
+    resampled sums below the observed one) and for the skewness (the acceleration, from the
+    jackknife of the blocks). A P&L difference is skewed (a veto saves a few large losses), where
+    plain percentiles cover less than they claim."""
+    total = float(deltas.sum())
+    if np.all(deltas == deltas[0]):
+        return total, total
     sums = deltas[draws].sum(axis=1)
-    lo, hi = np.percentile(sums, [2.5, 97.5])
+    nd = statistics.NormalDist()
+    below = float(np.mean(sums < total)) + 0.5 * float(np.mean(sums == total))
+    below = min(max(below, 1 / (2 * len(sums))), 1 - 1 / (2 * len(sums)))
+    z0 = nd.inv_cdf(below)
+    k = len(deltas)
+    jack = (total - deltas) / (k - 1)  # the mean of the other blocks
+    d = jack.mean() - jack
+    den = float((d**2).sum()) ** 1.5
+    a = float((d**3).sum()) / (6 * den) if den > 0 else 0.0
+    qs = []
+    for alpha in ((1 - level) / 2, (1 + level) / 2):
+        z = nd.inv_cdf(alpha)
+        qs.append(nd.cdf(z0 + (z0 + z) / (1 - a * (z0 + z))))
+    lo, hi = np.percentile(sums, [100 * qs[0], 100 * qs[1]])
     return float(lo), float(hi)
 
 
@@ -387,7 +436,7 @@ class Attribution:
     def to_json(self) -> dict[str, Any]:
         return {
             "method": "leave-one-out; contribution = P&L(full) - P&L(without the rule); 95 % "
-            "interval: block bootstrap over equal time blocks (percentiles 2.5/97.5)",
+            "interval: block bootstrap over equal time blocks (BCa percentiles)",
             "blocks": self.blocks,
             "resamples": self.resamples,
             "seed": self.seed,
@@ -424,10 +473,11 @@ def attribute(
     ids = list(rules) if rules is not None else list(snap.ruleset.rule_ids)
     titles = {r.rule_id: r.rule.title or "" for r in snap.ruleset.rules}
     fired: dict[str, int] = dict.fromkeys(ids, 0)
-    index = {rid: n for n, rid in enumerate(snap.ruleset.rule_ids)}
+    all_ids = snap.ruleset.rule_ids
+    index = {rid: n for n, rid in enumerate(all_ids)}
     for raw in at.base.raws.values():
         for i in raw[0]:
-            rid = snap.ruleset.rule_ids[i]
+            rid = all_ids[i]
             if rid in fired:
                 fired[rid] += 1
     rows: list[RuleRow] = []

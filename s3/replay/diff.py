@@ -16,6 +16,8 @@ from s3.core.types import Decision
 from s3.replay.replay import Outcome, ReplayResult
 
 BUDGET_DETAILS = ("RISK_BUDGET.CONCURRENCY", "RISK_BUDGET.FUT_MARGIN", "RISK_BUDGET.SPOT_QUOTE")
+MATERIAL = frozenset({"open_to_skip", "skip_to_open", "size", "tp_sl", "error"})
+"""Change kinds the changed-events tables list (the rest are summarised in one line)."""
 SIZE_BINS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5)
 """Edges of the size multiplier histogram (the last bin is open: >= 2.5)."""
 
@@ -213,6 +215,11 @@ class Change:
     """Rules fired under B and not under A."""
     lost: list[str] = field(default_factory=list)
 
+    @property
+    def material(self) -> bool:
+        """The decision, its size, SL or TP changed (not only the reason or the rules fired)."""
+        return bool(MATERIAL & set(self.kinds))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "index": self.index,
@@ -287,6 +294,9 @@ class Diff:
     def count(self, kind: str) -> int:
         return sum(kind in c.kinds for c in self.changes)
 
+    def material(self) -> list[Change]:
+        return [c for c in self.changes if c.material]
+
     def flips(self, kind: str) -> list[Change]:
         return [c for c in self.changes if kind in c.kinds]
 
@@ -322,6 +332,7 @@ class Diff:
             "a": self.a.to_json(),
             "b": self.b.to_json(),
             "changed_events": len(self.changes),
+            "material_changes": len(self.material()),
             "counts": {k: self.count(k) for k in kinds},
             "by_cause": dict(sorted(collections.Counter(c.cause for c in self.changes).items())),
             "reason_flows": self.reason_flows(),

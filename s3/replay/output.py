@@ -282,6 +282,27 @@ def outcomes_text(result: ReplayResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def attribution_text(label: str, doc: dict[str, Any], elapsed_s: float) -> str:
+    lines = [
+        f"what each rule earns under {label} (leave-one-out; contribution = P&L with the rule - "
+        f"without it, USDT; 95 % interval: {doc['blocks']} time blocks, {doc['resamples']} "
+        f"draws, seed {doc['seed']}; {elapsed_s:.1f} s):",
+        f"  {'rule':<8} {'contribution':>13} {'95 % interval':>25} {'Δtrades':>8} "
+        f"{'ΔmaxDD':>9} {'fired':>7}",
+    ]
+    for r in doc["rules"]:
+        lo, hi = r["ci95"]
+        flag = "" if r["distinguishable_from_zero"] else "  not distinguishable from zero"
+        if r["contribution"] == "0" and lo == hi == 0:
+            flag = "  no effect on this tape"
+        lines.append(
+            f"  {r['rule_id']:<8} {float(r['contribution']):>+13.4f} "
+            f"{f'[{lo:+.4f}, {hi:+.4f}]':>25} {r['d_trades']:>+8d} "
+            f"{float(r['d_max_drawdown']):>+9.4f} {r['fired']:>7}{flag}"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _change_line(c: Change) -> str:
     head = f"  #{c.index:06d} {c.symbol} {when(c.ts)} {c.side or '-':<4}"
     a, b = c.a, c.b
@@ -349,13 +370,18 @@ def diff_text(a: ReplayResult, b: ReplayResult, d: Diff, *, limit: int = 20) -> 
     for title, kind in (
         ("opens that became skips", "open_to_skip"),
         ("skips that became opens", "skip_to_open"),
-        ("other reason changes", "reason"),
     ):
         items = d.flips(kind)
         if items:
             more = f" (first {limit} of {len(items)})" if len(items) > limit else ""
             lines.append(f"{title}{more}:")
             lines += [_change_line(c) for c in items[:limit]]
+    minor = [c for c in d.changes if not c.material]
+    if minor:
+        lines.append(
+            f"{len(minor)} events changed only their skip reason or the rules fired (same "
+            "decision, size, SL and TP): not listed (--json has them)"
+        )
     sized = [c for c in d.changes if {"size", "tp_sl"} & set(c.kinds)]
     if sized:
         more = f" (first {limit} of {len(sized)})" if len(sized) > limit else ""

@@ -9,8 +9,8 @@ A small bundle trades BTCUSDT with two veto rules:
   entries, independently of what the price does next: pure noise.
 
 Each cycle of ``CYCLE_MS`` is one entry (side BUY, a taker at the ask) and the path after it: a
-quote beyond the take profit or beyond the stop loss one second later, then the price back at its
-level before the next entry (the position is closed by then, so trades never interact). The win
+quote beyond the take profit or beyond the stop loss one second later, then the next entry back
+at the starting price (the position is closed by then, so trades never interact). The win
 probability of the other entries is set so that their expected P&L is exactly zero
 (``p0 = -L / (W - L)`` with W and L the P&L of a win and of a loss, which the simulator
 computes), so the planted contribution of the noise rule is 0 and that of the edge rule is
@@ -144,7 +144,6 @@ def tape(design: Design, seed: int, p0: float) -> tuple[Tape, list[tuple[bool, b
             _quote(t, MID, "BUY", edge_x=1.0 if edge else 0.0, noise_x=1.0 if noise else 0.0)
         )
         records.append(_quote(t + 1_000, TP_AT if won else SL_AT))
-        records.append(_quote(t + 30_000, MID))
     return from_records(Header(source=f"planted edge, seed {seed}"), records), truth
 
 

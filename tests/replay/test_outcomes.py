@@ -483,3 +483,21 @@ def test_bar_tape() -> None:
     f = e.features
     assert f["low"] <= min(f["open"], f["close"]) <= max(f["open"], f["close"]) <= f["high"]
     assert f["mid"] == f["close"] and e.ts % 60_000 == 0
+
+
+def test_exits_section_of_the_bundle(tmp_path: Path) -> None:
+    import shutil
+
+    from s3.config.bundle import load_dir
+
+    assert load_dir(DEFAULT).snapshot.params.exits == ExitParams(300_000, 0.5)  # type: ignore[union-attr]
+    b = tmp_path / "b"
+    shutil.copytree(DEFAULT, b)
+    text = (b / "bundle.toml").read_text()
+    (b / "bundle.toml").write_text(text + "\n[exits]\ntime_stop_ms = 60_000\nmarket_slip_bps = 2\n")
+    snap = load_dir(b).snapshot
+    assert snap is not None and snap.params.exits == ExitParams(60_000, 2.0)
+    (b / "bundle.toml").write_text(text + "\n[exits]\ntime_stop_ms = 0\n")
+    bad = load_dir(b)
+    assert bad.snapshot is None
+    assert any("exits.time_stop_ms" in d.message for d in bad.diagnostics)
