@@ -42,7 +42,11 @@ def _build(path: str) -> BuildResult:
     result = build_bundle(path, known_sections=ENGINE_SECTIONS)
     if result.manifest is None or not set(result.manifest.raw) & set(ENGINE_SECTIONS):
         return result  # a rules-only bundle: nothing of the engine's to check
-    _, more = engine_params(result.manifest)  # the engine sections are checked by lint too
+    params, more = engine_params(result.manifest)  # the engine sections are checked by lint too
+    if params is not None and params.model.kind == "onnx":  # and the model file against them
+        from s3.config.bundle import load_model_file
+
+        more = load_model_file(p, result.manifest, params.model)[2]
     if not more:
         return result
     diags = tuple(sort_and_cap([*result.diagnostics, *more]))

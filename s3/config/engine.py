@@ -8,15 +8,18 @@ Every problem becomes an E3xx diagnostic with the path of the bad field and its 
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dsl import Diagnostic
 from dsl.bundle import Manifest, key_span
 from s3.config.settings import Settings
 from s3.core import params as p
+from s3.core.model import default_model_id
 from s3.core.sizing import Bracket, SizingParams, SymbolFilters
 
 ENGINE_SECTIONS = (
@@ -163,11 +166,51 @@ class BandModel(_Strict):
 
 
 class ModelModel(_Strict):
-    kind: Literal["none", "logistic"] = "none"
+    kind: Literal["none", "logistic", "onnx"] = "none"
     bias: float = 0.0
     weights: dict[str, float] = {}
     bands: list[BandModel] | None = None
     deadline_ms: Annotated[int, Field(gt=0, le=10_000)] = 50
+    file: str | None = None
+    """onnx: the model file inside the bundle (relative path, ``.onnx``)."""
+    inputs: list[str] = []
+    """onnx with one tensor input: the features in its column order."""
+    id: (
+        Annotated[
+            str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
+        ]
+        | None
+    ) = None
+    trained_at: datetime | str | None = None
+    """When the model was trained: a TOML date-time with its offset (2025-06-03T00:00:00Z)."""
+    trained_on: list[Annotated[str, Field(min_length=1, max_length=200)]] = []
+
+    @field_validator("trained_at")
+    @classmethod
+    def _aware(cls, v: datetime | str | None) -> datetime | None:
+        if isinstance(v, str):
+            try:
+                v = datetime.fromisoformat(v)
+            except ValueError:
+                raise ValueError(f"'{v}' is not an ISO-8601 date-time") from None
+        if v is not None and v.utcoffset() is None:
+            raise ValueError("give the time zone, e.g. 2025-06-03T00:00:00Z")
+        return v
+
+    @field_validator("file")
+    @classmethod
+    def _relative(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = v.split("/")
+        if (
+            not v.endswith(".onnx")
+            or v.startswith("/")
+            or "\\" in v
+            or any(x in ("", ".", "..") for x in parts)
+        ):
+            raise ValueError(f"'{v}' is not a relative path to a .onnx file inside the bundle")
+        return v
 
     @model_validator(mode="after")
     def _bands_descend(self) -> ModelModel:
@@ -179,6 +222,12 @@ class ModelModel(_Strict):
                 )
         if self.kind == "logistic" and not self.weights:
             raise ValueError("a logistic model needs weights")
+        if self.kind == "onnx" and self.file is None:
+            raise ValueError("an onnx model needs 'file', the .onnx file inside the bundle")
+        if self.kind == "onnx" and self.weights:
+            raise ValueError("an onnx model takes its weights from its file: drop 'weights'")
+        if self.kind != "onnx" and (self.file is not None or self.inputs):
+            raise ValueError(f"'file' and 'inputs' are for kind = \"onnx\", not {self.kind!r}")
         return self
 
 
@@ -286,6 +335,38 @@ def engine_params(
                     "declare it in [features] as number or int",
                 )
             )
+    for i, column in enumerate(m.model.inputs):
+        name, _, value = column.partition("=")
+        spec = features.get(name)
+        if "=" in column:  # an indicator column: 1.0 when the enum feature has this value
+            if spec is None or spec.type != "enum" or value not in spec.values:
+                diags.append(
+                    Diagnostic(
+                        "E308",
+                        f"model.inputs[{i}]: '{column}' needs an enum feature '{name}' with the "
+                        f"value '{value}'",
+                        key_span(path, text, ("model", "inputs")),
+                        "an indicator column is FEATURE=VALUE of an enum feature",
+                    )
+                )
+        elif spec is None or spec.type not in ("number", "int"):
+            diags.append(
+                Diagnostic(
+                    "E308",
+                    f"model.inputs[{i}]: the model reads '{name}', which is not a numeric feature",
+                    key_span(path, text, ("model", "inputs")),
+                    "declare it in [features] as number or int, or use an indicator column "
+                    "FEATURE=VALUE of an enum feature",
+                )
+            )
+    if len(set(m.model.inputs)) != len(m.model.inputs):
+        diags.append(
+            Diagnostic(
+                "E303",
+                "model.inputs: a feature is listed twice",
+                key_span(path, text, ("model", "inputs")),
+            )
+        )
     for sym, sm in m.symbols.items():
         if sm.market == "SPOT" and sm.leverage not in (None, 1):
             diags.append(
@@ -425,6 +506,15 @@ def _to_params(m: EngineSectionsModel, s: Settings) -> p.EngineParams:
         if md.bands is not None
         else p.ModelSpec().bands,
         deadline_ms=md.deadline_ms,
+        file=md.file,
+        inputs=tuple(md.inputs),
+        trained_at_ms=round(md.trained_at.timestamp() * 1000)
+        if isinstance(md.trained_at, datetime)
+        else None,
+        trained_on=tuple(md.trained_on),
+    )
+    model = msgspec.structs.replace(
+        model, model_id=md.id or (default_model_id(model) if md.kind != "onnx" else None)
     )
     h = m.health
     health = p.HealthParams(

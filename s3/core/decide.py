@@ -18,7 +18,7 @@ import msgspec
 from dsl import CompiledRuleset, Outcome
 from s3.core import atr as atr_mod
 from s3.core import execution, gates
-from s3.core.model import Model, map_p
+from s3.core.model import Model, checked, map_p
 from s3.core.params import EngineParams, SymbolSpec
 from s3.core.sizing import Sized, SizingParams, SizingSkip, SymbolFilters, size_entry
 from s3.core.sizing_inputs import once_per_object
@@ -54,6 +54,10 @@ class BundleSnapshot(msgspec.Struct, frozen=True):
     ruleset: CompiledRuleset
     params: EngineParams
     checksum: str = ""
+    model_runtime: Any = None
+    """The ONNX kind's model (`s3.adapters.onnx_model.OnnxModel`), built and verified once when
+    the revision is loaded, so a reload swaps rules and model together; None for the built-in
+    kinds."""
 
 
 def intent_id(symbol: str, side: str, t0_ms: int, config_rev: int) -> str:
@@ -252,6 +256,12 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
         "health_factor": response.size_mult,
         "dry_run": inp.dry_run,
     }
+    ms = params.model
+    if ms.model_id is not None:  # which model, how old, trained on what (every decision)
+        base["model_id"] = ms.model_id
+        if ms.trained_at_ms is not None:
+            base["model_age_ms"] = inp.now_ms - ms.trained_at_ms
+        base["model_trained_on"] = ms.trained_on
     failed = gates.first_failure(verdicts)
     if failed is not None:
         return _skip(base, "GATE", failed.detail, failed.sentence)
@@ -296,8 +306,8 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
             "skipping rather than trading without it",
         )
 
-    # L2: the model, degraded to x1.0 on timeout or error.
-    result = model(snapshot)
+    # L2: the model, degraded to x1.0 on timeout, error or an answer that is no probability.
+    result = checked(model(snapshot))
     size_mult_ml = 1.0
     if result.p is not None:
         mapped = map_p(result.p, params.model.bands)

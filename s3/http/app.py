@@ -71,7 +71,8 @@ class IntentOut(msgspec.Struct, frozen=True):
 
 
 class DecideResponse(msgspec.Struct, frozen=True):
-    """Spec §3 response plus `reason_detail`, `sentence`, `model_degraded`, `dry_run` and more."""
+    """Spec §3 response plus `reason_detail`, `sentence`, `model_degraded`, `model_id`,
+    `model_age_ms`, `dry_run` and more."""
 
     decision: Literal["open", "skip"]
     reason: str
@@ -88,6 +89,8 @@ class DecideResponse(msgspec.Struct, frozen=True):
     replayed: bool = False
     size_mult: float = 1.0
     trace: list[dict[str, Any]] | None = None
+    model_id: str | None = None
+    model_age_ms: int | None = None
 
     @classmethod
     def of(cls, d: Decision, **extra: Any) -> DecideResponse:
@@ -125,6 +128,8 @@ class DecideResponse(msgspec.Struct, frozen=True):
             intent,
             d.dry_run,
             size_mult=d.size_mult,
+            model_id=d.model_id,
+            model_age_ms=d.model_age_ms,
             **extra,
         )
 

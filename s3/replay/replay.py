@@ -31,7 +31,8 @@ exit's quote; the result carries the trades.
 **Clock.** ``now_ms`` of a decision is the recorded live clock reading when the tape holds that
 decision (``clock="recorded"``), else the event's ``ts`` plus ``latency_ms``.
 
-**Model.** The bundle's built-in model, called directly: a live model timeout is not reproduced.
+**Model.** The bundle's model (built-in or ONNX), called directly: a live model timeout is not
+reproduced.
 
 Deterministic: the same tape, bundle and configuration give the same outcomes, bit for bit.
 """
@@ -50,7 +51,7 @@ import msgspec
 from s3.adapters.redis_risk import to_units
 from s3.core import atr as atr_mod
 from s3.core.decide import BundleSnapshot, decide
-from s3.core.model import Model, build_model
+from s3.core.model import Model, model_of
 from s3.core.types import AtrState, Decision, DecisionInput, MarketState, Reservation
 from s3.errors import InputError
 from s3.replay.outcomes import OutcomeSim, Trade, tape_kind
@@ -260,7 +261,7 @@ def replay(
 ) -> ReplayResult:
     """Decide every event of ``tape`` with ``snap``; see the module docstring for the rules."""
     cfg = config or ReplayConfig()
-    model = model or build_model(snap.params.model)
+    model = model or model_of(snap)
     params = snap.params
     configured = params.symbols
     period = params.atr_period

@@ -162,6 +162,8 @@ class ChaosConfig:
     redis_timeout_s: float = 1.0
     drain_timeout_s: float = 40.0
     seed: int = 7
+    worker_env: dict[str, str] = field(default_factory=dict)
+    """Extra environment of the worker processes (e.g. CHAOS_MODEL_FAULTS, see worker_proc)."""
 
 
 @dataclass
@@ -346,6 +348,7 @@ class ChaosEnv:
             "S3_PENDING_MAX_AGE_MS": str(c.pending_max_age_ms),
             "S3_CONFIG_POLL_SEC": "1.0",
             "PYTHONUNBUFFERED": "1",
+            **c.worker_env,
         }
 
     def spawn(self, slot: int) -> subprocess.Popen[bytes]:

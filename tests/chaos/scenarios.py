@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -253,6 +254,71 @@ EVERYTHING = ChaosConfig(
 )
 
 
+# -- the L2 model misbehaves ------------------------------------------------------------------------
+MODEL_FAULTS_ENV = "raise_every=3,sleep_every=4,sleep_s=0.25"
+
+
+def model_fault_checks(env: ChaosEnv) -> list[Check]:
+    """The workers' model raised on every 3rd call and slept past its deadline on others:
+    every such decision is degraded to x1.0 with its reason, and the others kept their p."""
+    obs = env.observed  # type: ignore[attr-defined]
+    c = Check("model", "a failing or late model degrades to size_mult_ml = 1.0 with its reason")
+    reasons: Counter[str] = Counter()
+    for recs in obs.signals.values():
+        for r in recs:
+            rec = r["record"]
+            why = rec.get("model_degraded")
+            if why is None and rec.get("model_p") is None:
+                continue  # decided before L2 (a gate, a veto)
+            c.checked += 1
+            if why is None:
+                p = rec["model_p"]
+                reasons["p"] += 1
+                band = 1.2 if p > 0.85 else 1.0 if p >= 0.6 else 0.5 if p >= 0.4 else None
+                got = rec.get("size_mult_ml") if rec.get("reason") != "MODEL" else None
+                if not 0.0 <= p <= 1.0 or got != band:
+                    c.fail(f"{rec.get('symbol')} {rec.get('t0_ms')}: p {p} -> x{got}, not x{band}")
+                continue
+            reasons[why.split(":")[0]] += 1
+            if rec.get("model_p") is not None or rec.get("size_mult_ml") != 1.0:
+                c.fail(
+                    f"{rec.get('symbol')} {rec.get('t0_ms')}: degraded ({why}) but p "
+                    f"{rec.get('model_p')}, size_mult_ml {rec.get('size_mult_ml')}"
+                )
+            if why.startswith("MODEL.ERROR") and "chaos: model raises on call" not in why:
+                c.fail(f"unexpected model error: {why}")
+            if rec.get("decision") == "open":  # sized with x1.0: rules (clamped) x health
+                want = min(max(rec["size_mult_rules"], 0.25), 2.0) * rec["health_factor"]
+                if abs(rec["size_mult"] - want) > 1e-9:
+                    c.fail(
+                        f"{rec.get('symbol')} {rec.get('t0_ms')}: size_mult "
+                        f"{rec['size_mult']} != rules x health {want}"
+                    )
+    for need in ("MODEL.ERROR", "MODEL.TIMEOUT", "p"):
+        if reasons[need] == 0:
+            c.fail(f"no decision with {need}: the faults did not bite")
+    env.notes.append(
+        "model: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) + " decisions"
+    )
+    return [c]
+
+
+def model_faults(env: ChaosEnv, started: float) -> None:
+    """The faults are in the workers (CHAOS_MODEL_FAULTS): the model raises on every 3rd call
+    and sleeps 0.25 s (five times its 50 ms deadline) on every 4th."""
+    env.faults["model raises every 3rd call, sleeps 0.25 s every 4th (in each worker)"] += 1
+
+
+MODEL_FAULTS = ChaosConfig(
+    "model raises every 3rd call, sleeps past its deadline",
+    seconds=12.0,  # the reloads come later: workers slow to start still see rev 3 rejected
+    workers=2,
+    # events decided late (a slow worker start on a loaded machine) still reach the model
+    max_feature_age_ms=60_000,
+    worker_env={"CHAOS_MODEL_FAULTS": MODEL_FAULTS_ENV},
+)
+
+
 SCENARIOS: dict[str, tuple[ChaosConfig, Faults, Callable[[ChaosEnv], list[Check]] | None]] = {
     "kill9": (KILL9, kill9_faults, None),
     "redis_restart": (REDIS_RESTART, redis_restart_faults, None),
@@ -260,6 +326,7 @@ SCENARIOS: dict[str, tuple[ChaosConfig, Faults, Callable[[ChaosEnv], list[Check]
     "feed_gap": (FEED_GAP, feed_gap_faults, feed_gap_checks),
     "s4_faults": (S4_FAULTS, s4_faults, s4_checks),
     "everything": (EVERYTHING, everything_faults, s4_checks),
+    "model_faults": (MODEL_FAULTS, model_faults, model_fault_checks),
 }
 
 

@@ -313,7 +313,7 @@ def test_model_timeout_degrades_to_one(snap: BundleSnapshot) -> None:
     finally:
         runner.close()
     assert d.decision == "open" and d.size_mult_ml == 1.0 and d.model_p is None
-    assert d.model_degraded == "model_timeout: no answer within 20 ms"
+    assert d.model_degraded == "MODEL.TIMEOUT: no answer within 20 ms"
 
 
 def test_a_late_inline_model_counts_as_a_timeout(snap: BundleSnapshot) -> None:
@@ -332,7 +332,7 @@ def test_a_late_inline_model_counts_as_a_timeout(snap: BundleSnapshot) -> None:
 
     late = run(snap, model=TimedModel(took(21), deadline_ms=20, clock=clock))
     assert late.decision == "open" and late.size_mult_ml == 1.0 and late.model_p is None
-    assert late.model_degraded == "model_timeout: no answer within 20 ms"
+    assert late.model_degraded == "MODEL.TIMEOUT: no answer within 20 ms"
     on_time = run(snap, model=TimedModel(took(19), deadline_ms=20, clock=clock))
     assert on_time.model_p == 0.99 and on_time.model_degraded is None
 
@@ -347,13 +347,13 @@ def test_model_error_degrades_to_one(snap: BundleSnapshot) -> None:
     finally:
         runner.close()
     assert (
-        d.model_degraded == "model_error: RuntimeError: weights file corrupt"
+        d.model_degraded == "MODEL.ERROR: RuntimeError: weights file corrupt"
         and d.size_mult_ml == 1.0
     )
     inline = run(snap, model=TimedModel(broken, deadline_ms=200))
     assert inline.model_degraded == d.model_degraded and inline.size_mult_ml == 1.0
     lm = LogisticModel(ModelSpec(kind="logistic", weights={"nope": 1.0}))
-    assert lm({"x": 1.0}).degraded == "model_error: feature 'nope' is missing"
+    assert lm({"x": 1.0}).degraded == "MODEL.ERROR: feature 'nope' is missing"
     assert no_model({}) == ModelResult()
 
 
