@@ -325,6 +325,8 @@ def test_the_oco_stop_limit_leg_is_held_to_the_band_too() -> None:
         ({"min_price": D(-1)}, "min_price must be >= 0, got -1"),
         ({"min_notional": D(-1)}, "min_notional must be >= 0, got -1"),
         ({"max_price": D(-1)}, "max_price must be >= 0, got -1"),
+        ({"percent_price_up": D(-1)}, "percent_price_up must be >= 0, got -1"),
+        ({"percent_price_down": D(-1)}, "percent_price_down must be >= 0, got -1"),
         (
             {"brackets": (Bracket(D(-1), D(10), 5, D(0)),)},
             "bracket 1 notional_floor must be >= 0, got -1",
@@ -411,5 +413,18 @@ def test_a_quantity_of_nothing_skips_even_with_min_qty_0() -> None:
 def test_the_lowest_legal_price_may_be_1() -> None:
     # min_price 1 on a 1-tick grid: 1 is legal (an entry there sizes; its stop cannot be below)
     assert skip("SIZING.SL_TOO_TIGHT", entry_px=D(1), filters=filters(min_price=D(1))).startswith(
+        "SL distance under one tick 1"
+    )
+
+
+def test_bands_of_exactly_one_are_legal_and_bind() -> None:
+    assert skip("SIZING.PRICE_BAND", filters=filters(percent_price_up=D(1))) == (
+        "TP 110 is above the PERCENT_PRICE band: entry 100 x multiplierUp 1 = 100"
+    )
+    assert skip("SIZING.PRICE_BAND", filters=filters(percent_price_down=D(1))) == (
+        "SL 90 is below the PERCENT_PRICE band: entry 100 x multiplierDown 1 = 100"
+    )
+    # max_price on the lowest legal price: one legal price, 1
+    assert skip("SIZING.SL_TOO_TIGHT", entry_px=D(1), filters=filters(max_price=D(1))).startswith(
         "SL distance under one tick 1"
     )
