@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from s3 import ops_cli, replay_cli, rules_cli
+from s3 import __version__, ops_cli, replay_cli, rules_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,6 +21,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="s3", description="S3 strategy engine")
+    parser.add_argument("--version", action="version", version=f"s3 {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     rules = sub.add_parser("rules", help="author, lint, format, explain and test rule bundles")
     rsub = rules.add_subparsers(dest="rules_command", required=True, parser_class=_Parser)

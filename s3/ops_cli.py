@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import Any
 
-from s3.config.settings import Settings
+from s3.config.settings import Settings, SettingsError, load
 
 
 class UsageError(Exception):
@@ -18,8 +18,8 @@ class UsageError(Exception):
 
 def _settings() -> Settings:
     try:
-        return Settings()
-    except Exception as exc:  # pydantic's message names the variable and the problem
+        return load()
+    except SettingsError as exc:  # names each variable, its value and the problem
         raise UsageError(f"invalid S3_* settings:\n{exc}") from None
 
 
@@ -48,13 +48,38 @@ def _service() -> Any:
         raise UsageError(str(exc)) from None
 
 
+def _listen(host: str, port: int) -> Any:
+    """The listening socket, bound before anything starts: a port in use is a clear error, not
+    a "serving on" line followed by a failure."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from s3.http.app import create_app
     from s3.worker import Runner
 
-    service = _service()
+    settings = _settings()  # bad settings first: they name the variable
+    if not settings.api_token and not settings.auth_disabled:
+        raise UsageError("S3_API_TOKEN is not set: set it, or set S3_AUTH_DISABLED=1 for local use")
+    sock = _listen(args.host, args.port)
+    try:
+        service = _service()
+    except BaseException:
+        sock.close()
+        raise
     runner = Runner(service)
     runner.start()
     service.start_reload_watch()
@@ -73,7 +98,7 @@ def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:  # then the stream worker finishes its in-flight entry and acks what it handled
         runner.stop()
         service.close()
@@ -110,7 +135,10 @@ def _store_and_redis() -> tuple[Any, Any, Any]:
     from s3.service import open_store
 
     s = _settings()
-    store = open_store(s)
+    try:
+        store = open_store(s)
+    except RuntimeError as exc:  # e.g. the ArangoDB extra missing
+        raise UsageError(str(exc)) from None
     client = keys = None
     if s.redis_addresses:
         client, keys = connect(s.redis_addresses)

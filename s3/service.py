@@ -4,6 +4,7 @@ registry with hot reload, the S4 client, the stream worker and the scheduled job
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import threading
 import time
@@ -60,6 +61,8 @@ def publish(
     import tomllib
 
     files = read_bundle_files(root)
+    if "bundle.toml" not in files:
+        raise ValueError(f"{root}: no bundle.toml here (not a bundle directory; S3_BUNDLE_DIR?)")
     manifest = tomllib.loads(files.get("bundle.toml", ""))
     bundle_id, rev = str(manifest["bundle_id"]), int(manifest["rev"])
     checksum = checksum_files(files)
@@ -148,7 +151,15 @@ def claim_ttl_ms(settings: Settings) -> int:
 
 def open_store(settings: Settings) -> Any:
     if settings.db_arango_uri:
-        from s3.adapters.arango_store import ArangoStore
+        try:
+            from s3.adapters.arango_store import ArangoStore
+        except ModuleNotFoundError as exc:  # an optional extra: say how to get it
+            if (exc.name or "").split(".")[0] != "arango":
+                raise
+            raise RuntimeError(
+                "S3_DB_ARANGO_URI is set but the ArangoDB client is not installed: "
+                "pip install 's3-strategy-engine[arango]' (or unset S3_DB_ARANGO_URI for SQLite)"
+            ) from None
 
         return ArangoStore.from_settings(settings)
     from s3.adapters.sqlite_store import SqliteStore
@@ -185,6 +196,7 @@ class Service:
             addresses = settings.redis_addresses
         else:
             server = RedisServer().start()
+            atexit.register(server.stop)  # a start that fails below must not leave it running
             addresses = server.address
         client, keys = connect(addresses, timeout_s=settings.redis_timeout_s)
         keys = Keys(prefix=settings.redis_prefix, risk_tag=keys.risk_tag)
@@ -272,7 +284,9 @@ class Service:
         return HealthResponse(
             status="OK" if not degraded else "DEGRADED",
             redis=redis_state,
-            arango=store_state,
+            arango=store_state if self.settings.db_arango_uri else "not used",
+            store="arango" if self.settings.db_arango_uri else "sqlite",
+            store_status=store_state,
             config_rev=snap.rev,
             rules_loaded=len(snap.ruleset.rules),
             bundle_id=snap.bundle_id,

@@ -134,6 +134,9 @@ class ErrorBody(msgspec.Struct, frozen=True):
 
 
 class HealthResponse(msgspec.Struct, frozen=True):
+    """`store` names the store in use and `store_status` its state; `arango` (the spec's field)
+    is that state with ArangoDB and "not used" with SQLite."""
+
     status: Literal["OK", "DEGRADED"]
     redis: str
     arango: str
@@ -142,6 +145,8 @@ class HealthResponse(msgspec.Struct, frozen=True):
     bundle_id: str
     streams: str = "ok"
     degraded: list[str] = []
+    store: Literal["sqlite", "arango"] = "sqlite"
+    store_status: str = "ok"
 
 
 _ENCODER = msgspec.json.Encoder(decimal_format="number")
