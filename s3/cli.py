@@ -73,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
         "stable JSON snapshot (syrupy's format; - for stdout)",
     )
     test.add_argument("--format", choices=("human", "json"), default="human")
+    test.add_argument(
+        "--run",
+        metavar="PATTERN",
+        help="only the cases whose 'file: name' matches (a glob with * ? [], else a "
+        "case-insensitive substring)",
+    )
+    test.add_argument(
+        "--update",
+        action="store_true",
+        help="rewrite the failing expectations of the cases in place (comments and order kept)",
+    )
+    test.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
+    test.add_argument("--strict", action="store_true", help="unknown feature keys fail their case")
     test.set_defaults(func=rules_cli.test)
     ops_cli.add_commands(sub, _Parser)
     replay_cli.add_commands(sub, _Parser)

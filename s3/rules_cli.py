@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,6 +387,32 @@ def _outcome_doc(o: Outcome) -> dict[str, Any]:
     }
 
 
+def _warn_at(case: Any, why: str) -> str:
+    """Where an unknown-feature warning points: the key's line, else the case's."""
+    m = re.search(r"unknown feature '([^']+)'", why)
+    span = case.key_spans.get(m.group(1)) if m else None
+    return str(span or case.where)
+
+
+def _update(rs: Any, results: list[Any], strict: bool) -> list[Any]:
+    """`--update`: rewrite failing expectations in place, then run the cases again."""
+    from dsl.cases import update_files
+
+    done = update_files(results)
+    for path, names in done.files.items():
+        _out(f"updated {path}: {_plural(len(names), 'case')} ({', '.join(names)})")
+    for what in done.by_hand:
+        _out(f"not updated (a partial expectation states intent; edit it by hand): {what}")
+    if not done.files:
+        return results
+    again, _ = load_cases(sorted({r.case.path for r in results if r.case.path is not None}))
+    by_key = {(c.path, c.index): c for c in again}
+    return [
+        run_case(rs, by_key.get((r.case.path, r.case.index), r.case), strict=strict)
+        for r in results
+    ]
+
+
 def test(args: argparse.Namespace) -> int:
     result = _build(args.bundle)
     if result.ruleset is None:
@@ -397,7 +424,18 @@ def test(args: argparse.Namespace) -> int:
         _out(d.render())
     if not cases and not diags and not tape_paths:
         raise UsageError(f"no case files or tapes found for {args.bundle}")
-    results = [run_case(rs, c) for c in cases]
+    pattern = getattr(args, "run", None)
+    if pattern:
+        from s3.case_report import matches
+
+        cases = [c for c in cases if matches(c, pattern)]
+        tape_paths = [p for p in tape_paths if pattern.lower() in p.name.lower()]
+        if not cases and not tape_paths:
+            raise UsageError(f"--run {pattern!r} matches no case")
+    strict = bool(getattr(args, "strict", False))
+    results = [run_case(rs, c, strict=strict) for c in cases]
+    if getattr(args, "update", False):
+        results = _update(rs, results, strict)
     tapes: list[TapeRun] = []
     if tape_paths:  # the whole pipeline: the bundle's engine parameters too
         from s3.replay_cli import _bundle
@@ -412,6 +450,10 @@ def test(args: argparse.Namespace) -> int:
     never = [rid for rid in rs.rule_ids if rid not in hit]
     failed = [r for r in results if not r.passed]
     tapes_failed = [t for t in tapes if not t.passed]
+    if getattr(args, "junit", None):
+        from s3.case_report import junit
+
+        junit(args.junit, results, diags, tapes, bundle=rs.bundle_id)
     if args.snapshot:
         from s3.replay import output
 
@@ -431,6 +473,7 @@ def test(args: argparse.Namespace) -> int:
                             "where": str(r.case.where),
                             "passed": r.passed,
                             "failures": list(r.failures),
+                            "warnings": list(r.warnings),
                         }
                         for r in results
                     ],
@@ -458,23 +501,31 @@ def test(args: argparse.Namespace) -> int:
             )
         )
         return 1 if failed or diags or tapes_failed else 0
+    for r in results:
+        if r.warnings and r.passed:
+            for why in r.warnings:
+                _out(f"{_warn_at(r.case, why)}: warning: {why} (case {r.case.name!r})")
     for r in failed:
         _out(f"FAIL {r.case.where} {r.case.name}")
         for why in r.failures:
             _out(f"     {why}")
+        if not strict:
+            for why in r.warnings:
+                _out(f"     warning: {why}")
     for t in tapes:
         _out(_tape_line(t))
         for why in t.failures[:20]:
             _out(f"     {why}")
     covered = len(rs.rule_ids) - len(never)
     _out(
-        f"{len(results)} cases: {len(results) - len(failed)} passed, {len(failed)} failed"
+        f"{_plural(len(results), 'case')}: {len(results) - len(failed)} passed, {len(failed)} failed"
         + (f", {len(diags)} case file error{'s' * (len(diags) != 1)}" if diags else "")
         + (f"; {len(tapes)} tapes: {len(tapes) - len(tapes_failed)} passed" if tapes else "")
     )
     by = "case or tape event" if tapes else "case"
-    _out(f"rule coverage: {covered}/{len(rs.rule_ids)} rules fired by at least one {by}")
-    if never:
+    selected = " selected by --run" if getattr(args, "run", None) else ""
+    _out(f"rule coverage: {covered}/{len(rs.rule_ids)} rules fired by at least one {by}{selected}")
+    if never and not selected:
         _out("never fired: " + ", ".join(never))
     if args.snapshot and args.snapshot != "-":
         _out(f"snapshot: {args.snapshot}")
