@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--rule", action="append", metavar="RULE_ID", help="show only these rules in the trace"
     )
+    explain.add_argument(
+        "--strict", action="store_true", help="an unknown feature key is an error (exit 1)"
+    )
     explain.set_defaults(func=rules_cli.explain)
 
     test = rsub.add_parser(

@@ -150,6 +150,18 @@ def _write(path: str, text: str) -> None:
     Path(path).write_text(text, encoding="utf-8")
 
 
+def _unknown_keys(tape: Any, snap: Any, *, strict: bool) -> bool:
+    """Warn about feature keys the bundle does not read (an error under --strict)."""
+    from s3.unknown_keys import warnings_for
+
+    found = warnings_for(
+        (e.features for e in tape.events if e.features), snap.ruleset.schema.features
+    )
+    for w in found:
+        _err(f"{'error' if strict else 'warning'}: {w}")
+    return bool(found) and strict
+
+
 def replay_cmd(args: argparse.Namespace) -> int:
     from s3.replay import output, report
     from s3.replay.diff import diff as ab_diff
@@ -162,6 +174,8 @@ def replay_cmd(args: argparse.Namespace) -> int:
     snap_a = _bundle(args.bundle)
     snap_b = _bundle(args.against) if args.against else None
     if snap_a is None or (args.against and snap_b is None):
+        return 1
+    if _unknown_keys(tape, snap_a, strict=getattr(args, "strict", False)):
         return 1
     cfg = ReplayConfig(
         hold_ms=None if args.hold_ms is not None and args.hold_ms < 0 else args.hold_ms,
@@ -403,6 +417,9 @@ def add_commands(sub: Any, parser_class: Any) -> None:
     )
     p.add_argument("--no-rules", action="store_true", help="leave the per-rule table out")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument(
+        "--strict", action="store_true", help="a feature key the bundle does not read is an error"
+    )
     p.set_defaults(func=replay_cmd)
 
     t = sub.add_parser("tape", help="make and inspect tapes: sample, synth, info")

@@ -205,10 +205,17 @@ def explain(args: argparse.Namespace) -> int:
     if result.ruleset is None:
         return _fail_build(result)
     rs = result.ruleset
+    from s3.unknown_keys import warnings_for
+
+    unknown = warnings_for([features], rs.schema.features)
+    for w in unknown:
+        print(f"features: {'error' if args.strict else 'warning'}: {w}", file=sys.stderr)
     snapshot, problems = rs.schema.validate(features)
     if problems:
         for p in problems:
             _out(f"features: {p.code} {p.message}")
+        return 1
+    if unknown and args.strict:
         return 1
     outcome = rs.evaluate(snapshot, trace=True)
     if args.format == "json":
