@@ -218,13 +218,67 @@ def explain(args: argparse.Namespace) -> int:
     if unknown and args.strict:
         return 1
     outcome = rs.evaluate(snapshot, trace=True)
+    only = set(args.rule or ())
+    unknown_rules = only - set(rs.rule_ids)
+    if unknown_rules:
+        raise UsageError(f"--rule: no rule {', '.join(sorted(unknown_rules))} in the bundle")
+    why = explain_why(rs, snapshot, outcome, only)
     if args.format == "json":
-        _out(msgspec.json.encode(outcome).decode())
+        doc = msgspec.to_builtins(outcome)
+        if only:
+            doc["trace"] = [t for t in doc["trace"] or () if t["rule_id"] in only]
+        doc["params"] = {k: v for w in why.values() for k, v in w["params"].items()}
+        doc["why"] = why
+        _out(json.dumps(doc))
         return 0
-    render_outcome(
-        rs.bundle_id, outcome, rs.clamp, only=set(args.rule or ()), titles=_titles(result)
-    )
+    render_outcome(rs.bundle_id, outcome, rs.clamp, only=only, titles=_titles(result), why=why)
     return 0
+
+
+def explain_why(
+    rs: Any, snapshot: dict[str, Any], outcome: Outcome, only: set[str]
+) -> dict[str, Any]:
+    """Per rule (``only``, else all): the params it reads with their values, every comparison's
+    margin, and for a rule that did not fire the smallest single-feature change that fires it."""
+    from dsl import whynot
+
+    lets = rs.checked.lets
+    fired = set(outcome.fired)
+    out: dict[str, Any] = {}
+    for rule in rs.checked.rules:
+        if only and rule.rule_id not in only:
+            continue
+        change = (
+            None
+            if rule.rule_id in fired
+            else whynot.nearest_change(rule, snapshot, rs.schema, lets)
+        )
+        out[rule.rule_id] = {
+            "params": whynot.params_of(rule.when, lets),
+            "margins": [
+                {
+                    "text": m.text,
+                    "left": m.left,
+                    "op": m.op,
+                    "right": m.right,
+                    "held": m.held,
+                    "margin": m.margin,
+                    "via": m.via,
+                    "shown": m.render(),
+                }
+                for m in whynot.margins(rule, snapshot, lets)
+            ],
+            "nearest_change": None
+            if change is None
+            else {
+                "feature": change.feature,
+                "from": change.old,
+                "to": change.new,
+                "relative": change.size,
+                "shown": change.render(),
+            },
+        }
+    return out
 
 
 def _titles(result: BuildResult) -> dict[str, tuple[str | None, int, str]]:
@@ -235,7 +289,13 @@ def _titles(result: BuildResult) -> dict[str, tuple[str | None, int, str]]:
 
 
 def render_outcome(
-    bundle_id: str, o: Outcome, clamp: Any, *, only: set[str], titles: dict[str, Any]
+    bundle_id: str,
+    o: Outcome,
+    clamp: Any,
+    *,
+    only: set[str],
+    titles: dict[str, Any],
+    why: dict[str, Any] | None = None,
 ) -> None:
     _out(f"bundle {bundle_id} rev {o.revision}")
     if o.veto:
@@ -255,11 +315,14 @@ def render_outcome(
     _out("")
     _out("trace:")
     fired, faulted = set(o.fired), {f.rule_id: f for f in o.faults}
+    why = why or {}
     current = None
     for step in o.trace or ():
         if only and step.rule_id not in only:
             continue
         if step.rule_id != current:
+            if current is not None:
+                _why_lines(why.get(current))
             current = step.rule_id
             title, priority, where = titles[current]
             if current in faulted:
@@ -279,10 +342,33 @@ def render_outcome(
                 + (f" priority {priority}" if priority else "")
             )
             _out(f"  {head}  [{where}]  {state}")
-        text = step.text if len(step.text) <= 70 else step.text[:67] + "..."
+        text = _with_params(step.text, why.get(step.rule_id, {}).get("params", {}))
+        text = text if len(text) <= 100 else text[:97] + "..."
         value = _value(step.value) if step.evaluated else "(not evaluated)"
         indent = "    " + "  " * step.depth
         _out(f"{indent}{text:<{max(8, 76 - len(indent))}} {value}")
+    if current is not None:
+        _why_lines(why.get(current))
+
+
+def _with_params(text: str, params: dict[str, Any]) -> str:
+    """`funding_elevated` -> `funding_elevated (0.0001)` for each param the text names."""
+    for name, value in params.items():
+        text = re.sub(rf"(?<![\w.]){re.escape(name)}(?![\w(])", f"{name} ({_value(value)})", text)
+    return text
+
+
+def _why_lines(w: dict[str, Any] | None) -> None:
+    if not w:
+        return
+    if w["margins"]:
+        _out("    margins:")
+        for m in w["margins"]:
+            via = f"  [via {m['via']}]" if m["via"] else ""
+            _out(f"      {m['shown']}{via}")
+    change = w["nearest_change"]
+    if change is not None:
+        _out(f"    would fire with: {change['shown']}")
 
 
 TAPE_SUFFIXES = (".jsonl", ".jsonl.gz")
