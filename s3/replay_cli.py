@@ -162,12 +162,36 @@ def _unknown_keys(tape: Any, snap: Any, *, strict: bool) -> bool:
     return bool(found) and strict
 
 
+def _snapshot_check(args: argparse.Namespace, data: dict[str, Any], to_stdout: bool) -> int:
+    """--check: a decision-level diff against the stored snapshot, exit 1 when a decision
+    changed; --update: rewrite it (and show what changed)."""
+    from s3.replay import output, snapshot_check
+
+    if args.snapshot == "-":
+        raise UsageError("--check/--update need a snapshot file, not '-'")
+    stored = snapshot_check.load(args.snapshot)
+    if stored is None and args.check:
+        raise UsageError(f"no snapshot at {args.snapshot}: create it with --update")
+    fresh = snapshot_check.parse(output.snapshot_text(data))  # what the file would hold
+    diff = snapshot_check.compare(stored or {}, fresh) if stored is not None else None
+    stream = sys.stderr if to_stdout else sys.stdout
+    if diff is not None:
+        stream.write(snapshot_check.render(diff, path=args.snapshot, limit=args.max_list) + "\n")
+    if args.update:
+        _write(args.snapshot, output.snapshot_text(data))
+        stream.write(f"snapshot {args.snapshot}: written\n")
+        return 0
+    return 1 if diff is not None and diff.decisions_changed else 0
+
+
 def replay_cmd(args: argparse.Namespace) -> int:
     from s3.replay import output, report
     from s3.replay.diff import diff as ab_diff
     from s3.replay.diff import summarize
     from s3.replay.replay import ReplayConfig, check_live, replay
 
+    if getattr(args, "check", False) and args.snapshot and not Path(args.snapshot).is_file():
+        raise UsageError(f"no snapshot at {args.snapshot}: create it with --update")
     if args.hold_events is not None and args.hold_events < 1:
         raise UsageError("--hold-events must be at least 1")
     tape = _tape(args.tape, args.limit)
@@ -221,6 +245,8 @@ def replay_cmd(args: argparse.Namespace) -> int:
         _write(args.html, page)
         if not to_stdout:
             _out(f"HTML report: {args.html}\n")
+    if args.snapshot and (getattr(args, "check", False) or getattr(args, "update", False)):
+        return _snapshot_check(args, output.snapshot_data(a), to_stdout)
     if args.snapshot:
         _write(args.snapshot, output.snapshot_text(output.snapshot_data(a)))
         if args.snapshot_b and b is not None:
@@ -407,6 +433,16 @@ def add_commands(sub: Any, parser_class: Any) -> None:
         help="A's full decision records, stable and diff-friendly (the syrupy format)",
     )
     p.add_argument("--snapshot-b", default=None, metavar="FILE", help="the same for B")
+    snap = p.add_mutually_exclusive_group()
+    snap.add_argument(
+        "--check",
+        action="store_true",
+        help="with --snapshot F: compare with F decision by decision (event, field, "
+        "before -> after); exit 1 when a decision changed",
+    )
+    snap.add_argument(
+        "--update", action="store_true", help="with --snapshot F: rewrite F (showing what changed)"
+    )
     p.add_argument(
         "--check-live",
         action="store_true",

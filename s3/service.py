@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -168,6 +169,29 @@ def open_store(settings: Settings) -> Any:
     return SqliteStore(settings.sqlite_path)
 
 
+_reload_log = logging.getLogger("s3.reload")
+
+
+def log_reload(result: ReloadResult, trigger: str) -> None:
+    """Every reload that did something is logged: applied or rejected (with why), or the source
+    unavailable; an unchanged poll only at DEBUG."""
+    why = "; ".join(result.reasons) or "-"
+    level = {
+        "applied": logging.INFO,
+        "rejected": logging.WARNING,
+        "unavailable": logging.WARNING,
+    }.get(result.status, logging.DEBUG)
+    _reload_log.log(
+        level,
+        "reload %s: %s rev %s (trigger %s; reasons: %s)",
+        result.status,
+        result.bundle_id or "?",
+        result.rev if result.rev is not None else "?",
+        trigger,
+        why,
+    )
+
+
 @dataclass
 class Service:
     settings: Settings
@@ -296,6 +320,7 @@ class Service:
     def reload(self, reason: str) -> ReloadResult:
         result = self.reloader.check_once(reason)
         self.engine.metrics.config_reloads.labels(result.status).inc()
+        log_reload(result, reason)
         return result
 
     def trace(
