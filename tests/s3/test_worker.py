@@ -233,8 +233,9 @@ def test_bundle_cli_publish_list_show_rollback(
     assert main(["bundle", "publish", str(two), "--reason", "tighter"]) == 0
     capsys.readouterr()
     assert main(["bundle", "list"]) == 0
-    out = capsys.readouterr().out.splitlines()
+    out = [x for x in capsys.readouterr().out.splitlines() if not x.startswith("    ")]
     assert out[0].startswith("  default rev 1") and out[1].startswith("* default rev 2")
+    assert "reason: tighter" in out[1]
     assert main(["bundle", "rollback", "1"]) == 0
     assert main(["bundle", "show"]) == 0
     shown = capsys.readouterr().out
