@@ -7,14 +7,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean test-redis7
+.PHONY: setup demo test lint bench clean test-redis7 test-arango
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,arango]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,model,arango]'
 	touch $@
 
 demo: setup
@@ -40,3 +40,11 @@ clean:
 test-redis7: setup
 	command -v /usr/bin/redis-server >/dev/null || (apt-get update -q && apt-get install -y -q redis-server)
 	S3_REDIS_SERVER_BIN=/usr/bin/redis-server S3_TEST_REDIS7_BIN=/usr/bin/redis-server $(BIN)/pytest tests/s3/adapters -q
+
+# The store contract suite (and the adapter's own tests) against a real ArangoDB; the user must
+# be allowed to create databases (each run makes s3_test_<random> and drops it):
+#   S3_TEST_ARANGO_URL=http://root:pw@host:8529 make test-arango
+# Without a server `make test` runs the same suite on an in-memory stand-in (docs/operations.md).
+test-arango: setup
+	@test -n "$$S3_TEST_ARANGO_URL" || { echo "make test-arango: set S3_TEST_ARANGO_URL=http://user:pass@host:8529" >&2; exit 2; }
+	S3_TEST_ARANGO_REQUIRED=1 $(BIN)/pytest tests/s3/adapters/test_store.py tests/s3/adapters/test_arango_http.py -q -rs -k arango

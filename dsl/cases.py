@@ -150,7 +150,7 @@ def load_cases(
         starts = [m.start() for m in re.finditer(r"^[ \t]*\[\[case\]\]", text, re.M)]
         try:
             raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+        except ValueError as exc:  # TOMLDecodeError, or an integer too long to convert
             m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
             line, col = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
             msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)).lower()

@@ -1,5 +1,5 @@
 """The `s3` command: `s3 rules lint|fmt|explain|test` for rule authors; `s3 serve`, `s3 worker`,
-`s3 demo` and `s3 bundle publish|list|show|rollback` for operators.
+`s3 demo` and `s3 bundle publish|list|show|rollback` for operators; `s3 model explain|train`.
 
 Exit codes: 0 success, 1 the checked thing has errors (or a case fails), 2 usage errors.
 """
@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from s3 import __version__, ops_cli, replay_cli, rules_cli
+from s3 import __version__, model_cli, ops_cli, replay_cli, rules_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.set_defaults(func=rules_cli.test)
     ops_cli.add_commands(sub, _Parser)
     replay_cli.add_commands(sub, _Parser)
+    model_cli.add_commands(sub, _Parser)
     return parser
 
 
@@ -102,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (rules_cli.UsageError, ops_cli.UsageError) as exc:
         print(f"s3: error: {exc}", file=sys.stderr)
         return 2
+    except ops_cli.Unavailable as exc:
+        print(f"s3: error: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `s3 rules lint ... | head`
         return 0
     return code

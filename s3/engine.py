@@ -46,7 +46,7 @@ from s3.adapters.redis_keys import Keys
 from s3.adapters.s4_client import OrderCmdRequest, S4Client, SubmitResult
 from s3.config.reload import Registry
 from s3.core.decide import BundleSnapshot, decide, intent_id
-from s3.core.model import Model, build_model
+from s3.core.model import Model, model_of
 from s3.core.types import AtrState, Decision, DecisionInput, MarketState
 from s3.errors import DependencyUnavailable, InputError, Rejected
 from s3.metrics import Metrics
@@ -199,10 +199,13 @@ class Engine:
             if self.model_factory is not None:
                 model = self.model_factory(snap)
             elif snap.params.model.kind == "none":
-                model = build_model(snap.params.model)
+                model = model_of(snap)
+            elif snap.params.model.kind == "onnx":  # built with the revision (RCU); each call on
+                # a thread that can be abandoned at the deadline, its run cancelled (spec §10)
+                model = DeadlineModel(model_of(snap), snap.params.model.deadline_ms)
             else:  # the built-in model under the bundle's deadline (spec §10: timeout -> x1.0);
                 # bounded arithmetic, so it runs inline (no thread hop) and a late answer is dropped
-                model = TimedModel(build_model(snap.params.model), snap.params.model.deadline_ms)
+                model = TimedModel(model_of(snap), snap.params.model.deadline_ms)
             for old in self._models.values():
                 if isinstance(old, DeadlineModel):
                     old.close()
@@ -504,6 +507,8 @@ class Engine:
                     "rules": list(d.rules_fired),
                     "config_rev": d.config_rev,
                     "signal_id": signal_id,
+                    "model_id": d.model_id,
+                    "model_degraded": d.model_degraded,
                 },
             },
         )

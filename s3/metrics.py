@@ -96,6 +96,13 @@ class Metrics:
             registry=r,
         )
         self._unknown_names: set[str] = set()
+        self.same_ms_events = Counter(
+            "s3_same_ms_events_total",
+            "Stream events in the same millisecond as the previous event of their symbol; "
+            "replayed=true: same side too, so the same intent id and the first decision again",
+            ["symbol", "replayed"],
+            registry=r,
+        )
         self.shadow_diffs = Counter(
             "s3_shadow_diff_total",
             "Decisions where the shadow bundle differs",

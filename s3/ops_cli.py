@@ -15,6 +15,10 @@ class UsageError(Exception):
     pass
 
 
+class Unavailable(Exception):
+    """A dependency (Redis, the store) cannot be reached at start: exit 1 with its reason."""
+
+
 def _settings() -> Settings:
     try:
         return load()
@@ -41,10 +45,46 @@ def _uvicorn_server_class() -> type:
 def _service() -> Any:
     from s3.service import Service
 
-    try:
-        return Service.from_settings(_settings())
-    except (ValueError, RuntimeError) as exc:  # a clear reason, not a traceback
-        raise UsageError(str(exc)) from None
+    with _dependencies():
+        try:
+            return Service.from_settings(_settings())
+        except (ValueError, RuntimeError) as exc:  # a clear reason, not a traceback
+            raise UsageError(str(exc)) from None
+
+
+def _dependencies() -> Any:
+    """Turn Redis or the store found unreachable at start into `Unavailable` (its reason, no
+    traceback)."""
+    import contextlib
+
+    import redis
+
+    from s3.errors import S3Error
+
+    @contextlib.contextmanager
+    def guard() -> Any:
+        try:
+            yield
+        except S3Error as exc:  # the store adapters' DependencyUnavailable
+            raise Unavailable(f"cannot start: {exc}") from None
+        except redis.RedisError as exc:
+            raise Unavailable(f"cannot start: Redis is unavailable: {exc}") from None
+
+    return guard()
+
+
+def _fatal_exit(service: Any, stop: Any) -> None:
+    """When a background thread dies, ``stop()`` and (after the caller's shutdown) exit 1."""
+
+    def on_fatal(reason: str) -> None:
+        print(
+            f"s3: error: {reason}; stopping (exit 1) so that a supervisor restarts it",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop()
+
+    service.on_fatal.append(on_fatal)
 
 
 def _listen(host: str, port: int) -> Any:
@@ -76,9 +116,8 @@ def _logging() -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from s3.http.app import create_app
+    from s3.http.server import server_config
     from s3.worker import Runner
 
     settings = _settings()  # bad settings first: they name the variable
@@ -92,7 +131,8 @@ def serve(args: argparse.Namespace) -> int:
         sock.close()
         raise
     runner = Runner(service)
-    runner.start()
+    with _dependencies():
+        runner.start()
     service.start_reload_watch()
     app = create_app(deps=service)
     _Server = _uvicorn_server_class()
@@ -101,18 +141,31 @@ def serve(args: argparse.Namespace) -> int:
         f"rev {service.engine.registry.current.rev}; redis {'embedded' if service.redis_server else 'external'})",
         flush=True,
     )
-    server = _Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+    settings = service.settings
+    server = _Server(
+        server_config(
+            app,
+            host=args.host,
+            port=args.port,
+            request_timeout_s=settings.http_request_timeout_s,
+            keepalive_s=settings.http_keepalive_s,
+            log_level="warning",
+        )
+    )
 
     def on_signal(*_: object) -> None:
         server.should_exit = True  # stop taking requests; in-flight ones finish
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
+    _fatal_exit(service, lambda: setattr(server, "should_exit", True))
     try:
         server.run(sockets=[sock])
     finally:  # then the stream worker finishes its in-flight entry and acks what it handled
         runner.stop()
         service.close()
+    if service.dead_threads:
+        return 1
     print("s3: stopped", flush=True)
     return 0
 
@@ -126,13 +179,15 @@ def worker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    runner.start()
+    _fatal_exit(service, stop.set)
+    with _dependencies():
+        runner.start()
     service.start_reload_watch()
     print(f"s3: worker consuming feat:events:{{{','.join(runner.symbols)}}}", flush=True)
     stop.wait()
     runner.stop()
     service.close()
-    return 0
+    return 1 if service.dead_threads else 0
 
 
 def demo(args: argparse.Namespace) -> int:

@@ -14,7 +14,8 @@ import msgspec
 # -- store (spec §5, Part B7, B10) ----------------------------------------------------------------
 # Documents keep the spec's field names; every time (`t0`, `ts`, `created_at`, `published_at`,
 # `activated_at`) is epoch milliseconds. Time ranges are half-open: `t_from` <= t < `t_to`, either
-# bound None for unbounded. Results are ordered by (time, id), oldest first unless newest_first.
+# bound None for unbounded. Results are ordered by (time, id), oldest first unless newest_first;
+# ids compare by bytes on every backend (ArangoDB's ICU order is not used for ties).
 
 EVENT_KINDS: tuple[str, ...] = (
     "DECIDE",

@@ -188,6 +188,7 @@ def replay_cmd(args: argparse.Namespace) -> int:
     from s3.replay import output, report
     from s3.replay.diff import diff as ab_diff
     from s3.replay.diff import summarize
+    from s3.replay.outcomes import OutcomeError
     from s3.replay.replay import ReplayConfig, check_live, replay
 
     if getattr(args, "check", False) and args.snapshot and not Path(args.snapshot).is_file():
@@ -201,9 +202,13 @@ def replay_cmd(args: argparse.Namespace) -> int:
         return 1
     if _unknown_keys(tape, snap_a, strict=getattr(args, "strict", False)):
         return 1
+    fixed_hold = args.hold_ms is not None or args.hold_events is not None
     cfg = ReplayConfig(
-        hold_ms=None if args.hold_ms is not None and args.hold_ms < 0 else args.hold_ms,
+        hold_ms=None
+        if args.hold_ms is not None and args.hold_ms < 0
+        else (args.hold_ms if args.hold_ms is not None else 60_000),
         hold_events=args.hold_events,
+        exits=not fixed_hold,
         latency_ms=args.latency_ms,
         clock=args.clock,
         budgets=not args.no_budgets,
@@ -213,21 +218,33 @@ def replay_cmd(args: argparse.Namespace) -> int:
     n = len(tape.events)
     with _progress(args.quiet, "replaying") as progress:
         task = progress.add_task("replay", total=n * (2 if snap_b else 1))
-        a = replay(tape, snap_a, cfg, progress=lambda i: progress.update(task, completed=i))
-        b = (
-            replay(tape, snap_b, cfg, progress=lambda i: progress.update(task, completed=n + i))
-            if snap_b is not None
-            else None
-        )
+        try:
+            a = replay(tape, snap_a, cfg, progress=lambda i: progress.update(task, completed=i))
+            b = (
+                replay(tape, snap_b, cfg, progress=lambda i: progress.update(task, completed=n + i))
+                if snap_b is not None
+                else None
+            )
+        except OutcomeError as exc:
+            _err(f"s3 replay: {exc}")
+            return 1
     d = ab_diff(a, b) if b is not None else None
     took = a.elapsed_s + (b.elapsed_s if b else 0.0)
     rate = (n * (2 if b else 1)) / took if took > 0 else 0.0
     to_stdout = args.json == "-" or args.snapshot == "-"
+    outcomes = _outcomes(args, tape, cfg, a, b, [s for s in (snap_a, snap_b) if s is not None])
+    if outcomes is None:
+        return 1
     if not to_stdout:
         if d is not None and b is not None:
             _out(output.diff_text(a, b, d, limit=args.max_list))
+            if a.exits:
+                _out(output.outcomes_text(a) + output.outcomes_text(b))
         else:
             _out(output.summary_text(a, summarize(a), rules=not args.no_rules))
+            if a.exits:
+                _out(output.outcomes_text(a))
+        _out(outcomes["text"])
         _out(
             f"replayed {n} events x {2 if b else 1} bundle(s) in {took:.2f} s ({rate:,.0f} decisions/s)\n"
         )
@@ -237,10 +254,13 @@ def replay_cmd(args: argparse.Namespace) -> int:
             if d is not None and b is not None
             else output.result_json(a, events=args.events)
         )
+        doc.update(outcomes["json"])
         _write(args.json, output.dumps(doc))
     if args.html:
         page = (
-            report.html_diff(a, b, d) if d is not None and b is not None else report.html_report(a)
+            report.html_diff(a, b, d, outcomes["html"])
+            if d is not None and b is not None
+            else report.html_report(a, outcomes["html"])
         )
         _write(args.html, page)
         if not to_stdout:
@@ -270,6 +290,64 @@ def replay_cmd(args: argparse.Namespace) -> int:
     return code
 
 
+def _outcomes(
+    args: argparse.Namespace, tape: Any, cfg: Any, a: Any, b: Any, snaps: list[Any]
+) -> dict[str, Any] | None:
+    """The outcome parts of the report: A/B Δ P&L, attribution, walk-forward (text, JSON, HTML)."""
+    from s3.replay import compare, output
+    from s3.replay.attribution import attribute
+    from s3.replay.figures import figures
+    from s3.replay.outcomes import OutcomeError
+    from s3.replay.report_outcomes import outcomes_section
+
+    out: dict[str, Any] = {"text": "", "json": {}, "html": ""}
+    if not a.exits:
+        if args.attribution or args.walk_forward:
+            raise UsageError(
+                "--attribution and --walk-forward need the outcome simulation "
+                "(leave out --hold-ms and --hold-events)"
+            )
+        return out
+    results = [r for r in (a, b) if r is not None]
+    ab = compare.ab_outcomes(a, b, seed=args.seed) if b is not None else None
+    if ab is not None:
+        out["text"] += compare.ab_text(ab)
+        out["json"]["outcomes_ab"] = ab
+        out["json"]["outcomes"] = {
+            "a": output.outcomes_json(a),
+            "b": output.outcomes_json(b),
+        }
+    attributions: list[tuple[str, dict[str, Any]]] = []
+    walk = None
+    try:
+        if args.attribution:
+            for r, snap in zip(results, snaps, strict=True):
+                at = attribute(tape, snap, cfg, seed=args.seed)
+                doc = at.to_json()
+                attributions.append((r.label, doc))
+                out["text"] += output.attribution_text(r.label, doc, at.elapsed_s)
+            out["json"]["attribution"] = {label: doc for label, doc in attributions}
+        if args.walk_forward:
+            if args.walk_forward < 2:
+                raise UsageError("--walk-forward needs at least 2 windows")
+            walk = compare.walk_forward(tape, snaps, cfg, args.walk_forward)
+            out["text"] += compare.walk_forward_text(walk)
+            out["json"]["walk_forward"] = walk
+    except OutcomeError as exc:
+        _err(f"s3 replay: {exc}")
+        return None
+    out["html"] = outcomes_section(
+        results,
+        figures_docs=[
+            (r.label, figures(r.trades, r.first_ts, r.last_ts, output.capital(r))) for r in results
+        ],
+        attribution=attributions,
+        walk=walk,
+        ab=ab,
+    )
+    return out
+
+
 # -- s3 tape ------------------------------------------------------------------------------------------------
 def tape_sample(args: argparse.Namespace) -> int:
     from s3.replay import synth
@@ -288,12 +366,13 @@ def tape_sample(args: argparse.Namespace) -> int:
     ]
     if not rows:
         raise UsageError("no sample rows match --symbol/--ts-from/--ts-to")
+    funding = synth.sample_funding(rows[: args.limit] if args.limit else rows)
     lines = write_tape(
         args.out,
         synth.sample_header(src, note=args.note),
-        synth.sample_records(rows, limit=args.limit),
+        [*funding, *synth.sample_records(rows, limit=args.limit)],
     )
-    _out(f"wrote {args.out}: {lines - 2} events from {src}\n")
+    _out(f"wrote {args.out}: {lines - 2 - len(funding)} events from {src}\n")
     return 0
 
 
@@ -314,7 +393,9 @@ def tape_synth(args: argparse.Namespace) -> int:
                 yield r
 
         lines = write_tape(args.out, synth.synth_header(args.events, args.seed), counted())
-    _out(f"wrote {args.out}: {args.events} events ({lines - 1 - args.events} state records)\n")
+    _out(
+        f"wrote {args.out}: {args.events} events ({lines - 1 - args.events} state and funding records)\n"
+    )
     return 0
 
 
@@ -381,17 +462,17 @@ def add_commands(sub: Any, parser_class: Any) -> None:
     p.add_argument(
         "--hold-ms",
         type=int,
-        default=60_000,
+        default=None,
         metavar="MS",
-        help="close a position this long after it opened, in tape time "
-        "(default 60000; negative: never)",
+        help="no outcome simulation: close a position this long after it opened, in tape time "
+        "(negative: never). Default: every open is followed to its simulated exit (P&L)",
     )
     p.add_argument(
         "--hold-events",
         type=int,
         default=None,
         metavar="N",
-        help="close a position N events after it opened (replaces --hold-ms)",
+        help="no outcome simulation: close a position N events after it opened",
     )
     p.add_argument(
         "--latency-ms",
@@ -452,6 +533,19 @@ def add_commands(sub: Any, parser_class: Any) -> None:
         "--max-list", type=int, default=20, metavar="N", help="events listed per section"
     )
     p.add_argument("--no-rules", action="store_true", help="leave the per-rule table out")
+    p.add_argument(
+        "--attribution",
+        action="store_true",
+        help="what each rule earns: leave-one-out P&L with 95 %% block-bootstrap intervals",
+    )
+    p.add_argument(
+        "--walk-forward",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also replay N consecutive windows of the tape on their own and report each",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument(
         "--strict", action="store_true", help="a feature key the bundle does not read is an error"

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from dsl import BuildResult, Diagnostic, DslError, Source, build_bundle, format_module, parse
-from dsl.bundle import MANIFEST
+from dsl.bundle import MANIFEST, scan_bundle
 from dsl.cases import load_cases, run_case
 from dsl.errors import sort_and_cap
 from dsl.runtime import Outcome
@@ -43,7 +43,11 @@ def _build(path: str) -> BuildResult:
     result = build_bundle(path, known_sections=ENGINE_SECTIONS)
     if result.manifest is None or not set(result.manifest.raw) & set(ENGINE_SECTIONS):
         return result  # a rules-only bundle: nothing of the engine's to check
-    _, more = engine_params(result.manifest)  # the engine sections are checked by lint too
+    params, more = engine_params(result.manifest)  # the engine sections are checked by lint too
+    if params is not None and params.model.kind == "onnx":  # and the model file against them
+        from s3.config.bundle import load_model_file
+
+        more = load_model_file(p, result.manifest, params.model)[2]
     if not more:
         return result
     diags = tuple(sort_and_cap([*result.diagnostics, *more]))
@@ -71,13 +75,15 @@ def _lint_one(path: str) -> tuple[list[Diagnostic], dict[str, str], str]:
             or target in resolved.parents
         ]
         return mine, result.texts, f"{path}: checked as part of the bundle in {root}"
+    diags: list[Diagnostic] = []
     if p.is_dir():
-        files = sorted(p.rglob("*.rule"))
-        if not files:
+        scan = scan_bundle(p)  # no links followed, no unsafe names (E312, E313, E310)
+        files = scan.rule_files
+        diags.extend(scan.diagnostics)
+        if not files and not diags:
             raise UsageError(f"'{path}' holds no {MANIFEST} and no .rule files")
     else:
         files = [p]
-    diags: list[Diagnostic] = []
     texts: dict[str, str] = {}
     for f in files:
         source = Source.from_path(f)

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,23 @@ from s3.adapters.redis_server import RedisServer
 from s3.adapters.redis_streams import emit_order_cmd, emit_signal, read_cfg_events
 from s3.adapters.s4_client import OrderCmdRequest, S4Client
 from s3.config.bundle import checksum_files, read_bundle_files
-from s3.config.reload import ActivePointer, BundleDoc, Reloader, ReloadResult
+from s3.config.reload import (
+    ActivePointer,
+    BundleDoc,
+    MalformedBundle,
+    Reloader,
+    ReloadResult,
+    check_files,
+)
 from s3.config.settings import Settings
 from s3.core.types import Decision
 from s3.engine import Engine
 from s3.http.app import HealthResponse
+
+log = logging.getLogger(__name__)
+
+_THREAD_CHECKS = {"s3-stream": "streams", "s3-jobs": "jobs", "s3-reload": "reload"}
+"""A dead background thread, by name, and the `/health` check it fails."""
 
 
 class StoreSource:
@@ -40,8 +53,18 @@ class StoreSource:
         return None if a is None else ActivePointer(a.bundle_id, a.rev, a.checksum)
 
     def fetch(self, bundle_id: str, rev: int) -> BundleDoc | None:
-        b = self.store.get_bundle(bundle_id, rev)
-        return None if b is None else BundleDoc(b.bundle_id, b.rev, b.checksum, dict(b.files))
+        where = f"config_bundles {bundle_id} rev {rev}"
+        try:
+            b = self.store.get_bundle(bundle_id, rev)
+        except msgspec.ValidationError as exc:
+            # the store answered, with a document of the wrong shape: not a bundle
+            raise MalformedBundle(f"{where}: {exc}") from None
+        if b is None:
+            return None
+        return BundleDoc(b.bundle_id, b.rev, b.checksum, dict(check_files(b.files, where)))
+
+    def revisions(self, bundle_id: str) -> list[int]:
+        return [b.rev for b in self.store.list_bundles(bundle_id)]
 
 
 def publish(
@@ -64,8 +87,14 @@ def publish(
     files = read_bundle_files(root)
     if "bundle.toml" not in files:
         raise ValueError(f"{root}: no bundle.toml here (not a bundle directory; S3_BUNDLE_DIR?)")
-    manifest = tomllib.loads(files.get("bundle.toml", ""))
-    bundle_id, rev = str(manifest["bundle_id"]), int(manifest["rev"])
+    try:
+        manifest = tomllib.loads(files.get("bundle.toml", ""))
+        bundle_id, rev = str(manifest["bundle_id"]), int(manifest["rev"])
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{root}: not a bundle (its bundle.toml names no bundle_id and rev: "
+            f"{type(exc).__name__}: {exc})"
+        ) from None
     checksum = checksum_files(files)
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     store.put_bundle(
@@ -200,8 +229,15 @@ class Service:
     store: Any
     redis_server: RedisServer | None = None
     api_token: str | None = None
+    cfg_events_from: str = "$"
+    """Where the reload watch starts reading `cfg:events`: the stream's last id before the startup
+    read the active pointer, so a publish during startup is seen at once, not at the next poll."""
     _threads: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
+    dead_threads: dict[str, str] = field(default_factory=dict)
+    """Background threads that died, by name, with why; `/health` fails while any is listed."""
+    on_fatal: list[Callable[[str], None]] = field(default_factory=list)
+    """Called (from the dying thread) when a background thread dies: `s3 serve` stops and exits 1."""
 
     @classmethod
     def from_settings(
@@ -249,12 +285,26 @@ class Service:
                     }
                 )
 
+        build = None
+        if settings.bundle_build == "process":
+            from s3.config.offpath import build_off_path
+
+            timeout_s = settings.bundle_build_timeout_s
+
+            def build(doc: BundleDoc, s: Settings | None) -> tuple[Any, list[str]]:
+                return build_off_path(doc, s, timeout_s=timeout_s, cold="in_process")
+
+        cfg_events_from = "$"
+        with contextlib.suppress(Exception):  # Redis down: from when the watch starts, as before
+            newest = client.xrevrange(keys.cfg_events, "+", "-", count=1)
+            cfg_events_from = str(newest[0][0]) if newest else "0-0"
         reloader = Reloader(
             None,
             StoreSource(store),
             cache_dir=Path(settings.cache_dir),
             on_event=on_event,
             settings=settings,
+            build=build,
         )
         registry = reloader.start_registry()
         client.set(keys.cfg_rcu_rev, str(registry.current.rev))
@@ -287,11 +337,48 @@ class Service:
                 client.set(keys.cfg_rcu_rev, str(snap.rev))
 
         reloader.on_applied = applied
-        return cls(settings, engine, reloader, store, server, settings.api_token)
+        return cls(settings, engine, reloader, store, server, settings.api_token, cfg_events_from)
+
+    # -- background threads ----------------------------------------------------------------------------
+    def spawn(
+        self, name: str, target: Callable[[], Any], stopping: threading.Event
+    ) -> threading.Thread:
+        """Run ``target`` on a daemon thread that never dies quietly: if it raises, or returns
+        while ``stopping`` is not set, `thread_died` reports it."""
+
+        def run() -> None:
+            try:
+                target()
+            except BaseException as exc:
+                log.critical("background thread %s died", name, exc_info=exc)
+                self.thread_died(name, f"{type(exc).__name__}: {exc}"[:500])
+                return
+            if not stopping.is_set():
+                self.thread_died(name, "returned without being asked to stop")
+
+        t = threading.Thread(target=run, name=name, daemon=True)
+        t.start()
+        return t
+
+    def thread_died(self, name: str, reason: str) -> None:
+        """Record a dead background thread (`/health` fails from now on) and tell `on_fatal`."""
+        self.dead_threads[name] = reason
+        log.critical(
+            "background thread %s is dead (%s); the process must be restarted", name, reason
+        )
+        for callback in list(self.on_fatal):
+            with contextlib.suppress(Exception):
+                callback(f"background thread {name} died: {reason}")
 
     # -- health and admin -----------------------------------------------------------------------------
     def health(self) -> HealthResponse:
         degraded = []
+        streams = "ok"
+        for name, reason in list(self.dead_threads.items()):
+            check = _THREAD_CHECKS.get(name, name)
+            degraded.append(check)
+            if check == "streams":
+                streams = f"dead: {reason}"
         try:
             self.engine.redis.ping()
             redis_state = "ok"
@@ -304,6 +391,10 @@ class Service:
         except Exception as exc:
             store_state = f"down: {type(exc).__name__}"
             degraded.append("store")
+        config = "ok"
+        if self.reloader.fallback is not None:
+            config = f"fallback: {self.reloader.fallback}"
+            degraded.append("config")
         snap = self.engine.registry.current
         return HealthResponse(
             status="OK" if not degraded else "DEGRADED",
@@ -314,6 +405,8 @@ class Service:
             config_rev=snap.rev,
             rules_loaded=len(snap.ruleset.rules),
             bundle_id=snap.bundle_id,
+            streams=streams,
+            config=config,
             degraded=degraded,
         )
 
@@ -342,8 +435,13 @@ class Service:
 
     # -- background: reload on cfg:events and by polling ------------------------------------------------
     def start_reload_watch(self) -> None:
+        if self.settings.bundle_build == "process":
+            from s3.config.offpath import warm_up
+
+            warm_up()
+
         def watch() -> None:
-            last_id = "$"
+            last_id = self.cfg_events_from
             next_poll = time.monotonic() + self.settings.config_poll_sec
             while not self._stop.is_set():
                 try:
@@ -373,9 +471,7 @@ class Service:
                         )
                     next_poll = time.monotonic() + self.settings.config_poll_sec
 
-        t = threading.Thread(target=watch, name="s3-reload", daemon=True)
-        t.start()
-        self._threads.append(t)
+        self._threads.append(self.spawn("s3-reload", watch, self._stop))
 
     def close(self) -> None:
         self._stop.set()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from s3.core.decide import BundleSnapshot, decide
-from s3.core.model import Model, build_model
+from s3.core.model import Model, model_of
 from s3.core.types import Decision, DecisionInput
 from s3.metrics import Metrics
 
@@ -101,7 +101,11 @@ class Shadow:
         self.snap = snap
         self.metrics = metrics
         self.store = store
-        self.model = model or build_model(snap.params.model)
+        if model is None and snap.params.model.kind == "onnx":  # never hangs the live decision
+            from s3.adapters.model_runner import DeadlineModel
+
+            model = DeadlineModel(model_of(snap), snap.params.model.deadline_ms, workers=1)
+        self.model = model or model_of(snap)
         self.decided = 0
         self.differed = 0
         self.errors = 0

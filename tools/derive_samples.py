@@ -6,6 +6,7 @@ feature snapshot every ``STEP_MS`` for each USD-M perpetual tick window of BTCUS
 Stdlib only. This tool is run by hand; the product never reads the shared folder.
 
     python tools/derive_samples.py [MARKET_DIR] [--out data/samples/features_real.jsonl]
+    python tools/derive_samples.py [MARKET_DIR] --dense C --out data/tapes/NAME.jsonl.gz
 
 Every field is documented in ``data/samples/README.md``.
 """
@@ -148,8 +149,10 @@ def mid_at(book_t: list[int], book_q: list[tuple[float, float, float, float]], t
 
 
 def derive_window(
-    market: Path, symbol: str, tag: str, mark_tag: str | None
+    market: Path, symbol: str, tag: str, mark_tag: str | None, *, dense: bool = False
 ) -> list[dict[str, object]]:
+    """The feature rows of one window and symbol: one every STEP_MS (the sample), or with
+    ``dense`` one per bookTicker row after the warm-up (a dense tape)."""
     book_t, book_q = load_book(market / f"{symbol}_binance-usdm_bookTicker_{tag}.csv.gz")
     trade_t, trade_s = load_trades(market / f"{symbol}_binance-usdm_trades_{tag}.csv.gz")
     start, end = book_t[0], book_t[-1]
@@ -169,14 +172,16 @@ def derive_window(
     out: list[dict[str, object]] = []
     # Snapshot grid: first point one whole warm-up after the first quote, aligned to the second.
     t = ((start + WARMUP_MS) // 1000 + 1) * 1000
-    while t <= end:
-        bid, bid_qty, ask, ask_qty = book_q[asof(book_t, t)]
+
+    def row(t: int, quote: tuple[float, float, float, float]) -> dict[str, object]:
+        """The features at time t, the quote being the book's top at t."""
+        bid, bid_qty, ask, ask_qty = quote
         mid = (bid + ask) / 2
         spread_bps = (ask - bid) / mid * 1e4
         depth = min(bid_qty * bid, ask_qty * ask)
         imbalance = bid_qty / (bid_qty + ask_qty)
 
-        mids = [mid_at(book_t, book_q, t - k * 1000) for k in range(60, -1, -1)]  # 61 points
+        mids = [mid_at(book_t, book_q, t - k * 1000) for k in range(60, 0, -1)] + [mid]
         ret_1m = mids[-1] / mids[0] - 1
         rets_1s = [mids[k + 1] / mids[k] - 1 for k in range(60)]
         vol_1m_bps = statistics.stdev(rets_1s) * 1e4
@@ -198,42 +203,99 @@ def derive_window(
         numbers = (mid, spread_bps, depth, atr, funding, ret_1m, vol_1m_bps, imbalance, flow)
         if not all(math.isfinite(x) for x in numbers):
             raise SystemExit(f"non-finite feature at {symbol} ts={t}: {numbers}")
-        out.append(
-            {
-                "symbol": symbol,
-                "ts": t,
-                "mid": round(mid, 4),
-                "spread_bps": round(spread_bps, 5),
-                "depth_top1_usdt": round(depth, 2),
-                "atr": round(atr, 3),
-                "funding_next": funding,
-                "ret_1m": round(ret_1m, 7),
-                "vol_1m_bps": round(vol_1m_bps, 4),
-                "imbalance_top1": round(imbalance, 4),
-                "trade_flow_1m": round(flow, 4),
-                "regime": regime,
-            }
-        )
+        return {
+            "symbol": symbol,
+            "ts": t,
+            "mid": round(mid, 4),
+            "spread_bps": round(spread_bps, 5),
+            "depth_top1_usdt": round(depth, 2),
+            "atr": round(atr, 3),
+            "funding_next": funding,
+            "ret_1m": round(ret_1m, 7),
+            "vol_1m_bps": round(vol_1m_bps, 4),
+            "imbalance_top1": round(imbalance, 4),
+            "trade_flow_1m": round(flow, 4),
+            "regime": regime,
+            # The touch itself, as the exchange printed it (float of the CSV text: its repr is
+            # that text without trailing zeros, so the engine reads the exact price).
+            "bid": bid,
+            "ask": ask,
+        }
+
+    out: list[dict[str, object]] = []
+    first = ((start + WARMUP_MS) // 1000 + 1) * 1000
+    if dense:
+        # One row per bookTicker row from the first grid point on, each with its own quote
+        # (rows that share a millisecond stay separate, in file order).
+        for i in range(bisect.bisect_left(book_t, first), len(book_t)):
+            out.append(row(book_t[i], book_q[i]))
+        return out
+    # Snapshot grid: first point one whole warm-up after the first quote, aligned to the second.
+    t = first
+    while t <= end:
+        out.append(row(t, book_q[asof(book_t, t)]))
         t += STEP_MS
     return out
+
+
+def write_dense_tape(market: Path, label: str, out: Path) -> int:
+    """A dense tape of one window: every bookTicker row of its USD-M symbols after the warm-up,
+    merged in time order, as `s3 tape sample` writes the sample (side_hint from the queue's lean,
+    kill switch OFF, health GREEN). Needs the repository's package (run from the repo's venv)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from s3.replay.synth import sample_records
+    from s3.replay.tape import Header, write_tape
+
+    rows: list[dict[str, object]] = []
+    windows = [w for w in WINDOWS if w[1] == label]
+    if not windows:
+        raise SystemExit(f"no window {label!r}: one of {sorted({w[1] for w in WINDOWS})}")
+    for symbol, _, tag, mark_tag in windows:
+        window_rows = derive_window(market, symbol, tag, mark_tag, dense=True)
+        print(f"{symbol} window {label}: {len(window_rows)} rows (dense)", file=sys.stderr)
+        rows.extend(window_rows)
+    rows.sort(key=lambda r: (r["ts"], r["symbol"]))  # stable: a millisecond keeps file order
+    tag = windows[0][2]
+    header = Header(
+        source=f"tools/derive_samples.py --dense {label}: every bookTicker row of window {label} "
+        f"({tag}, Binance USD-M, see data/samples/README.md) after a 60 s warm-up, features as "
+        "in data/samples/README.md with each row's own quote; side_hint = BUY if "
+        "imbalance_top1 >= 0.5 else SELL",
+        symbols=sorted({str(r["symbol"]) for r in rows}),
+        note=f"dense window {label}: one event per quote",
+    )
+    lines = write_tape(out, header, sample_records(rows))
+    print(f"wrote {lines - 2} events to {out}", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("market", nargs="?", default="../shared/data/market", type=Path)
-    ap.add_argument("--out", default="data/samples/features_real.jsonl", type=Path)
+    ap.add_argument("--out", default=None, type=Path)
+    ap.add_argument(
+        "--dense",
+        metavar="WINDOW",
+        default=None,
+        help="write a dense tape of one window (A, B or C) to --out instead of the sample",
+    )
     args = ap.parse_args(argv)
+    if args.dense is not None:
+        if args.out is None:
+            raise SystemExit("--dense needs --out (a tape path, e.g. data/tapes/NAME.jsonl.gz)")
+        return write_dense_tape(args.market, args.dense, args.out)
+    out = args.out or Path("data/samples/features_real.jsonl")
 
     rows: list[dict[str, object]] = []
     for symbol, label, tag, mark_tag in WINDOWS:
         window_rows = derive_window(args.market, symbol, tag, mark_tag)
         print(f"{symbol} window {label}: {len(window_rows)} snapshots", file=sys.stderr)
         rows.extend(window_rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", encoding="utf-8", newline="\n") as fh:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8", newline="\n") as fh:
         for row in rows:
             fh.write(json.dumps(row, separators=(",", ":")) + "\n")
-    print(f"wrote {len(rows)} snapshots to {args.out}", file=sys.stderr)
+    print(f"wrote {len(rows)} snapshots to {out}", file=sys.stderr)
     return 0
 
 

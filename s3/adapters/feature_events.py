@@ -10,6 +10,13 @@ from typing import Any
 import msgspec
 
 REQUIRED_FEATURES = ("ts", "mid", "spread_bps", "depth_top1_usdt")
+MAX_TS_MS = 2**53 - 1
+"""The largest ``ts`` accepted: the store's integer range (about the year 287,000)."""
+MAX_DEPTH = 32
+"""Containers in a feature value nest at most this deep (features are scalars; deeper input is
+refused before it reaches code that recurses over it)."""
+_SHOWN = 80
+"""At most this many characters of a bad value are quoted in an error."""
 
 
 # -- parsing a feature event ------------------------------------------------------------------------
@@ -51,6 +58,36 @@ def _number(value: Any) -> int | float | None:
             return None
 
 
+def _finite(number: float) -> bool:
+    """``math.isfinite`` that says False for an integer too large for a float (it raises)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
+
+
+def nesting_depth(value: Any, limit: int = MAX_DEPTH) -> int:
+    """How deep lists and objects nest in ``value`` (a scalar is 0), counted without recursion;
+    the count stops at ``limit + 1``."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict | list | tuple):
+            depth += 1
+            if depth > limit:
+                return depth
+            deepest = max(deepest, depth)
+            todo.extend((v, depth) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _show(raw: Any) -> str:
+    """``repr`` of a bad value, cut to `_SHOWN` characters (an entry may carry megabytes)."""
+    text = repr(raw)
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}… ({len(text)} characters)"
+
+
 def _merged(fields: Mapping[str, Any]) -> Mapping[str, Any] | ParseError:
     """The flat fields, with those of a JSON ``payload`` object added (a name given both ways is
     an error)."""
@@ -62,12 +99,22 @@ def _merged(fields: Mapping[str, Any]) -> Mapping[str, Any] | ParseError:
         payload = msgspec.json.decode(raw)
     except (msgspec.DecodeError, TypeError) as exc:
         return ParseError("PARSE.BAD_JSON", "payload", f"field 'payload' is not valid JSON: {exc}")
+    except RecursionError:
+        return ParseError(
+            "PARSE.BAD_JSON", "payload", "field 'payload' is nested too deeply to decode"
+        )
     if not isinstance(payload, dict):
         kind = type(payload).__name__
         return ParseError(
             "PARSE.BAD_JSON", "payload", f"field 'payload' must be a JSON object, found {kind}"
         )
     for name, value in payload.items():
+        if nesting_depth(value) > MAX_DEPTH:
+            return ParseError(
+                "PARSE.BAD_VALUE",
+                name,
+                f"field '{name}' in 'payload' nests lists/objects deeper than {MAX_DEPTH}",
+            )
         if name in values:
             return ParseError(
                 "PARSE.BAD_VALUE", name, f"field '{name}' is given both flat and in 'payload'"
@@ -80,9 +127,13 @@ def _measure(values: Mapping[str, Any], name: str) -> float | ParseError:
     raw = values[name]
     number = _number(raw)
     if number is None:
-        return ParseError("PARSE.BAD_TYPE", name, f"field '{name}' must be a number, found {raw!r}")
-    if not math.isfinite(number):
-        return ParseError("PARSE.BAD_VALUE", name, f"field '{name}' must be finite, found {raw!r}")
+        return ParseError(
+            "PARSE.BAD_TYPE", name, f"field '{name}' must be a number, found {_show(raw)}"
+        )
+    if not _finite(number):
+        return ParseError(
+            "PARSE.BAD_VALUE", name, f"field '{name}' must be finite, found {_show(raw)}"
+        )
     return float(number)
 
 
@@ -110,7 +161,7 @@ def _required(
         except ValueError:
             return _explain(values, symbol)
         if (
-            ts > 0
+            0 < ts <= MAX_TS_MS
             and 0 < mid < _INF
             and 0 <= spread < _INF
             and 0 <= depth < _INF
@@ -135,11 +186,17 @@ def _explain(
     if not ts.is_integer():
         found = values["ts"]
         return ParseError(
-            "PARSE.BAD_TYPE", "ts", f"field 'ts' must be integer milliseconds, found {found!r}"
+            "PARSE.BAD_TYPE", "ts", f"field 'ts' must be integer milliseconds, found {_show(found)}"
         )
     if ts <= 0:
         return ParseError(
-            "PARSE.BAD_VALUE", "ts", f"field 'ts' must be > 0, found {values['ts']!r}"
+            "PARSE.BAD_VALUE", "ts", f"field 'ts' must be > 0, found {_show(values['ts'])}"
+        )
+    if ts > MAX_TS_MS:
+        return ParseError(
+            "PARSE.BAD_VALUE",
+            "ts",
+            f"field 'ts' must be at most 2**53-1 (epoch milliseconds), found {_show(values['ts'])}",
         )
     mid, spread, depth = (_measure(values, n) for n in REQUIRED_FEATURES[1:])
     for name, value, low in (
@@ -152,14 +209,16 @@ def _explain(
         if (value <= 0.0) if low is None else (value < low):
             bound = "> 0" if low is None else ">= 0"
             return ParseError(
-                "PARSE.BAD_VALUE", name, f"field '{name}' must be {bound}, found {values[name]!r}"
+                "PARSE.BAD_VALUE",
+                name,
+                f"field '{name}' must be {bound}, found {_show(values[name])}",
             )
     found_symbol = values.get("symbol")
     if symbol is not None and found_symbol is not None and found_symbol != symbol:
         return ParseError(
             "PARSE.BAD_VALUE",
             "symbol",
-            f"field 'symbol' is {found_symbol!r} but the stream is for {symbol!r}",
+            f"field 'symbol' is {_show(found_symbol)} but the stream is for {symbol!r}",
         )
     return int(ts), mid, spread, depth  # type: ignore[return-value]
 
@@ -195,7 +254,7 @@ def parse_feature_entry(
     for name, value in values.items():
         if name != "ts":
             number = _number(value)
-            features[name] = value if number is None or not math.isfinite(number) else number
+            features[name] = value if number is None or not _finite(number) else number
     ts, mid, spread, depth = required
     return ParsedEvent(
         ts_ms=ts, mid=mid, spread_bps=spread, depth_top1_usdt=depth, features=features

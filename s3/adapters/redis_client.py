@@ -41,6 +41,10 @@ def connect(addresses: str | Sequence[str], *, timeout_s: float = 2.0) -> tuple[
     # Fail fast: one quick retry, then the caller answers 503 and its client retries.
     common: dict[str, Any] = dict(
         decode_responses=True,
+        # Bytes that are not UTF-8 (a producer's bug, or worse) read as U+FFFD: the entry or
+        # value is then refused with a reason where it is checked, instead of every read of it
+        # raising UnicodeDecodeError (a stream entry would kill each worker that claims it).
+        encoding_errors="replace",
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),

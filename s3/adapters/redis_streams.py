@@ -38,9 +38,27 @@ from s3.adapters.redis_producers import (
 log = logging.getLogger(__name__)
 
 _MAX_REMEMBERED_ERRORS = 10_000
+_MAX_ERROR_CHARS = 2_000
+"""A dead letter's ``error`` is cut to this length (an exception may quote a huge input)."""
 
 Handler = Callable[[str, str, dict[str, str]], None]
 """``handler(symbol, entry_id, fields)``; it returns once the signal is persisted, or raises."""
+
+
+class EntryLost(Exception):
+    """Raised by a handler when `StreamWorker.keep` says its entry was taken over by another
+    consumer: the entry is theirs now, so this consumer neither acknowledges nor retries it."""
+
+
+# Whether an entry is still pending on this consumer; if it is, its idle time starts again
+# (XCLAIM to itself with JUSTID: the delivery count stays), so no other consumer's XAUTOCLAIM takes
+# it for another min_idle_ms. One script: nothing can take the entry between the check and the claim.
+_KEEP = """
+local row = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)[1]
+if row == nil or row[2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"""
 
 
 # -- XAUTOCLAIM's two reply shapes ------------------------------------------------------------------
@@ -90,7 +108,9 @@ class WorkerConfig:
     """How long a read waits for new entries; keep it under the client's socket timeout."""
     min_idle_ms: int = 30_000
     """An entry pending this long is taken over (its consumer is presumed dead). Must exceed the
-    slowest handler call, or a live consumer's entry is handled twice."""
+    slowest handler call, or a live consumer's entry is handled twice; a handler that waits longer
+    keeps its entry with `StreamWorker.keep`. An entry that waited in a read batch for half of this
+    is checked (and kept) before its handler runs."""
     claim_interval_ms: int | None = None
     """How often to run XAUTOCLAIM; default half of ``min_idle_ms`` (at least 50 ms)."""
     max_attempts: int = 5
@@ -118,6 +138,8 @@ class WorkerStats:
     dead_lettered: int = 0
     reclaimed: int = 0
     acked: int = 0
+    lost: int = 0
+    """Entries found taken over by another consumer before or while this one handled them."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +172,7 @@ class StreamWorker:
         *,
         validate: Callable[..., ParseError | None] = check_feature_entry,
         on_acked: Callable[[str, list[str]], None] | None = None,
+        input_errors: tuple[type[Exception], ...] = (),
     ) -> None:
         kwargs = client.get_connection_kwargs()
         if not kwargs.get("decode_responses"):
@@ -162,6 +185,8 @@ class StreamWorker:
             )
         self.client, self.keys, self.handler, self.config = client, keys, handler, config
         self.validate, self.on_acked = validate, on_acked
+        self.input_errors = input_errors
+        """Handler exceptions that blame the entry: dead-lettered at once, never retried."""
         self.stats = WorkerStats()
         self._symbol_of = {keys.feat_events(s): s for s in config.symbols}
         self._groups = self._slot_groups(list(self._symbol_of))
@@ -172,6 +197,7 @@ class StreamWorker:
         self._cursors = dict.fromkeys(self._symbol_of, "0-0")
         self._next_claim = 0.0
         self._groups_ready = False
+        self._keep = client.register_script(_KEEP)
 
     @classmethod
     def from_addresses(
@@ -209,6 +235,23 @@ class StreamWorker:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def keep(self, symbol: str, entry_id: str) -> bool:
+        """Whether ``entry_id`` of ``symbol``'s stream is still pending on this consumer; if so,
+        its idle time starts again, so no other consumer takes it over for ``min_idle_ms``.
+
+        A handler that waits (for another attempt's idempotency claim, say) calls this during the
+        wait and before going on: False means another consumer took the entry over (this process
+        stalled, or waited without keeping it) and handles it; the handler then raises
+        `EntryLost` rather than decide the entry a second time."""
+        key = self.keys.feat_events(symbol)
+        cfg = self.config
+        try:
+            return bool(self._keep(keys=[key], args=[cfg.group, cfg.consumer, entry_id]))
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):  # the stream was deleted: its entries are nobody's
+                return False
+            raise
+
     @property
     def stream_groups(self) -> list[tuple[str, ...]]:
         """The streams each XREADGROUP reads together (one tuple per slot under a cluster)."""
@@ -234,7 +277,8 @@ class StreamWorker:
             self.ensure_groups()
         done = self._reclaim(force=reclaim)
         for group in self._groups:
-            done += self._process(self._read(group, block_ms=None))
+            read_at = time.monotonic()
+            done += self._process(self._read(group, block_ms=None), read_at)
         self._flush_acks()
         return done
 
@@ -245,7 +289,8 @@ class StreamWorker:
                     self._reclaim()
                     if self._stop.is_set():
                         break
-                    self._process(self._read(group, block_ms=self.config.block_ms))
+                    read_at = time.monotonic()
+                    self._process(self._read(group, block_ms=self.config.block_ms), read_at)
                     self._flush_acks()
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     self._backoff(exc)
@@ -253,7 +298,7 @@ class StreamWorker:
             self._final_flush()
 
     def _run_threaded(self) -> None:
-        inbox: queue.Queue[tuple[threading.Event, Any]] = queue.Queue()
+        inbox: queue.Queue[tuple[threading.Event, Any, float]] = queue.Queue()
         readers = []
         for group in self._groups:
             ready = threading.Event()
@@ -272,14 +317,14 @@ class StreamWorker:
                 try:
                     self._reclaim()
                     try:
-                        ready, reply = inbox.get(timeout=wait_s)
+                        ready, reply, read_at = inbox.get(timeout=wait_s)
                     except queue.Empty:
                         self._flush_acks()
                         continue
                     try:
                         if isinstance(reply, Exception):
                             raise reply
-                        self._process(reply)
+                        self._process(reply, read_at)
                         self._flush_acks()
                     finally:
                         ready.set()
@@ -297,13 +342,14 @@ class StreamWorker:
         while not self._stop.is_set():
             if not ready.wait(timeout=0.05):
                 continue
+            read_at = time.monotonic()
             try:
                 reply = self._read(group, block_ms=self.config.block_ms)
             except Exception as exc:
                 reply = exc
             if reply:
                 ready.clear()
-                inbox.put((ready, reply))
+                inbox.put((ready, reply, read_at))
 
     def _backoff(self, exc: Exception) -> None:
         log.warning("stream worker %s: redis unavailable (%s); retrying", self.config.consumer, exc)
@@ -338,27 +384,64 @@ class StreamWorker:
         self.ensure_groups()
 
     # -- handling ----------------------------------------------------------------------------------------
-    def _process(self, reply: Any) -> int:
+    def _process(self, reply: Any, read_at: float) -> int:
+        """Handle a read's entries; ``read_at`` is when the read was sent (no later than Redis
+        delivered them)."""
         done = 0
         for key, entries in _stream_batches(reply):
             for entry_id, fields in entries:
                 if self._stop.is_set():
                     return done
-                self._handle(key, entry_id, fields, attempt=1)
+                self._handle(key, entry_id, fields, attempt=1, delivered_at=read_at)
                 done += 1
         return done
 
-    def _handle(self, key: str, entry_id: str, fields: dict[str, str], *, attempt: int) -> None:
+    def _handle(
+        self,
+        key: str,
+        entry_id: str,
+        fields: dict[str, str],
+        *,
+        attempt: int,
+        delivered_at: float,
+    ) -> None:
         symbol = self._symbol_of[key]
-        invalid = self.validate(fields, symbol=symbol)
+        # Entries of a batch wait for those before them: one that waited long enough to be taken
+        # over by another consumer is checked (and kept) first. Less than min_idle_ms after its
+        # delivery (half, for margin) no XAUTOCLAIM can have taken it: no round trip then.
+        waited_s = time.monotonic() - delivered_at
+        if waited_s >= self.config.min_idle_ms / 2000 and not self.keep(symbol, entry_id):
+            self._lost(key, entry_id, f"before handling, {waited_s:.1f} s after its delivery")
+            return
+        try:
+            invalid = self.validate(fields, symbol=symbol)
+        except Exception as exc:  # whatever an entry makes the check raise, it is the entry's fault
+            invalid = ParseError("PARSE.ERROR", "", f"the entry cannot be read: {_described(exc)}")
         if invalid is not None:
+            self._errors.pop((key, entry_id), None)
             self._dead_letter(key, entry_id, fields, invalid.code, invalid.message, attempt)
             return
         try:
             self.handler(symbol, entry_id, fields)
+        except EntryLost as exc:
+            self._lost(key, entry_id, f"while handling it ({exc})")
+            return
+        except self.input_errors as exc:  # the entry is at fault: another attempt fails the same
+            self.stats.failed += 1
+            self._errors.pop((key, entry_id), None)
+            code = getattr(exc, "code", None)
+            self._dead_letter(
+                key,
+                entry_id,
+                fields,
+                f"INPUT.{code}" if isinstance(code, str) else "INPUT",
+                f"handler refused the entry: {_described(exc)}",
+                attempt,
+            )
+            return
         except Exception as exc:
             self.stats.failed += 1
-            error = f"handler raised {type(exc).__name__}: {exc}"
+            error = f"handler raised {_described(exc)}"
             log.warning(
                 "%s %s: %s (attempt %d of %d)",
                 key,
@@ -382,6 +465,18 @@ class StreamWorker:
         self.stats.handled += 1
         self._ack_later(key, entry_id)
 
+    def _lost(self, key: str, entry_id: str, when: str) -> None:
+        """The entry is another consumer's now: no acknowledgement, no failure, no retry here."""
+        self._errors.pop((key, entry_id), None)
+        self.stats.lost += 1
+        log.warning(
+            "stream worker %s: %s %s was taken over by another consumer %s; left to it",
+            self.config.consumer,
+            key,
+            entry_id,
+            when,
+        )
+
     def _dead_letter(
         self,
         key: str,
@@ -400,7 +495,7 @@ class StreamWorker:
             "consumer": self.config.consumer,
             "fields": msgspec.json.encode(fields).decode() if fields is not None else "",
             "error_code": code,
-            "error": error,
+            "error": error[:_MAX_ERROR_CHARS],
             "attempts": str(attempts),
             "ts": str(int(time.time() * 1000)),
         }
@@ -452,6 +547,7 @@ class StreamWorker:
     def _reclaim_stream(self, key: str) -> tuple[int, bool]:
         cfg = self.config
         start = self._cursors[key]
+        claimed_at = time.monotonic()
         try:
             reply = self.client.xautoclaim(
                 key, cfg.group, cfg.consumer, cfg.min_idle_ms, start_id=start, count=cfg.count
@@ -488,7 +584,7 @@ class StreamWorker:
                 )
                 self._dead_letter(key, entry_id, fields, "ATTEMPTS", error, delivered)
             else:
-                self._handle(key, entry_id, fields, attempt=delivered)
+                self._handle(key, entry_id, fields, attempt=delivered, delivered_at=claimed_at)
         return done, claim.next_id != "0-0"
 
     def _settle_deleted_62(self, key: str, start: str, claim: AutoclaimReply) -> None:
@@ -509,6 +605,12 @@ class StreamWorker:
                 self._ack_later(key, entry_id)
 
 
+def _described(exc: BaseException) -> str:
+    """``Type: message``, the message cut short (an error may quote megabytes of input)."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
+
+
 _ABANDONED = "unknown, its consumer stopped or crashed while handling it"
 _DELETED = "the entry was deleted from the stream (trimmed by MAXLEN?) before it was handled"
 
@@ -516,6 +618,7 @@ _DELETED = "the entry was deleted from the stream (trimmed by MAXLEN?) before it
 __all__ = [
     "AutoclaimReply",
     "CfgEvent",
+    "EntryLost",
     "Handler",
     "ParseError",
     "ParsedEvent",

@@ -8,16 +8,19 @@ Every problem becomes an E3xx diagnostic with the path of the bad field and its 
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dsl import Diagnostic
 from dsl.bundle import Manifest, key_span
 from s3.config.settings import Settings
 from s3.core import params as p
-from s3.core.sizing import SizingParams, SymbolFilters
+from s3.core.model import default_model_id
+from s3.core.sizing import Bracket, SizingParams, SymbolFilters
 
 ENGINE_SECTIONS = (
     "gates",
@@ -31,6 +34,7 @@ ENGINE_SECTIONS = (
     "risk",
     "atr",
     "engine",
+    "exits",
 )
 """Top-level tables of bundle.toml that belong to the engine (the DSL warns about any other)."""
 
@@ -78,6 +82,16 @@ class GatesModel(_Strict):
     windows: list[WindowModel] = []
 
 
+class BracketModel(_Strict):
+    """One row of `GET /fapi/v1/leverageBracket` (exchange-rules §3.3)."""
+
+    notional_floor: NonNegDec
+    notional_cap: PosDec
+    initial_leverage: Annotated[int, Field(ge=1, le=125)]
+    maint_margin_ratio: Annotated[Decimal, Field(ge=0, lt=1, allow_inf_nan=False)]
+    cum: NonNegDec = Decimal(0)
+
+
 class SymbolModel(_Strict):
     market: Literal["FUT", "SPOT"] = "FUT"
     tick_size: PosDec
@@ -85,6 +99,10 @@ class SymbolModel(_Strict):
     min_qty: PosDec
     min_notional: NonNegDec
     min_price: NonNegDec = Decimal(0)
+    max_price: PosDec | None = None
+    percent_price_up: Annotated[Decimal, Field(ge=1, allow_inf_nan=False)] | None = None
+    percent_price_down: Annotated[Decimal, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
+    brackets: list[BracketModel] = []
     max_qty: PosDec | None = None
     market_step_size: PosDec | None = None
     market_min_qty: PosDec | None = None
@@ -93,6 +111,25 @@ class SymbolModel(_Strict):
     leverage: Annotated[int, Field(ge=1, le=125)] | None = None
     spread_bp_limit: Annotated[float, Field(gt=0)] | None = None
     depth_top1_usdt_min: Annotated[float, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _prices_and_brackets(self) -> SymbolModel:
+        if self.max_price is not None and self.max_price <= self.min_price:
+            raise ValueError(f"max_price {self.max_price} is not above min_price {self.min_price}")
+        cap = Decimal(0)
+        for n, b in enumerate(self.brackets, 1):
+            if b.notional_floor != cap:
+                raise ValueError(
+                    f"brackets[{n}].notional_floor {b.notional_floor} is not "
+                    f"{'0' if n == 1 else f'the cap of bracket {n - 1}, {cap}'}"
+                )
+            if b.notional_cap <= b.notional_floor:
+                raise ValueError(
+                    f"brackets[{n}].notional_cap {b.notional_cap} is not above its floor "
+                    f"{b.notional_floor}"
+                )
+            cap = b.notional_cap
+        return self
 
 
 class SizingModel(_Strict):
@@ -129,11 +166,51 @@ class BandModel(_Strict):
 
 
 class ModelModel(_Strict):
-    kind: Literal["none", "logistic"] = "none"
+    kind: Literal["none", "logistic", "onnx"] = "none"
     bias: float = 0.0
     weights: dict[str, float] = {}
     bands: list[BandModel] | None = None
     deadline_ms: Annotated[int, Field(gt=0, le=10_000)] = 50
+    file: str | None = None
+    """onnx: the model file inside the bundle (relative path, ``.onnx``)."""
+    inputs: list[str] = []
+    """onnx with one tensor input: the features in its column order."""
+    id: (
+        Annotated[
+            str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
+        ]
+        | None
+    ) = None
+    trained_at: datetime | str | None = None
+    """When the model was trained: a TOML date-time with its offset (2025-06-03T00:00:00Z)."""
+    trained_on: list[Annotated[str, Field(min_length=1, max_length=200)]] = []
+
+    @field_validator("trained_at")
+    @classmethod
+    def _aware(cls, v: datetime | str | None) -> datetime | None:
+        if isinstance(v, str):
+            try:
+                v = datetime.fromisoformat(v)
+            except ValueError:
+                raise ValueError(f"'{v}' is not an ISO-8601 date-time") from None
+        if v is not None and v.utcoffset() is None:
+            raise ValueError("give the time zone, e.g. 2025-06-03T00:00:00Z")
+        return v
+
+    @field_validator("file")
+    @classmethod
+    def _relative(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = v.split("/")
+        if (
+            not v.endswith(".onnx")
+            or v.startswith("/")
+            or "\\" in v
+            or any(x in ("", ".", "..") for x in parts)
+        ):
+            raise ValueError(f"'{v}' is not a relative path to a .onnx file inside the bundle")
+        return v
 
     @model_validator(mode="after")
     def _bands_descend(self) -> ModelModel:
@@ -145,6 +222,12 @@ class ModelModel(_Strict):
                 )
         if self.kind == "logistic" and not self.weights:
             raise ValueError("a logistic model needs weights")
+        if self.kind == "onnx" and self.file is None:
+            raise ValueError("an onnx model needs 'file', the .onnx file inside the bundle")
+        if self.kind == "onnx" and self.weights:
+            raise ValueError("an onnx model takes its weights from its file: drop 'weights'")
+        if self.kind != "onnx" and (self.file is not None or self.inputs):
+            raise ValueError(f"'file' and 'inputs' are for kind = \"onnx\", not {self.kind!r}")
         return self
 
 
@@ -191,6 +274,13 @@ class EngineModel(_Strict):
     is not a permission to trade."""
 
 
+class ExitsModel(_Strict):
+    """`s3 replay`'s exit simulation (the live engine does not read it)."""
+
+    time_stop_ms: Annotated[int, Field(gt=0)] = 300_000
+    market_slip_bps: Annotated[float, Field(ge=0, le=1000)] = 0.5
+
+
 class EngineSectionsModel(_Strict):
     gates: GatesModel = GatesModel()
     symbols: dict[str, SymbolModel] = {}
@@ -203,6 +293,7 @@ class EngineSectionsModel(_Strict):
     risk: RiskModel = RiskModel()
     atr: AtrModel = AtrModel()
     engine: EngineModel = EngineModel()
+    exits: ExitsModel = ExitsModel()
 
     @field_validator("symbols")
     @classmethod
@@ -244,6 +335,38 @@ def engine_params(
                     "declare it in [features] as number or int",
                 )
             )
+    for i, column in enumerate(m.model.inputs):
+        name, _, value = column.partition("=")
+        spec = features.get(name)
+        if "=" in column:  # an indicator column: 1.0 when the enum feature has this value
+            if spec is None or spec.type != "enum" or value not in spec.values:
+                diags.append(
+                    Diagnostic(
+                        "E308",
+                        f"model.inputs[{i}]: '{column}' needs an enum feature '{name}' with the "
+                        f"value '{value}'",
+                        key_span(path, text, ("model", "inputs")),
+                        "an indicator column is FEATURE=VALUE of an enum feature",
+                    )
+                )
+        elif spec is None or spec.type not in ("number", "int"):
+            diags.append(
+                Diagnostic(
+                    "E308",
+                    f"model.inputs[{i}]: the model reads '{name}', which is not a numeric feature",
+                    key_span(path, text, ("model", "inputs")),
+                    "declare it in [features] as number or int, or use an indicator column "
+                    "FEATURE=VALUE of an enum feature",
+                )
+            )
+    if len(set(m.model.inputs)) != len(m.model.inputs):
+        diags.append(
+            Diagnostic(
+                "E303",
+                "model.inputs: a feature is listed twice",
+                key_span(path, text, ("model", "inputs")),
+            )
+        )
     for sym, sm in m.symbols.items():
         if sm.market == "SPOT" and sm.leverage not in (None, 1):
             diags.append(
@@ -253,6 +376,18 @@ def engine_params(
                     key_span(path, text, ("symbols", sym, "leverage")),
                 )
             )
+        lev = sm.leverage or m.sizing.leverage or settings.leverage_default
+        if sm.market == "FUT" and sm.brackets:
+            top = sm.brackets[0].initial_leverage
+            if lev > top:
+                diags.append(
+                    Diagnostic(
+                        "E303",
+                        f"symbols.{sym}: leverage {lev} is above {top}, the most its first "
+                        "leverage bracket allows",
+                        key_span(path, text, ("symbols", sym, "brackets")),
+                    )
+                )
         if sm.max_qty is not None and sm.max_qty < sm.min_qty:
             diags.append(
                 Diagnostic(
@@ -312,6 +447,19 @@ def _to_params(m: EngineSectionsModel, s: Settings) -> p.EngineParams:
                 market_min_qty=sm.market_min_qty,
                 market_max_qty=sm.market_max_qty,
                 anchored=sm.market == "FUT",
+                max_price=sm.max_price,
+                percent_price_up=sm.percent_price_up,
+                percent_price_down=sm.percent_price_down,
+                brackets=tuple(
+                    Bracket(
+                        b.notional_floor,
+                        b.notional_cap,
+                        b.initial_leverage,
+                        b.maint_margin_ratio,
+                        b.cum,
+                    )
+                    for b in sm.brackets
+                ),
             ),
             funding_interval_hours=sm.funding_interval_hours,
             leverage=sm.leverage,
@@ -358,6 +506,15 @@ def _to_params(m: EngineSectionsModel, s: Settings) -> p.EngineParams:
         if md.bands is not None
         else p.ModelSpec().bands,
         deadline_ms=md.deadline_ms,
+        file=md.file,
+        inputs=tuple(md.inputs),
+        trained_at_ms=round(md.trained_at.timestamp() * 1000)
+        if isinstance(md.trained_at, datetime)
+        else None,
+        trained_on=tuple(md.trained_on),
+    )
+    model = msgspec.structs.replace(
+        model, model_id=md.id or (default_model_id(model) if md.kind != "onnx" else None)
     )
     h = m.health
     health = p.HealthParams(
@@ -399,4 +556,5 @@ def _to_params(m: EngineSectionsModel, s: Settings) -> p.EngineParams:
         m.engine.veto_on_rule_fault,
         m.fees.maker,
         m.fees.taker,
+        p.ExitParams(m.exits.time_stop_ms, m.exits.market_slip_bps),
     )

@@ -10,6 +10,7 @@ a restart while the store is down still serves.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -41,12 +42,36 @@ class BundleDoc:
     files: dict[str, str]
 
 
+class MalformedBundle(ValueError):
+    """A source's bundle document that is no bundle (e.g. ``files`` not an object of path ->
+    text): rejected like any other bad bundle, not taken for the source being unavailable."""
+
+
 class BundleSource(Protocol):
-    """Where bundles come from: a directory, or the store's config_active + config_bundles."""
+    """Where bundles come from: a directory, or the store's config_active + config_bundles.
+    A source may also offer ``revisions(bundle_id) -> list[int]`` (the stored revisions): a
+    start whose active revision is broken then falls back to the newest one that verifies."""
 
     def active(self) -> ActivePointer | None: ...
 
-    def fetch(self, bundle_id: str, rev: int) -> BundleDoc | None: ...
+    def fetch(self, bundle_id: str, rev: int) -> BundleDoc | None:
+        """The document, None if there is none; `MalformedBundle` if it is not a bundle."""
+        ...
+
+
+def check_files(files: Any, where: str) -> dict[str, str]:
+    """``files`` as a dict of relative path -> text, or `MalformedBundle` saying what it is."""
+    if not isinstance(files, dict):
+        raise MalformedBundle(
+            f"{where}: 'files' must be an object of path -> text, found {type(files).__name__}"
+        )
+    for path, text in files.items():
+        if not isinstance(path, str) or not isinstance(text, str):
+            raise MalformedBundle(
+                f"{where}: 'files' must map path text to file text, found "
+                f"{type(path).__name__} -> {type(text).__name__}"
+            )
+    return files
 
 
 class DirectorySource:
@@ -114,6 +139,10 @@ def compile_doc(
     doc: BundleDoc, settings: Settings | None = None
 ) -> tuple[BundleSnapshot | None, list[str]]:
     """Verify and compile a bundle document off to the side (a temporary directory)."""
+    try:
+        check_files(doc.files, f"bundle {doc.bundle_id} rev {doc.rev}")
+    except MalformedBundle as exc:
+        return None, [str(exc)]
     actual = checksum_files(doc.files)
     if actual != doc.checksum:
         return None, [
@@ -150,6 +179,8 @@ class Reloader:
         on_event: EventSink | None = None,
         on_applied: Callable[[BundleSnapshot], None] | None = None,
         settings: Settings | None = None,
+        build: Callable[[BundleDoc, Settings | None], tuple[BundleSnapshot | None, list[str]]]
+        | None = None,
     ):
         self.registry = registry
         self.source = source
@@ -157,8 +188,14 @@ class Reloader:
         self.on_event = on_event or (lambda kind, detail: None)
         self.on_applied = on_applied or (lambda snap: None)
         self.settings = settings
+        self.build = build
+        """How a revision is built while another one serves (`s3.config.offpath`); default
+        `compile_doc` here. Startup, with nothing serving yet, always builds in process."""
         self._lock = threading.Lock()  # one reload at a time; decisions never wait on it
         self.last_rejected: tuple[str, int] | None = None
+        self.fallback: str | None = None
+        """Why the revision served is not the active one, when a start had to fall back (the
+        active revision rejected); cleared once the active revision is served."""
 
     # -- the last good bundle on local disk --------------------------------------------------------
     def _save_last_good(self, doc: BundleDoc) -> None:
@@ -214,17 +251,23 @@ class Reloader:
             pointer.rev,
             pointer.checksum,
         ):
+            self.fallback = None  # e.g. rolled back to the revision a fallback serves
             return ReloadResult("unchanged", pointer.rev, pointer.bundle_id)
         if self.last_rejected == (pointer.bundle_id, pointer.rev) and reason == "poll":
             return ReloadResult("rejected", pointer.rev, pointer.bundle_id, ["already rejected"])
+        malformed = None
         try:
             doc = self.source.fetch(pointer.bundle_id, pointer.rev)
+        except MalformedBundle as exc:  # the store answered: what it holds is no bundle
+            doc, malformed = None, str(exc)
         except Exception as exc:
             return ReloadResult(
                 "unavailable", pointer.rev, pointer.bundle_id, [f"cannot fetch the bundle: {exc}"]
             )
         reasons: list[str]
-        if doc is None:
+        if malformed is not None:
+            snap, reasons = None, [malformed]
+        elif doc is None:
             snap, reasons = (
                 None,
                 [f"bundle {pointer.bundle_id} rev {pointer.rev} is not in the source"],
@@ -237,6 +280,8 @@ class Reloader:
                     f"the bundle's {doc.checksum[:12]}…"
                 ],
             )
+        elif self.build is not None and current is not None:
+            snap, reasons = self.build(doc, self.settings)
         else:
             snap, reasons = compile_doc(doc, self.settings)
         if snap is None or doc is None:
@@ -258,6 +303,7 @@ class Reloader:
         else:
             old_rev = self.registry.swap(snap).rev
         self.last_rejected = None
+        self.fallback = None
         try:
             self._save_last_good(doc)
         except OSError as exc:  # serving goes on; the next restart just has an older copy
@@ -276,22 +322,68 @@ class Reloader:
         return ReloadResult("applied", snap.rev, snap.bundle_id, reasons)
 
     def start_registry(self) -> Registry:
-        """The first snapshot: from the source, else the last good local copy."""
+        """The first snapshot: from the source; if its active revision is rejected (or the
+        source is down), the last good local copy; failing that, the newest revision in the
+        source below the active one that verifies. A fallback is reported (`fallback`, and a
+        CONFIG_APPLIED event saying why) until the active revision is served."""
         result = self.check_once("startup")
         if self.registry is not None:
             return self.registry
         snap = self.load_last_good()
+        how = "last good local copy"
+        if snap is None and result.status == "rejected" and result.rev is not None:
+            assert result.bundle_id is not None
+            found = self._newest_verified(result.bundle_id, result.rev)
+            if found is not None:
+                snap, doc = found
+                how = "newest revision in the store that verifies"
+                with contextlib.suppress(OSError):  # serving goes on without a local copy
+                    self._save_last_good(doc)
         if snap is None:
             raise RuntimeError("no bundle to serve: " + "; ".join(result.reasons))
         self.registry = Registry(snap)
-        self.on_event(
-            "CONFIG_APPLIED",
-            {
-                "bundle_id": snap.bundle_id,
-                "rev": snap.rev,
-                "previous_rev": None,
-                "checksum": snap.checksum,
-                "reason": "last good local copy",
-            },
-        )
+        detail: dict[str, Any] = {
+            "bundle_id": snap.bundle_id,
+            "rev": snap.rev,
+            "previous_rev": None,
+            "checksum": snap.checksum,
+            "reason": how,
+        }
+        if result.status == "rejected":
+            first = result.reasons[0] if result.reasons else "rejected"
+            self.fallback = (
+                f"serving {snap.bundle_id} rev {snap.rev} ({how}): the active revision "
+                f"{result.bundle_id} rev {result.rev} was rejected: {first}"
+            )[:1000]
+            detail.update(
+                fallback_from_rev=result.rev, errors=result.reasons[:20], why=self.fallback
+            )
+        self.on_event("CONFIG_APPLIED", detail)
         return self.registry
+
+    MAX_FALLBACK_TRIES = 20
+    """Revisions a start tries, newest first, before giving up on a fallback."""
+
+    def _newest_verified(
+        self, bundle_id: str, below_rev: int
+    ) -> tuple[BundleSnapshot, BundleDoc] | None:
+        revisions = getattr(self.source, "revisions", None)
+        if revisions is None:
+            return None
+        try:
+            revs = sorted(
+                (int(r) for r in revisions(bundle_id) if int(r) < below_rev), reverse=True
+            )
+        except Exception:
+            return None
+        for rev in revs[: self.MAX_FALLBACK_TRIES]:
+            try:
+                doc = self.source.fetch(bundle_id, rev)
+            except Exception:
+                continue
+            if doc is None:
+                continue
+            snap, _ = compile_doc(doc, self.settings)
+            if snap is not None:
+                return snap, doc
+        return None

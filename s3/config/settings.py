@@ -77,6 +77,19 @@ class Settings(BaseSettings):
     store stall holds every request of the process for up to its timeout) or on a worker thread.
     `auto`: on the loop with the embedded SQLite store, on a thread with ArangoDB (network round
     trips). S4 submission always runs on a worker thread."""
+    bundle_build: Literal["process", "thread"] = "process"
+    """How a reload builds a new revision: in a child process (off the serving path: decisions
+    never wait on it) or on the reload thread of the serving process."""
+    bundle_build_timeout_s: float = Field(120.0, gt=0)
+    """A reload's build that takes longer is stopped and the revision rejected (process only)."""
+    bundle_build_nice: int = Field(0, ge=0, le=19)
+    """The build child's niceness (process only): above 0 it yields the CPU to decisions, at
+    the cost of a slower reload on a busy machine."""
+    http_request_timeout_s: float = Field(10.0, gt=0)
+    """`s3 serve`: time to receive a whole request (headers and body) from its first byte, or
+    from the connection's opening; past it a 408 and the connection closed."""
+    http_keepalive_s: int = Field(5, ge=1)
+    """`s3 serve`: an idle keep-alive connection is closed after this long."""
     stream_group: str = "s3"
     stream_maxlen: int = Field(100_000, ge=100)
     heartbeat_sec: float = Field(10.0, gt=0)

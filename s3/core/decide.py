@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import msgspec
@@ -18,7 +18,7 @@ import msgspec
 from dsl import CompiledRuleset, Outcome
 from s3.core import atr as atr_mod
 from s3.core import execution, gates
-from s3.core.model import Model, map_p
+from s3.core.model import Model, checked, map_p
 from s3.core.params import EngineParams, SymbolSpec
 from s3.core.sizing import Sized, SizingParams, SizingSkip, SymbolFilters, size_entry
 from s3.core.sizing_inputs import once_per_object
@@ -33,6 +33,11 @@ from s3.core.types import (
     Side,
 )
 from s3.errors import InputError
+
+MULT_DECIMALS = 6
+"""Decimal places of every multiplier a decision carries and sizing uses (size_mult, tp_mult,
+sl_mult, size_mult_rules): the float product of the factors, rounded half-even (`round`), so the
+value shown is the value used and no binary noise (0.37800000000000006) reaches a person."""
 
 CORE_FEATURES = ("mid", "spread_bps", "depth_top1_usdt")
 """Features every decision needs before any rule runs (missing: HTTP 400, dead letter on a stream)."""
@@ -49,6 +54,10 @@ class BundleSnapshot(msgspec.Struct, frozen=True):
     ruleset: CompiledRuleset
     params: EngineParams
     checksum: str = ""
+    model_runtime: Any = None
+    """The ONNX kind's model (`s3.adapters.onnx_model.OnnxModel`), built and verified once when
+    the revision is loaded, so a reload swaps rules and model together; None for the built-in
+    kinds."""
 
 
 def intent_id(symbol: str, side: str, t0_ms: int, config_rev: int) -> str:
@@ -59,11 +68,19 @@ def intent_id(symbol: str, side: str, t0_ms: int, config_rev: int) -> str:
     return f"s3-{base}-{t0_ms}-{digest}"
 
 
+def _finite(v: float) -> bool:
+    """False for inf/nan, and for an integer too large for a float (``math.isfinite`` raises)."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def _number(features: Mapping[str, Any], name: str) -> float:
     v = features.get(name)
     if type(v) is float and math.isfinite(v):
         return v
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, int | float) or not _finite(v):
         raise InputError(
             "BAD_FEATURE", f"feature '{name}' must be a finite number, found {v!r}", feature=name
         )
@@ -86,19 +103,83 @@ def _side(inp: DecisionInput) -> Side | None:
 
 _HALF_SPREAD_PER_BPS = Decimal(20_000)
 _ZERO = Decimal(0)
+TOUCH_TOLERANCE_TICKS = Decimal("0.01")
+"""How far from the tick grid (in ticks) a touch rebuilt from mid and spread_bps may fall and
+still be read as that grid price: far below a tick, far above the error of a producer that rounds
+spread_bps to 5 decimals (<= 0.0003 tick on BTCUSDT, <= 0.003 tick on ETHUSDT at 2024 prices)."""
 
 
-def entry_price(mid: float, spread_bps: float, side: str, filters: SymbolFilters) -> Decimal:
-    """The touch price on the entry's side, on the tick grid: a buy pays the ask (rounded up),
-    a sell gets the bid (rounded down), so sizing never assumes a better price than the book."""
+def entry_price(
+    mid: float,
+    spread_bps: float,
+    side: str,
+    filters: SymbolFilters,
+    policy: str = "MakerThenTaker",
+    bid: float | None = None,
+    ask: float | None = None,
+) -> Decimal:
+    """The entry price: the touch the policy names (`entry_touch`)."""
+    return entry_touch(mid, spread_bps, side, filters, policy, bid, ask)[0]
+
+
+def entry_touch(
+    mid: float,
+    spread_bps: float,
+    side: str,
+    filters: SymbolFilters,
+    policy: str,
+    bid: float | None,
+    ask: float | None,
+) -> tuple[Decimal, str]:
+    """The touch an entry is priced at, and a note that says where it came from.
+
+    A Maker entry rests at the near touch (BUY at the bid, SELL at the ask); any other policy may
+    take, so it is priced at the far touch (BUY at the ask, SELL at the bid). The touch is the
+    `bid`/`ask` feature when the event carries it, exactly. Otherwise it is rebuilt from
+    ``mid ± mid * spread_bps / 20000`` in Decimal and read as the NEAREST grid price when it lies
+    within `TOUCH_TOLERANCE_TICKS` of it; farther off, it is passed on as it is and sizing snaps
+    it to the grid on the cautious side (taking: away from the mid; Maker: passive)."""
+    want_ask = (side == "BUY") != (policy == "Maker")
+    name = "ask" if want_ask else "bid"
+    given = ask if want_ask else bid
+    if given is not None:
+        px = Decimal(repr(given))
+        return px, f"entry at the {name} {px} ({policy}; the touch in the features)"
     m = Decimal(repr(mid))
-    half = Decimal(repr(spread_bps)) / _HALF_SPREAD_PER_BPS
-    px = m * (1 + half) if side == "BUY" else m * (1 - half)
+    half = m * Decimal(repr(spread_bps)) / _HALF_SPREAD_PER_BPS
+    raw = m + half if want_ask else m - half
     anchor = filters.min_price if filters.anchored else _ZERO
-    steps = ((px - anchor) / filters.tick_size).to_integral_value(
-        rounding=ROUND_CEILING if side == "BUY" else ROUND_FLOOR
-    )
-    return anchor + steps * filters.tick_size
+    steps = (raw - anchor) / filters.tick_size
+    n = steps.to_integral_value(rounding=ROUND_HALF_EVEN)
+    rebuilt = f"rebuilt from mid {m} and spread_bps {Decimal(repr(spread_bps))} as {raw}"
+    if abs(steps - n) <= TOUCH_TOLERANCE_TICKS:
+        px = anchor + n * filters.tick_size
+        return px, f"entry at the {name} {px} ({policy}; {rebuilt}, the nearest tick)"
+    return raw, f"entry at the {name} ({policy}; {rebuilt}, not within 0.01 tick of the grid)"
+
+
+def _touch_features(
+    features: Mapping[str, Any], mid: float, filters: SymbolFilters
+) -> tuple[float | None, float | None]:
+    """The event's `bid` and `ask` (untrusted): each absent, or a finite number > 0; both
+    present, bid below ask and their middle within half a tick of mid."""
+    bid = None if features.get("bid") is None else _number(features, "bid")
+    ask = None if features.get("ask") is None else _number(features, "ask")
+    for name, v in (("bid", bid), ("ask", ask)):
+        if v is not None and v <= 0:
+            raise InputError("BAD_FEATURE", f"feature '{name}' must be > 0, found {v!r}")
+    if bid is not None and ask is not None:
+        if bid >= ask:
+            raise InputError("BAD_FEATURE", f"bid {bid!r} must be below ask {ask!r}", feature="bid")
+        middle = (Decimal(repr(bid)) + Decimal(repr(ask))) / 2
+        if abs(middle - Decimal(repr(mid))) * 2 > filters.tick_size:
+            raise InputError(
+                "BAD_FEATURE",
+                f"bid {bid!r} and ask {ask!r} do not match mid {mid!r}: (bid + ask) / 2 = "
+                f"{middle} is more than half a tick ({filters.tick_size}) away",
+                feature="mid",
+            )
+    return bid, ask
 
 
 def _skip(base: dict[str, Any], reason: Reason, detail: str, sentence: str) -> Decision:
@@ -175,6 +256,12 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
         "health_factor": response.size_mult,
         "dry_run": inp.dry_run,
     }
+    ms = params.model
+    if ms.model_id is not None:  # which model, how old, trained on what (every decision)
+        base["model_id"] = ms.model_id
+        if ms.trained_at_ms is not None:
+            base["model_age_ms"] = inp.now_ms - ms.trained_at_ms
+        base["model_trained_on"] = ms.trained_on
     failed = gates.first_failure(verdicts)
     if failed is not None:
         return _skip(base, "GATE", failed.detail, failed.sentence)
@@ -198,9 +285,9 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
     base["rule_factors"] = outcome.factors
     if outcome.faults:
         base["rule_faults"] = tuple(f"{f.rule_id} {f.code} {f.message}" for f in outcome.faults)
-    base["size_mult_rules"] = clamped["size_mult"]
-    base["tp_mult"] = tp_mult = clamped["tp_mult"]
-    base["sl_mult"] = sl_mult = clamped["sl_mult"]
+    base["size_mult_rules"] = round(clamped["size_mult"], MULT_DECIMALS)
+    base["tp_mult"] = tp_mult = round(clamped["tp_mult"], MULT_DECIMALS)
+    base["sl_mult"] = sl_mult = round(clamped["sl_mult"], MULT_DECIMALS)
     if outcome.veto is not None:
         return _skip(
             base, "RULE", f"RULE.SKIP:{outcome.veto}", f"rule {outcome.veto} vetoed the entry"
@@ -219,8 +306,8 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
             "skipping rather than trading without it",
         )
 
-    # L2: the model, degraded to x1.0 on timeout or error.
-    result = model(snapshot)
+    # L2: the model, degraded to x1.0 on timeout, error or an answer that is no probability.
+    result = checked(model(snapshot))
     size_mult_ml = 1.0
     if result.p is not None:
         mapped = map_p(result.p, params.model.bands)
@@ -235,7 +322,8 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
         base["model_degraded"] = result.degraded
     clamp = snap.ruleset.clamp.size_mult
     combined = min(max(clamped["size_mult"] * size_mult_ml, clamp.min), clamp.max)
-    size_mult = combined * response.size_mult  # health scales after the clamp (Part B8)
+    # health scales after the clamp (Part B8); the product is rounded like every multiplier
+    size_mult = round(combined * response.size_mult, MULT_DECIMALS)
     policy = response.exec_policy or params.execution.default_policy
     base["size_mult_ml"] = size_mult_ml
     base["size_mult"] = size_mult
@@ -277,7 +365,8 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
     sizing = params.sizing if spec.market == "FUT" else params.spot_sizing
     if spec.leverage is not None and spec.market == "FUT":
         sizing = _with_leverage(sizing, spec.leverage)
-    entry = entry_price(mid, spread, side, spec.filters)
+    bid, ask = _touch_features(features, mid, spec.filters)
+    entry, entry_note = entry_touch(mid, spread, side, spec.filters, policy, bid, ask)
     sized = size_entry(
         side=side,
         entry_px=entry,
@@ -292,7 +381,7 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
     if isinstance(sized, SizingSkip):
         return _skip(base, "RISK_BUDGET", sized.reason_detail, sized.sentence)
     assert isinstance(sized, Sized)
-    base["sizing_notes"] = sized.notes
+    base["sizing_notes"] = (entry_note, *sized.notes)
 
     hints = execution.hints(policy, float(sized.notional), depth, spread, params.execution)
     reservation = _reservation(spec, sized, params)

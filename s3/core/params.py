@@ -51,6 +51,7 @@ class Band(msgspec.Struct, frozen=True):
 
 class ModelSpec(msgspec.Struct, frozen=True):
     kind: str = "none"
+    """none | logistic (the built-in σ(bias + w·x)) | onnx (a file of the bundle, onnxruntime)."""
     bias: float = 0.0
     weights: dict[str, float] = {}
     bands: tuple[Band, ...] = (
@@ -60,6 +61,17 @@ class ModelSpec(msgspec.Struct, frozen=True):
     )
     """Spec §6: p>0.85 → ×1.2; 0.6–0.85 → ×1.0; 0.4–0.6 → ×0.5; below every band → skip."""
     deadline_ms: int = 50
+    file: str | None = None
+    """onnx: the model file, relative to the bundle root (part of the bundle and its checksum)."""
+    inputs: tuple[str, ...] = ()
+    """onnx with one tensor input: the features in its column order."""
+    model_id: str | None = None
+    """What every decision records as ``model_id``: the bundle's ``[model] id``, else the kind and
+    a digest of the weights or the file."""
+    trained_at_ms: int | None = None
+    """When the model was trained (epoch ms; ``[model] trained_at``); a decision records its age."""
+    trained_on: tuple[str, ...] = ()
+    """The data windows the model was trained on (``[model] trained_on``)."""
 
 
 class HealthResponse(msgspec.Struct, frozen=True):
@@ -88,6 +100,17 @@ class RiskLimits(msgspec.Struct, frozen=True):
     concurrent_entries_per_symbol: int
 
 
+class ExitParams(msgspec.Struct, frozen=True):
+    """How `s3 replay` follows an open position to its exit (docs/replay.md, fill model); the live
+    engine does not read these."""
+
+    time_stop_ms: int = 300_000
+    """Close a position at market this long after its entry fill (tape time)."""
+    market_slip_bps: float = 0.5
+    """Every market fill (a stop, a time stop, a taker entry) is this much worse than the touch,
+    plus half the spread for each top-of-book depth the order eats beyond the first."""
+
+
 class EngineParams(msgspec.Struct, frozen=True):
     """Everything a decision needs from the bundle besides the compiled rules."""
 
@@ -103,3 +126,4 @@ class EngineParams(msgspec.Struct, frozen=True):
     veto_on_rule_fault: bool = True
     fee_maker: Decimal = Decimal("0.0002")
     fee_taker: Decimal = Decimal("0.0005")
+    exits: ExitParams = ExitParams()

@@ -22,6 +22,7 @@ from s3.core.sizing_inputs import (
     EXACT,
     MARGIN_GRID,
     ZERO,
+    Bracket,
     Case,
     SizingParams,
     SizingSkip,
@@ -33,7 +34,15 @@ from s3.core.sizing_inputs import (
     too_many_digits,
 )
 
-__all__ = ["OcoLegs", "Sized", "SizingParams", "SizingSkip", "SymbolFilters", "size_entry"]
+__all__ = [
+    "Bracket",
+    "OcoLegs",
+    "Sized",
+    "SizingParams",
+    "SizingSkip",
+    "SymbolFilters",
+    "size_entry",
+]
 
 
 class OcoLegs(msgspec.Struct, frozen=True, kw_only=True):
@@ -207,14 +216,58 @@ def _stop(case: Case, pnl: _Pnl, qty: Decimal, notes: list[str]) -> tuple[Decima
     return sl, loss
 
 
+@dataclass(slots=True)
+class _Maintenance:
+    """The maintenance terms of the position: its bracket's, or the parameters' without brackets."""
+
+    mmr: Decimal
+    cum: Decimal
+    text: str
+
+
+def _bracket(case: Case, cost: Decimal, notes: list[str]) -> _Maintenance:
+    """Exchange-rules §3.3/§3.5: the bracket with floor <= notional < cap must allow the leverage;
+    its maintenance rate and amount then price the liquidation."""
+    if not case.brackets:
+        return _Maintenance(case.t.mmr, case.t.cum, case.t.maintenance_text)
+    lev = case.t.leverage
+    for n, b in enumerate(case.brackets, 1):
+        if b.notional_floor <= cost < b.notional_cap:
+            return _in_bracket(n, b, lev, cost, notes)
+    last = case.brackets[-1]
+    raise Skip(
+        "SIZING.LEVERAGE_BRACKET",
+        f"notional {fmt(cost)} USDT is not below the last leverage bracket's cap "
+        f"{fmt(last.notional_cap)}",
+    )
+
+
+def _in_bracket(n: int, b: Bracket, lev: int, cost: Decimal, notes: list[str]) -> _Maintenance:
+    span = f"bracket {n}: {fmt(b.notional_floor)} <= notional < {fmt(b.notional_cap)}"
+    if lev > b.initial_leverage:
+        raise Skip(
+            "SIZING.LEVERAGE_BRACKET",
+            f"leverage {lev} above {b.initial_leverage}, the most the {span} allows "
+            f"(notional {fmt(cost)} USDT)",
+        )
+    mmr, cum = fmt(b.maint_margin_ratio), fmt(b.cum)
+    notes.append(f"notional {fmt(cost)} USDT in leverage {span}, max leverage {b.initial_leverage}")
+    return _Maintenance(
+        b.maint_margin_ratio,
+        b.cum,
+        f"leverage {lev}, {span}, maintenance rate {mmr}, amount {cum}",
+    )
+
+
 def _liquidation(
-    case: Case, qty: Decimal, cost: Decimal, sl: Decimal, notes: list[str]
+    case: Case, qty: Decimal, cost: Decimal, sl: Decimal, m: _Maintenance, notes: list[str]
 ) -> Decimal | None:
-    """Isolated one-way LP (exchange-rules §3.3) as num/den, with WB = qty*entry/leverage.
+    """Isolated one-way LP (exchange-rules §3.3) as num/den, with WB = qty*entry/leverage and
+    the maintenance rate and amount of the position's bracket.
 
     An SL outside LP ± buffer*|EP - LP| skips: tightening it would silently change the stop.
     """
-    e, lev, mmr, cum, buf = case.entry, case.t.leverage, case.t.mmr, case.t.cum, case.t.buffer
+    e, lev, mmr, cum, buf = case.entry, case.t.leverage, m.mmr, m.cum, case.t.buffer
     if case.long:
         num, den = cost * (lev - 1) - cum * lev, qty * (1 - mmr) * lev
     else:
@@ -223,7 +276,7 @@ def _liquidation(
     if case.long and num <= 0:
         notes.append(f"no liquidation price above zero (LP {lp})")
         return None
-    where = case.t.maintenance_text
+    where = m.text
     if (num >= e * den) if case.long else (num <= e * den):
         raise Skip(
             "SIZING.LIQUIDATION",
@@ -285,6 +338,30 @@ def _oco(case: Case, pnl: _Pnl, leg: Decimal, sl: Decimal, tp: Decimal) -> OcoLe
     )
 
 
+def _bands(case: Case, legs: tuple[tuple[str, Decimal], ...]) -> None:
+    """PRICE_FILTER maxPrice and PERCENT_PRICE (exchange-rules §3.2, §3.5): every exit price
+    within [entry x down, entry x up] and at most the highest legal price, or no entry."""
+    e, top, up, down = case.entry, case.highest_px, case.up, case.down
+    for name, px in legs:
+        if top is not None and px > top:
+            raise Skip(
+                "SIZING.PRICE_BAND",
+                f"{name} {fmt(px)} is above the highest legal price {fmt(top)} (maxPrice)",
+            )
+        if up is not None and px > e * up:
+            raise Skip(
+                "SIZING.PRICE_BAND",
+                f"{name} {fmt(px)} is above the PERCENT_PRICE band: entry {fmt(e)} x "
+                f"multiplierUp {fmt(up)} = {fmt(e * up)}",
+            )
+        if down is not None and px < e * down:
+            raise Skip(
+                "SIZING.PRICE_BAND",
+                f"{name} {fmt(px)} is below the PERCENT_PRICE band: entry {fmt(e)} x "
+                f"multiplierDown {fmt(down)} = {fmt(e * down)}",
+            )
+
+
 def _guardian(case: Case, leg: Decimal, sl: Decimal) -> Decimal:
     """The guardian sells `leg` at market once the SL trades: it too must pass NOTIONAL."""
     if leg * sl < case.min_notional:
@@ -305,9 +382,10 @@ def _size(case: Case, notes: list[str]) -> Sized:
         margin = cost
     else:
         margin = MARGIN_GRID.ceil(cost, case.t.leverage_d)
+    maintenance = None if case.spot else _bracket(case, cost, notes)
     pnl = _pnl(case, qty, cost, base, leg)
     sl, loss_at_sl = _stop(case, pnl, qty, notes)
-    liq = None if case.spot else _liquidation(case, qty, cost, sl, notes)
+    liq = None if maintenance is None else _liquidation(case, qty, cost, sl, maintenance, notes)
     target = case.t.tp_roe * margin * case.tp_mult
     notes.append(
         f"TP for net profit >= {fmt(target)} USDT = {case.t.tp_roe_text} x margin {fmt(margin)} "
@@ -316,6 +394,8 @@ def _size(case: Case, notes: list[str]) -> Sized:
     tp, net_at_tp = _take_profit(case, pnl, qty, target, notes)
     guardian = _guardian(case, leg, sl) if case.guardian else None
     oco = _oco(case, pnl, leg, sl, tp) if case.spot and not case.guardian else None
+    legs = (("SL", sl), ("TP", tp))
+    _bands(case, legs if oco is None else (*legs, ("OCO stop-limit", oco.below_limit_px)))
     return Sized(
         market="SPOT" if case.spot else "FUT",
         side="BUY" if case.long else "SELL",

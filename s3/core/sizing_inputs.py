@@ -44,10 +44,24 @@ _MAX_ADJUSTED = 18  # inputs beyond 1e-18..1e18 fit no market and would exhaust 
 _MAX_GRID_SEARCH = 10_000
 
 
+class Bracket(msgspec.Struct, frozen=True):
+    """One leverage bracket of a USD-M symbol (`GET /fapi/v1/leverageBracket`, exchange-rules
+    §3.3): a position of notional N with ``notional_floor <= N < notional_cap`` may use leverage up
+    to ``initial_leverage``; its liquidation uses ``maint_margin_ratio`` and ``cum``."""
+
+    notional_floor: Decimal
+    notional_cap: Decimal
+    initial_leverage: int
+    maint_margin_ratio: Decimal
+    cum: Decimal = ZERO
+
+
 class SymbolFilters(msgspec.Struct, frozen=True):
     """Binance-style filters of one symbol, from the bundle (exchange-rules §3.1, §3.2).
 
-    A MARKET_LOT_SIZE field that is None or 0 is off, as on Binance; `max_qty` 0 is off too.
+    A MARKET_LOT_SIZE field that is None or 0 is off, as on Binance; `max_qty` 0 is off too, and
+    so are `max_price` and the PERCENT_PRICE multipliers. No brackets: the sizing parameters'
+    maintenance rate and amount, and no leverage cap.
     """
 
     tick_size: Decimal
@@ -61,6 +75,15 @@ class SymbolFilters(msgspec.Struct, frozen=True):
     market_max_qty: Decimal | None = None
     anchored: bool = True
     """USD-M futures: prices on minPrice + k*tick, quantities on minQty + k*step; spot: on k*tick."""
+    max_price: Decimal | None = None
+    """PRICE_FILTER maxPrice: no price (entry, SL, TP, OCO leg) above it."""
+    percent_price_up: Decimal | None = None
+    """PERCENT_PRICE multiplierUp (>= 1): SL and TP at most entry x up (the entry, at the touch,
+    stands in for the mark price)."""
+    percent_price_down: Decimal | None = None
+    """PERCENT_PRICE multiplierDown (0 < down <= 1): SL, TP and OCO legs at least entry x down."""
+    brackets: tuple[Bracket, ...] = ()
+    """USD-M leverage brackets, lowest first, floors from 0 and each floor the previous cap."""
 
 
 class SizingParams(msgspec.Struct, frozen=True):
@@ -293,11 +316,16 @@ class _Terms:
 
 @dataclass(frozen=True, slots=True)
 class _Prices:
-    """The tick grid, the lowest legal price (> 0 and >= min_price) and min_notional."""
+    """The tick grid, the lowest legal price (> 0 and >= min_price), the highest (<= max_price,
+    or None), min_notional, the PERCENT_PRICE multipliers (or None) and the leverage brackets."""
 
     grid: _Grid
     lowest: Decimal
     min_notional: Decimal
+    highest: Decimal | None = None
+    up: Decimal | None = None
+    down: Decimal | None = None
+    brackets: tuple[Bracket, ...] = ()
 
 
 @dataclass(slots=True)
@@ -317,6 +345,10 @@ class Case:
     lowest_px: Decimal
     min_notional: Decimal
     lots: _Lots
+    highest_px: Decimal | None = None
+    up: Decimal | None = None
+    down: Decimal | None = None
+    brackets: tuple[Bracket, ...] = ()
 
 
 _R = TypeVar("_R")
@@ -452,8 +484,48 @@ def _read_prices(filters: SymbolFilters) -> _Prices:
     min_price = _non_negative(filters.min_price, "min_price")
     price = _Grid(min_price if filters.anchored else ZERO, tick)
     lowest = price.ceil(min_price)
+    lowest = lowest if lowest > 0 else lowest + tick
     min_notional = _non_negative(filters.min_notional, "min_notional")
-    return _Prices(price, (lowest if lowest > 0 else lowest + tick), min_notional)
+    max_price = _optional(filters.max_price, "max_price")
+    highest = None
+    if max_price is not None:
+        highest = price.floor(max_price)
+        if highest < lowest:
+            raise _bad(f"max_price {fmt(max_price)} leaves no legal price (lowest {fmt(lowest)})")
+    up = _optional(filters.percent_price_up, "percent_price_up")
+    if up is not None and up < 1:
+        raise _bad(f"percent_price_up must be >= 1, got {fmt(up)}")
+    down = _optional(filters.percent_price_down, "percent_price_down")
+    if down is not None and down > 1:
+        raise _bad(f"percent_price_down must be in (0, 1], got {fmt(down)}")
+    brackets = _read_brackets(filters.brackets)
+    return _Prices(price, lowest, min_notional, highest, up, down, brackets)
+
+
+def _read_brackets(raw: object) -> tuple[Bracket, ...]:
+    """Checked brackets: lowest first, the first from 0, each floor the previous cap."""
+    if not isinstance(raw, tuple | list):
+        raise _bad(f"brackets must be a tuple of Bracket, got {type(raw).__name__}")
+    out: list[Bracket] = []
+    cap = ZERO
+    for n, b in enumerate(raw, 1):
+        if not isinstance(b, Bracket):
+            raise _bad(f"bracket {n} must be a Bracket, got {type(b).__name__}")
+        floor = _non_negative(b.notional_floor, f"bracket {n} notional_floor")
+        if floor != cap:
+            raise _bad(
+                f"bracket {n} notional_floor {fmt(floor)} is not the previous cap {fmt(cap)}"
+            )
+        cap = _num(b.notional_cap, f"bracket {n} notional_cap")
+        if cap <= floor:
+            raise _bad(f"bracket {n} notional_cap {fmt(cap)} is not above its floor {fmt(floor)}")
+        lev = b.initial_leverage
+        if isinstance(lev, bool) or not isinstance(lev, int) or lev < 1:
+            raise _bad(f"bracket {n} initial_leverage must be an integer >= 1, got {lev!r}")
+        mmr = _rate(b.maint_margin_ratio, f"bracket {n} maint_margin_ratio")
+        cum = _non_negative(b.cum, f"bracket {n} cum")
+        out.append(Bracket(floor, cap, lev, mmr, cum))
+    return tuple(out)
 
 
 def _snap_entry(
@@ -468,6 +540,8 @@ def _snap_entry(
     entry = price.floor(given) if buy == maker else price.ceil(given)
     if entry < prices.lowest:
         raise _bad(f"entry_px {fmt(given)} is below the lowest legal price {fmt(prices.lowest)}")
+    if prices.highest is not None and entry > prices.highest:
+        raise _bad(f"entry_px {fmt(given)} is above the highest legal price {fmt(prices.highest)}")
     if entry != given:
         how = "passive side, Maker" if maker else f"adverse side, {policy}"
         notes.append(f"entry {fmt(given)} snapped to tick {price.step_text}: {fmt(entry)} ({how})")
@@ -549,4 +623,8 @@ def read_case(
         prices.lowest,
         prices.min_notional,
         lots,
+        prices.highest,
+        prices.up,
+        prices.down,
+        prices.brackets,
     )

@@ -140,6 +140,11 @@ class Decision(msgspec.Struct, frozen=True):
     model_p: float | None = None
     size_mult_ml: float = 1.0
     model_degraded: str | None = None
+    """``MODEL.TIMEOUT|MODEL.ERROR|MODEL.BAD_OUTPUT: why``: the model gave no usable p (x1.0)."""
+    model_id: str | None = None
+    model_age_ms: int | None = None
+    """now_ms minus the model's trained_at (None: the bundle does not say when it was trained)."""
+    model_trained_on: tuple[str, ...] = ()
     health: str = "RED"
     health_factor: float = 1.0
     size_mult: float = 1.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import sys
 from collections.abc import Callable
 from decimal import Decimal
 from functools import partial
@@ -27,6 +28,7 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from s3 import __version__
+from s3.adapters.feature_events import MAX_DEPTH, nesting_depth
 from s3.adapters.redis_batch import PipelineBatcher, run_steps_async
 from s3.core.types import Decision, OcoLeg
 from s3.engine import Submission
@@ -71,7 +73,8 @@ class IntentOut(msgspec.Struct, frozen=True):
 
 
 class DecideResponse(msgspec.Struct, frozen=True):
-    """Spec §3 response plus `reason_detail`, `sentence`, `model_degraded`, `dry_run` and more."""
+    """Spec §3 response plus `reason_detail`, `sentence`, `model_degraded`, `model_id`,
+    `model_age_ms`, `dry_run` and more."""
 
     decision: Literal["open", "skip"]
     reason: str
@@ -88,6 +91,8 @@ class DecideResponse(msgspec.Struct, frozen=True):
     replayed: bool = False
     size_mult: float = 1.0
     trace: list[dict[str, Any]] | None = None
+    model_id: str | None = None
+    model_age_ms: int | None = None
 
     @classmethod
     def of(cls, d: Decision, **extra: Any) -> DecideResponse:
@@ -125,6 +130,8 @@ class DecideResponse(msgspec.Struct, frozen=True):
             intent,
             d.dry_run,
             size_mult=d.size_mult,
+            model_id=d.model_id,
+            model_age_ms=d.model_age_ms,
             **extra,
         )
 
@@ -146,12 +153,47 @@ class HealthResponse(msgspec.Struct, frozen=True):
     rules_loaded: int
     bundle_id: str
     streams: str = "ok"
+    config: str = "ok"
+    """"ok", or "fallback: ..." when a start serves a revision other than the active one."""
     degraded: list[str] = []
     store: Literal["sqlite", "arango"] = "sqlite"
     store_status: str = "ok"
 
 
 _ENCODER = msgspec.json.Encoder(decimal_format="number")
+_FLOAT_MAX = sys.float_info.max
+
+
+class _Request(Request[Any, Any, Any]):
+    async def json(self) -> Any:
+        """A body nested deeper than the decoder's recursion limit is the request's fault."""
+        try:
+            return await super().json()
+        except RecursionError:
+            raise ValidationException(
+                "the JSON body nests lists/objects too deeply to decode", extra={}
+            ) from None
+
+
+def check_features(features: dict[str, Any] | None) -> None:
+    """Refuse, with the feature's name, what no feature can be and what later code would choke
+    on: lists/objects nested deeper than `MAX_DEPTH`, integers beyond a float's range."""
+    for name, value in (features or {}).items():
+        if nesting_depth(value) > MAX_DEPTH:
+            raise InputError(
+                "BAD_FEATURE",
+                f"feature '{name}' nests lists/objects deeper than {MAX_DEPTH}",
+                feature=name,
+            )
+        if type(value) is int and not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+            raise InputError(
+                "BAD_FEATURE",
+                f"feature '{name}' is an integer of about {int(value.bit_length() * 0.30103) + 1} "
+                "digits, beyond a float's range (1.8e308)",
+                feature=name,
+            )
+
+
 log = logging.getLogger("s3.http")
 
 
@@ -230,6 +272,7 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
         responses=openapi.responses(DecideResponse, ErrorBody, 400, 401, 422, 503),
     )
     async def decide_route(data: JSONBody[DecideRequest]) -> Response[bytes]:
+        check_features(data.features)
         symbol = data.symbol.upper()
         args: dict[str, Any] = {
             "symbol": symbol,
@@ -367,6 +410,7 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
         openapi_config=openapi.config(__version__),
         plugins=[openapi.DecimalAsNumber()],
         logging_config=None,  # the process configures logging, not the app
+        request_class=_Request,
         on_shutdown=[on_stop],
         debug=False,
     )

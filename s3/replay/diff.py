@@ -16,6 +16,8 @@ from s3.core.types import Decision
 from s3.replay.replay import Outcome, ReplayResult
 
 BUDGET_DETAILS = ("RISK_BUDGET.CONCURRENCY", "RISK_BUDGET.FUT_MARGIN", "RISK_BUDGET.SPOT_QUOTE")
+MATERIAL = frozenset({"open_to_skip", "skip_to_open", "size", "tp_sl", "error"})
+"""Change kinds the changed-events tables list (the rest are summarised in one line)."""
 SIZE_BINS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5)
 """Edges of the size multiplier histogram (the last bin is open: >= 2.5)."""
 
@@ -32,6 +34,10 @@ class Summary:
     events: int = 0
     decided: int = 0
     replayed: int = 0
+    """Events answered by idempotency with an earlier decision (same symbol, side, t0 ms)."""
+    same_ms: int = 0
+    """Events in the same millisecond as an earlier event of their symbol (a feed that emits every
+    book update puts several in one ms; with the same side they share an intent id)."""
     opens: int = 0
     skips: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -72,6 +78,7 @@ class Summary:
             "events": self.events,
             "decided": self.decided,
             "idempotent_replays": self.replayed,
+            "same_ms_events": self.same_ms,
             "open": self.opens,
             "skip": self.skips,
             "errors": self.errors,
@@ -121,8 +128,15 @@ def summarize(result: ReplayResult) -> Summary:
     vetoes: collections.Counter[str] = collections.Counter()
     hist = [0] * len(SIZE_BINS)
     notional = Decimal(0)
+    seen_ms: set[tuple[str, int]] = set()
     for o in result.outcomes:
         s.events += 1
+        if o.ts is not None:
+            key = (o.symbol, o.ts)
+            if key in seen_ms:
+                s.same_ms += 1
+            else:
+                seen_ms.add(key)
         if o.decision is None:
             errors[(o.error or "ERROR").split(":")[0]] += 1
             continue
@@ -201,6 +215,11 @@ class Change:
     """Rules fired under B and not under A."""
     lost: list[str] = field(default_factory=list)
 
+    @property
+    def material(self) -> bool:
+        """The decision, its size, SL or TP changed (not only the reason or the rules fired)."""
+        return bool(MATERIAL & set(self.kinds))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "index": self.index,
@@ -221,6 +240,10 @@ def _l1(d: Decision) -> tuple[Any, ...]:
 
 
 def _changes(oa: Outcome, ob: Outcome) -> Change | None:
+    if oa.replayed and ob.replayed:
+        # Idempotency answered an earlier decision again under both bundles: that decision's own
+        # event carries any change; counting it again here would count one change many times.
+        return None
     da, db = oa.decision, ob.decision
     if da is None or db is None:
         if (da is None) != (db is None) or oa.error != ob.error:
@@ -271,6 +294,9 @@ class Diff:
     def count(self, kind: str) -> int:
         return sum(kind in c.kinds for c in self.changes)
 
+    def material(self) -> list[Change]:
+        return [c for c in self.changes if c.material]
+
     def flips(self, kind: str) -> list[Change]:
         return [c for c in self.changes if kind in c.kinds]
 
@@ -306,6 +332,7 @@ class Diff:
             "a": self.a.to_json(),
             "b": self.b.to_json(),
             "changed_events": len(self.changes),
+            "material_changes": len(self.material()),
             "counts": {k: self.count(k) for k in kinds},
             "by_cause": dict(sorted(collections.Counter(c.cause for c in self.changes).items())),
             "reason_flows": self.reason_flows(),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import statistics
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -100,6 +101,38 @@ def events_json(result: ReplayResult) -> list[dict[str, Any]]:
     return out
 
 
+def capital(result: ReplayResult) -> Decimal:
+    """The equity curve's start: the bundle's futures margin budget."""
+    p = result.params
+    return Decimal(repr(p.risk.fut_margin_usdt_max)) if p is not None else Decimal(0)
+
+
+def outcomes_json(result: ReplayResult, *, trades: bool = True) -> dict[str, Any]:
+    """The outcome simulation of a replay: its parameters, the figures, the trades and the
+    equity curve (at each exit)."""
+    from s3.replay.figures import equity_curve, figures, money
+
+    p = result.params
+    start = capital(result)
+    doc: dict[str, Any] = {
+        "tape_kind": result.tape_kind,
+        "exits": {
+            "time_stop_ms": p.exits.time_stop_ms,
+            "market_slip_bps": p.exits.market_slip_bps,
+            "fee_maker": str(p.sizing.fee_maker),
+            "fee_taker": str(p.sizing.fee_taker),
+        }
+        if p is not None
+        else None,
+        "span": {"first_ts": result.first_ts, "last_ts": result.last_ts},
+        "figures": figures(result.trades, result.first_ts, result.last_ts, start),
+        "equity": [[ts, money(eq)] for ts, eq in equity_curve(result.trades, start)],
+    }
+    if trades:
+        doc["trades"] = [t.to_json() for t in result.trades]
+    return doc
+
+
 def result_json(result: ReplayResult, *, events: bool = False) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "format": JSON_FORMAT,
@@ -107,6 +140,8 @@ def result_json(result: ReplayResult, *, events: bool = False) -> dict[str, Any]
         "config": result.config.describe(),
         "summary": _summary_with_checksum(result),
     }
+    if result.exits:
+        doc["outcomes"] = outcomes_json(result)
     if events:
         doc["events"] = events_json(result)
     return doc
@@ -167,7 +202,8 @@ def summary_text(result: ReplayResult, s: Summary, *, rules: bool = True) -> str
     errs = sum(s.errors.values())
     lines.append(
         f"{s.events} events: {s.decided} decided ({s.opens} open, {s.skips} skip), "
-        f"{errs} not decided, {s.replayed} idempotent replays"
+        f"{errs} not decided, {s.replayed} idempotent replays; {s.same_ms} events in the same "
+        "millisecond as an earlier one of their symbol"
     )
     if s.errors:
         lines.append("not decided: " + ", ".join(f"{k} {v}" for k, v in s.errors.items()))
@@ -189,6 +225,81 @@ def summary_text(result: ReplayResult, s: Summary, *, rules: bool = True) -> str
         f"risk (simulated): {s.reserved} reserved, {s.released} released, "
         f"{s.open_at_end} still open at the end; notional opened {s.notional_usdt} USDT"
     )
+    return "\n".join(lines) + "\n"
+
+
+def _ms(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    s = ms / 1000
+    return f"{s:.0f} s" if s < 120 else (f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h")
+
+
+def _f(x: Any, nd: int = 2) -> str:
+    return "-" if x is None else f"{float(x):.{nd}f}"
+
+
+def figures_lines(fig: dict[str, Any]) -> list[str]:
+    """The figures table: the run, each symbol, each symbol and side."""
+    head = (
+        f"  {'':<14}{'trades':>7}{'win%':>7}{'P&L':>11}{'fees':>10}{'funding':>9}"
+        f"{'expect.':>9}{'PF':>6}{'maxDD':>9}{'expo%':>7}  tp/sl/time/end"
+    )
+    rows = [("all", fig["all"])]
+    rows += list(fig["by_symbol"].items())
+    rows += [(k, v) for k, v in fig["by_symbol_side"].items()]
+    out = [head]
+    for name, g in rows:
+        ex = g["exits"]
+        wr = "-" if g["win_rate"] is None else f"{100 * g['win_rate']:.1f}"
+        expo = "-" if g["exposure"] is None else f"{100 * g['exposure']:.1f}"
+        out.append(
+            f"  {name:<14}{g['trades']:>7}{wr:>7}{_f(g['pnl']):>11}{_f(g['fees']):>10}"
+            f"{_f(g['funding'], 3):>9}{_f(g['expectancy'], 3):>9}{_f(g['profit_factor']):>6}"
+            f"{_f(g['max_drawdown']):>9}{expo:>7}  "
+            f"{ex['tp']}/{ex['sl']}/{ex['time']}/{ex['end']}"
+        )
+    a = fig["all"]
+    ratios = ", ".join(f"{k} {_f(a[k], 3)}" for k in ("sharpe", "sortino", "sqn"))
+    out.append(
+        f"  per trade: {ratios}; under water {_ms(a['time_under_water_ms'])} "
+        f"(longest {_ms(a['longest_under_water_ms'])}); avg hold {_ms(a['avg_duration_ms'])}"
+        + (f"; {a['unfilled']} maker entries unfilled" if a["unfilled"] else "")
+        + (f"; only {a['trades']} trades: too few to read" if a["small_sample"] else "")
+    )
+    return out
+
+
+def outcomes_text(result: ReplayResult) -> str:
+    doc = outcomes_json(result, trades=False)
+    e = doc["exits"]
+    lines = [
+        f"outcomes ({result.tape_kind} tape; time stop {_ms(e['time_stop_ms'])}, market fills "
+        f"+{e['market_slip_bps']:g} bps, fees maker {e['fee_maker']} taker {e['fee_taker']}; "
+        f"P&L in USDT from {doc['figures']['capital']}):",
+        *figures_lines(doc["figures"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def attribution_text(label: str, doc: dict[str, Any], elapsed_s: float) -> str:
+    lines = [
+        f"what each rule earns under {label} (leave-one-out; contribution = P&L with the rule - "
+        f"without it, USDT; 95 % interval: {doc['blocks']} time blocks, {doc['resamples']} "
+        f"draws, seed {doc['seed']}; {elapsed_s:.1f} s):",
+        f"  {'rule':<8} {'contribution':>13} {'95 % interval':>25} {'Δtrades':>8} "
+        f"{'ΔmaxDD':>9} {'fired':>7}",
+    ]
+    for r in doc["rules"]:
+        lo, hi = r["ci95"]
+        flag = "" if r["distinguishable_from_zero"] else "  not distinguishable from zero"
+        if r["contribution"] == "0" and lo == hi == 0:
+            flag = "  no effect on this tape"
+        lines.append(
+            f"  {r['rule_id']:<8} {float(r['contribution']):>+13.4f} "
+            f"{f'[{lo:+.4f}, {hi:+.4f}]':>25} {r['d_trades']:>+8d} "
+            f"{float(r['d_max_drawdown']):>+9.4f} {r['fired']:>7}{flag}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -259,13 +370,18 @@ def diff_text(a: ReplayResult, b: ReplayResult, d: Diff, *, limit: int = 20) -> 
     for title, kind in (
         ("opens that became skips", "open_to_skip"),
         ("skips that became opens", "skip_to_open"),
-        ("other reason changes", "reason"),
     ):
         items = d.flips(kind)
         if items:
             more = f" (first {limit} of {len(items)})" if len(items) > limit else ""
             lines.append(f"{title}{more}:")
             lines += [_change_line(c) for c in items[:limit]]
+    minor = [c for c in d.changes if not c.material]
+    if minor:
+        lines.append(
+            f"{len(minor)} events changed only their skip reason or the rules fired (same "
+            "decision, size, SL and TP): not listed (--json has them)"
+        )
     sized = [c for c in d.changes if {"size", "tp_sl"} & set(c.kinds)]
     if sized:
         more = f" (first {limit} of {len(sized)})" if len(sized) > limit else ""

@@ -23,10 +23,16 @@ after the opening event's) or in events (``hold_events``: released before the ev
 places after the opening one, counting every event of the tape). S4 is assumed to accept every
 intent (a reservation is never released early).
 
+**Outcomes** (``exits=True``, what `s3 replay` does by default): instead of a fixed holding,
+every open is followed along the tape's later prices to its exit (`s3.replay.outcomes`: fill
+model, fees, funding, P&L) and its reservation is released before the first event after the
+exit's quote; the result carries the trades.
+
 **Clock.** ``now_ms`` of a decision is the recorded live clock reading when the tape holds that
 decision (``clock="recorded"``), else the event's ``ts`` plus ``latency_ms``.
 
-**Model.** The bundle's built-in model, called directly: a live model timeout is not reproduced.
+**Model.** The bundle's model (built-in or ONNX), called directly: a live model timeout is not
+reproduced.
 
 Deterministic: the same tape, bundle and configuration give the same outcomes, bit for bit.
 """
@@ -45,9 +51,10 @@ import msgspec
 from s3.adapters.redis_risk import to_units
 from s3.core import atr as atr_mod
 from s3.core.decide import BundleSnapshot, decide
-from s3.core.model import Model, build_model
+from s3.core.model import Model, model_of
 from s3.core.types import AtrState, Decision, DecisionInput, MarketState, Reservation
 from s3.errors import InputError
+from s3.replay.outcomes import OutcomeSim, Trade, tape_kind
 from s3.replay.tape import Tape, TapeEvent
 
 Clock = Literal["recorded", "tape"]
@@ -68,10 +75,15 @@ class ReplayConfig:
     """Force this health state for every event (what-if); None: the tape's."""
     kill_switch: str | None = None
     """Force this kill switch value for every event; None: the tape's."""
+    exits: bool = False
+    """Follow every open to its simulated exit (P&L); positions are released at their exit and
+    hold_ms/hold_events are ignored."""
 
     def describe(self) -> dict[str, Any]:
         return {
-            "hold": f"{self.hold_events} events"
+            "hold": "until the simulated exit"
+            if self.exits
+            else f"{self.hold_events} events"
             if self.hold_events is not None
             else (f"{self.hold_ms} ms of tape time" if self.hold_ms is not None else "never"),
             "latency_ms": self.latency_ms,
@@ -109,6 +121,8 @@ class _Position:
     units: int
     index: int
     ts: int
+    release_after: int | None = None
+    """With exits: released before the first event whose index is above this."""
 
 
 class SimRisk:
@@ -160,7 +174,11 @@ class SimRisk:
     def release_due(self, index: int, ts: int | None, cfg: ReplayConfig) -> None:
         if not self.positions:
             return
-        if cfg.hold_events is not None:
+        if cfg.exits:
+            due = [
+                p for p in self.positions if p.release_after is not None and p.release_after < index
+            ]
+        elif cfg.hold_events is not None:
             due = [p for p in self.positions if index - p.index >= cfg.hold_events]
         elif cfg.hold_ms is not None and ts is not None:
             due = [p for p in self.positions if ts - p.ts >= cfg.hold_ms]
@@ -215,6 +233,14 @@ class ReplayResult:
     open_at_end: int = 0
     elapsed_s: float = field(default=0.0, compare=False)
     """Wall time of the loop (not part of any deterministic output)."""
+    trades: list[Trade] = field(default_factory=list)
+    """With exits: every open followed to its outcome, in the order they opened."""
+    exits: bool = False
+    tape_kind: str = "quotes"
+    first_ts: int | None = None
+    last_ts: int | None = None
+    params: Any = field(default=None, compare=False, repr=False)
+    """The bundle's `EngineParams` (exit parameters, fees) for the reports."""
 
     @property
     def label(self) -> str:
@@ -235,7 +261,7 @@ def replay(
 ) -> ReplayResult:
     """Decide every event of ``tape`` with ``snap``; see the module docstring for the rules."""
     cfg = config or ReplayConfig()
-    model = model or build_model(snap.params.model)
+    model = model or model_of(snap)
     params = snap.params
     configured = params.symbols
     period = params.atr_period
@@ -246,6 +272,8 @@ def replay(
     recorded = tape.decisions if cfg.clock == "recorded" else {}
     force_health, force_kill = cfg.health, cfg.kill_switch
     budgets = cfg.budgets
+    sim = OutcomeSim(tape, params) if cfg.exits else None
+    trades: list[Trade] = []
     outcomes: list[Outcome] = []
     append = outcomes.append
     started = time.perf_counter()
@@ -334,12 +362,19 @@ def replay(
                     sentence=sentence,
                     intent=None,
                 )
+            elif sim is not None:
+                trade = sim.trade(ev, d)
+                trades.append(trade)
+                risk.positions[-1].release_after = trade.release_after
+        elif d.decision == "open" and sim is not None:
+            trades.append(sim.trade(ev, d))
         out = Outcome(index, symbol, ts, side, mid, d)
         if iid is not None:
             seen[iid] = out
         append(out)
     elapsed = time.perf_counter() - started
     rs = snap.ruleset
+    stamps = [e.ts for e in tape.events if e.ts is not None]
     return ReplayResult(
         bundle_id=snap.bundle_id,
         rev=rev,
@@ -354,6 +389,12 @@ def replay(
         released=risk.released,
         open_at_end=len(risk.positions),
         elapsed_s=elapsed,
+        trades=trades,
+        exits=cfg.exits,
+        tape_kind=tape_kind(tape) if cfg.exits else "quotes",
+        first_ts=min(stamps) if stamps else None,
+        last_ts=max(stamps) if stamps else None,
+        params=params,
     )
 
 
@@ -392,8 +433,20 @@ def _diff_paths(a: Any, b: Any, path: str, out: list[tuple[str, Any, Any]]) -> N
     elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _diff_paths(x, y, f"{path}[{i}]", out)
-    elif a != b or type(a) is not type(b):
+    elif not _same_value(a, b):
         out.append((path, a, b))
+
+
+def _is_number(v: Any) -> bool:
+    return type(v) is int or type(v) is float
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Numbers by value (ArangoDB hands a whole double back as an integer: a stored 1.0 reads
+    back 1), everything else by value and type (True is not 1, "1" is not 1)."""
+    if _is_number(a) and _is_number(b):
+        return bool(a == b)
+    return bool(a == b) and type(a) is type(b)
 
 
 def check_live(tape: Tape, result: ReplayResult) -> LiveCheck:

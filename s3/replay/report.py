@@ -396,7 +396,8 @@ def _reasons_table(sums: Sequence[Summary]) -> str:
 
 def _changes_table(d: Diff) -> str:
     rows = []
-    for c in d.changes[:MAX_TABLE_ROWS]:
+    listed = d.material()
+    for c in listed[:MAX_TABLE_ROWS]:
         a, b = c.a, c.b
         ra = a.get("reason_detail") or a.get("error")
         rb = b.get("reason_detail") or b.get("error")
@@ -419,11 +420,17 @@ def _changes_table(d: Diff) -> str:
             f"<td>{esc('; '.join(detail))}</td><td>{esc(c.cause)}</td></tr>"
         )
     more = (
-        f'<p class="note">first {MAX_TABLE_ROWS} of {len(d.changes)} changed events; '
+        f'<p class="note">first {MAX_TABLE_ROWS} of {len(listed)} changed events; '
         "the JSON output (--json) has all of them.</p>"
-        if len(d.changes) > MAX_TABLE_ROWS
+        if len(listed) > MAX_TABLE_ROWS
         else ""
     )
+    rest = len(d.changes) - len(listed)
+    if rest:
+        more += (
+            f'<p class="note">{rest} more events changed only their skip reason or the rules '
+            "fired (same decision, size, SL and TP): not listed; --json has them.</p>"
+        )
     return (
         "<table><tr><th>#</th><th>symbol</th><th>time (UTC)</th><th>side</th><th>change</th>"
         "<th>reason A → B</th><th>detail</th><th>cause</th></tr>"
@@ -460,7 +467,7 @@ def _never(s: Summary) -> str:
     return f"<p>{esc(s.label)}: {items}</p>"
 
 
-def html_report(result: ReplayResult) -> str:
+def html_report(result: ReplayResult, extra: str = "") -> str:
     s = summarize(result)
     cards = "".join(
         [
@@ -480,11 +487,12 @@ def html_report(result: ReplayResult) -> str:
         f"<h2>Size multiplier of opens</h2>{size_chart([s])}"
         f"<h2>Decisions by reason</h2>{_reasons_table([s])}"
         f"<h2>Rules that never fired</h2>{_never(s)}"
+        f"{extra}"
     )
     return _page(f"Replay: {s.label}", _sub(result), body)
 
 
-def html_diff(a: ReplayResult, b: ReplayResult, d: Diff) -> str:
+def html_diff(a: ReplayResult, b: ReplayResult, d: Diff, extra: str = "") -> str:
     sa, sb = d.a, d.b
 
     def delta(x: int, y: int) -> str:
@@ -514,5 +522,6 @@ def html_diff(a: ReplayResult, b: ReplayResult, d: Diff) -> str:
         f"<h2>Decisions by reason</h2>{_reasons_table([sa, sb])}"
         f"<h2>Events that changed</h2>{_changes_table(d)}"
         f"<h2>Rules that never fired</h2>{_never(sa)}{_never(sb)}"
+        f"{extra}"
     )
     return _page(f"A/B replay: {sa.label} vs {sb.label}", _sub(a), body)

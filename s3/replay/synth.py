@@ -8,8 +8,8 @@ independent of the flow and momentum the rules test, so vetoes such as R-023 (st
 the entry) do occur. The state is fixed: kill switch OFF, health GREEN, no
 `funding:next` key (the feature carries the funding).
 
-`synth_records` generates a random but plausible stream for two perpetuals: a mid that follows a
-random walk with changing volatility, a one-tick book that now and then widens, log-normal top
+`synth_records` generates a random but plausible stream for two perpetuals (with funding records
+on the 8 h grid, the walk's own rate): a mid that follows a random walk with changing volatility, a one-tick book that now and then widens, log-normal top
 depth with occasional crumbs, autocorrelated taker flow, drifting funding, the one-minute return,
 volatility and the trend/range label computed from the walk itself, state changes (health, now and
 then a kill switch, a `funding:next` key) and a few malformed entries. Same seed, same bytes.
@@ -26,11 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from s3.replay.tape import Event, Header, Record, State, stream_fields
+from s3.replay.tape import Event, Funding, Header, Record, State, stream_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "samples" / "features_real.jsonl"
+FUNDING = ROOT / "data" / "samples" / "funding_real.jsonl"
+"""The exchange's settled funding rates around the sample's windows (tools/derive_tapes.py)."""
 SYNTH_START_MS = 1_704_067_200_000  # 2024-01-01 00:00:00 UTC
+EIGHT_H_MS = 8 * 3_600_000
 
 
 # -- the real sample --------------------------------------------------------------------------------
@@ -52,6 +55,23 @@ def sample_records(
         fields = stream_fields(row)
         fields["side_hint"] = book_side(row)
         yield Event(symbol=row["symbol"], id="", fields=fields)
+
+
+def sample_funding(rows: list[dict[str, Any]], path: str | Path = FUNDING) -> list[Funding]:
+    """The settled funding rates of the rows' symbols within 8 h of their time span, as tape
+    records (so the outcome simulation can charge the funding a position crosses)."""
+    if not rows or not Path(path).is_file():
+        return []
+    lo = min(r["ts"] for r in rows) - EIGHT_H_MS
+    hi = max(r["ts"] for r in rows) + EIGHT_H_MS
+    symbols = {r["symbol"] for r in rows}
+    out = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            f = json.loads(line)
+            if f["symbol"] in symbols and lo <= f["time"] <= hi:
+                out.append(Funding(symbol=f["symbol"], time=f["time"], rate=f["rate"]))
+    return sorted(out, key=lambda f: (f.time, f.symbol))
 
 
 def sample_header(path: str | Path = SAMPLE, note: str = "") -> Header:
@@ -158,8 +178,13 @@ def synth_records(
     ts = start_ms
     health, kill = "GREEN", "OFF"
     funding_keys: dict[str, float] = {}
+    next_funding = (start_ms // EIGHT_H_MS + 1) * EIGHT_H_MS
     yield State(ts=ts, kill_switch=kill, health=health)
     for n in range(events):
+        while ts >= next_funding:  # the walk's funding settles on the 8 h grid (synthetic too)
+            for w in walks:
+                yield Funding(symbol=w.spec.symbol, time=next_funding, rate=round(w.funding, 8))
+            next_funding += EIGHT_H_MS
         if n and rng.random() < 1 / state_every:
             health = rng.choices([h for h, _ in HEALTH_WEIGHTS], [w for _, w in HEALTH_WEIGHTS])[0]
             kill = "ON" if rng.random() < 0.05 else "OFF"
@@ -183,6 +208,8 @@ def synth_records(
             fields["mid"] = rng.choice(("NaN", "", "abc"))
         yield Event(symbol=walk.spec.symbol, id="", fields=fields)
         ts += 500
+    for w in walks:  # the settlement after the last event (a position may still be open)
+        yield Funding(symbol=w.spec.symbol, time=next_funding, rate=round(w.funding, 8))
 
 
 def synth_header(events: int, seed: int) -> Header:

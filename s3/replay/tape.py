@@ -15,6 +15,10 @@ A tape is a header line and then records in the order the engine saw them:
   same way it failed live.
 - ``decision``: optional, what the live engine decided for (symbol, t0, side) (the store's
   `signals` record); the replay takes its clock reading from it and `--check-live` compares.
+- ``funding``: optional, one settled funding payment of the exchange's history
+  (``{"kind":"funding","symbol":"BTCUSDT","time":1721347200000,"rate":0.0001}``, rate per
+  interval, positive: longs pay). The outcome simulation charges it to every position open across
+  ``time``; a position that crosses a funding time the tape has no rate for fails the run.
 
 Budgets and concurrency are not on the tape: the replay simulates them (see `replay.py`).
 """
@@ -73,7 +77,15 @@ class LiveDecision(msgspec.Struct, frozen=True, tag="decision", tag_field="kind"
     """The full decision record the live engine stored (`signals.decision.record`)."""
 
 
-Record = Header | State | Event | LiveDecision
+class Funding(msgspec.Struct, frozen=True, tag="funding", tag_field="kind"):
+    symbol: str
+    time: int
+    """The settlement time (epoch ms, as the exchange's history gives it)."""
+    rate: float
+    """The settled rate for the interval (fraction; positive: longs pay shorts)."""
+
+
+Record = Header | State | Event | LiveDecision | Funding
 _decoder = msgspec.json.Decoder(Record)
 _encoder = msgspec.json.Encoder()
 
@@ -109,6 +121,8 @@ class Tape:
     decisions: dict[tuple[str, int, str], LiveDecision] = field(default_factory=dict)
     """Recorded live decisions by (symbol, t0_ms, side or "")."""
     path: str = ""
+    funding: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    """The funding history on the tape: (time, rate) by symbol, in time order."""
 
     @property
     def symbols(self) -> list[str]:
@@ -217,6 +231,7 @@ def load(path: str | Path, *, limit: int = 0) -> Tape:
     state = State(ts=0)
     events: list[TapeEvent] = []
     decisions: dict[tuple[str, int, str], LiveDecision] = {}
+    funding: list[Funding] = []
     for _, rec in iter_records(path):
         if isinstance(rec, Header):
             header = rec
@@ -226,11 +241,20 @@ def load(path: str | Path, *, limit: int = 0) -> Tape:
             if limit and len(events) >= limit:
                 continue
             events.append(prepare(len(events), rec, state))
+        elif isinstance(rec, Funding):
+            funding.append(rec)
         else:
             decisions[(rec.symbol, rec.t0_ms, rec.side or "")] = rec
     if header is None:
         raise TapeError(f"{path}: empty file, not a tape")
-    return Tape(header, events, decisions, str(path))
+    return Tape(header, events, decisions, str(path), _funding_table(funding))
+
+
+def _funding_table(records: Iterable[Funding]) -> dict[str, list[tuple[int, float]]]:
+    table: dict[str, dict[int, float]] = {}
+    for r in records:
+        table.setdefault(r.symbol, {})[r.time] = r.rate
+    return {s: sorted(t.items()) for s, t in sorted(table.items())}
 
 
 def from_records(header: Header, records: Iterable[Record]) -> Tape:
@@ -238,6 +262,7 @@ def from_records(header: Header, records: Iterable[Record]) -> Tape:
     state = State(ts=0)
     events: list[TapeEvent] = []
     decisions: dict[tuple[str, int, str], LiveDecision] = {}
+    funding: list[Funding] = []
     for rec in records:
         if isinstance(rec, State):
             state = rec
@@ -245,7 +270,9 @@ def from_records(header: Header, records: Iterable[Record]) -> Tape:
             events.append(prepare(len(events), rec, state))
         elif isinstance(rec, LiveDecision):
             decisions[(rec.symbol, rec.t0_ms, rec.side or "")] = rec
-    return Tape(header, events, decisions)
+        elif isinstance(rec, Funding):
+            funding.append(rec)
+    return Tape(header, events, decisions, funding=_funding_table(funding))
 
 
 def stream_fields(row: dict[str, Any]) -> dict[str, str]:

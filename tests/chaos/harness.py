@@ -143,7 +143,14 @@ class ChaosConfig:
     slow_malformed: bool = True
     """Include malformations only the decision finds (dead-lettered after max_attempts)."""
     reloads: bool = True
-    """Publish rev 2 at 35 %, a broken rev 3 at 55 % and rev 4 at 70 % of the run."""
+    """Publish rev 2 at 35 %, a broken rev 3 at 55 % and rev 4 at 70 % of the run; rev 4 only
+    once an instance has rejected rev 3 (as an operator fixes a bad publish once told)."""
+    rejection_wait_s: float = 30.0
+    """How long the broken rev 3 may stay in force with no instance rejecting it (a failure)."""
+    after_last_reload_s: float = 1.5
+    """The feed runs at least this long after rev 4 was published (decisions under rev 4)."""
+    ready_timeout_s: float = 90.0
+    """How long the first workers may take to start (seconds each on a loaded 2-core box)."""
     min_idle_ms: int = 1500
     max_feature_age_ms: int = 5_000
     stale_after_sec: float = 30.0
@@ -155,12 +162,18 @@ class ChaosConfig:
     redis_timeout_s: float = 1.0
     drain_timeout_s: float = 40.0
     seed: int = 7
+    worker_env: dict[str, str] = field(default_factory=dict)
+    """Extra environment of the worker processes (e.g. CHAOS_MODEL_FAULTS, see worker_proc)."""
 
 
 @dataclass
 class Report:
     name: str
     seconds: float = 0.0
+    seed: int | None = None
+    """The scenario's seed (None for the reports that are not scenarios)."""
+    key: str = ""
+    """The scenario's name in `SCENARIOS` (``-k`` of ``python -m tests.chaos``)."""
     pushed: int = 0
     malformed: int = 0
     decided: int = 0
@@ -179,7 +192,13 @@ class Report:
 
     def render(self) -> str:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"
-        lines = [f"== {self.name}: {'PASS' if self.ok else 'FAIL'} in {self.seconds:.1f} s"]
+        seed = "" if self.seed is None else f" (seed {self.seed})"
+        lines = [f"== {self.name}: {'PASS' if self.ok else 'FAIL'} in {self.seconds:.1f} s{seed}"]
+        if not self.ok and self.seed is not None:
+            lines.append(
+                f"   again with the same random choices: python -m tests.chaos -k {self.key or '...'}"
+                f" --seed {self.seed} --keep"
+            )
         if self.summary is not None:
             lines.append(f"   {self.summary}")
         else:
@@ -208,7 +227,8 @@ class ChaosEnv:
     def __init__(self, cfg: ChaosConfig, tmp: Path):
         self.cfg = cfg
         self.tmp = tmp
-        self.rng = random.Random(cfg.seed)
+        self._rngs: dict[str, random.Random] = {}
+        self._spawns: Counter[int] = Counter()
         self.faults: Counter[str] = Counter()
         self.notes: list[str] = []
         self.pushed: list[Pushed] = []
@@ -217,6 +237,9 @@ class ChaosEnv:
         self.stop_feed = threading.Event()
         self.stop_all = threading.Event()
         self.feed_paused = threading.Event()
+        self.reloads_done = threading.Event()
+        self.last_publish = 0.0
+        """When rev 4 was published (monotonic)."""
         self.feed_quiet: list[tuple[int, int]] = []
         """(from_ms, to_ms) windows in which the feed appended nothing."""
         self._last_ts: dict[str, int] = {}
@@ -233,6 +256,15 @@ class ChaosEnv:
         self.redis: RedisServer | None = None
         self.proxy: JitterProxy | None = None
         self.s4: RecordingS4 | None = None
+
+    def rng(self, name: str) -> random.Random:
+        """The generator of one thread (``feed``, ``faults``, ``kill9``, ``gap``, ``probe``...),
+        seeded from the scenario's seed and its name: each thread draws the same sequence in
+        every run of that seed, whatever the others do and whenever they do it."""
+        gen = self._rngs.get(name)
+        if gen is None:
+            gen = self._rngs[name] = random.Random(f"{self.cfg.seed}:{name}")
+        return gen
 
     # -- start and stop ---------------------------------------------------------------------------
     def start(self) -> ChaosEnv:
@@ -263,7 +295,29 @@ class ChaosEnv:
                 )
         for i in range(self.cfg.workers):
             self.spawn(i)
+        self.wait_ready()
         return self
+
+    def wait_ready(self) -> None:
+        """Until every first worker says it is up (serving, its reload watch running): on a loaded
+        2-core machine a start takes seconds, and a scenario whose feed and reloads began before
+        any worker was up would test little but the backlog."""
+        begun = time.monotonic()
+        deadline = begun + self.cfg.ready_timeout_s
+        waiting = list(self.procs)
+        while waiting:
+            for p in list(waiting):
+                log = self._logs.get(p.pid)
+                text = log.read_text(errors="replace") if log and log.exists() else ""
+                if f"chaos worker {p.pid} up" in text or p.poll() is not None:
+                    waiting.remove(p)  # up, or died starting (the supervisor replaces it)
+            if waiting and time.monotonic() > deadline:
+                self.notes.append(
+                    f"{len(waiting)} worker(s) not up after {self.cfg.ready_timeout_s} s"
+                )
+                return
+            time.sleep(0.05)
+        self.notes.append(f"workers up {time.monotonic() - begun:.1f} s after their start")
 
     def bundle(self, rev: int, broken: str | None = None) -> Path:
         return write_bundle(
@@ -294,10 +348,15 @@ class ChaosEnv:
             "S3_PENDING_MAX_AGE_MS": str(c.pending_max_age_ms),
             "S3_CONFIG_POLL_SEC": "1.0",
             "PYTHONUNBUFFERED": "1",
+            **c.worker_env,
         }
 
     def spawn(self, slot: int) -> subprocess.Popen[bytes]:
         self._seq += 1
+        self._spawns[slot] += 1
+        # the crash points' generator: from the seed, the slot and its restarts, not from the
+        # moment the supervisor spawned it
+        crash_seed = random.Random(f"{self.cfg.seed}:worker:{slot}:{self._spawns[slot]}")
         args = [
             sys.executable,
             "-m",
@@ -307,7 +366,7 @@ class ChaosEnv:
             "--consumer",
             f"w{slot}-{self._seq}",
             "--seed",
-            str(self.rng.randrange(1 << 30)),
+            str(crash_seed.randrange(1 << 30)),
         ]
         if self.cfg.crash_p > 0:
             args += ["--crash-p", str(self.cfg.crash_p), "--crash-log", str(self.crash_log)]
@@ -330,12 +389,16 @@ class ChaosEnv:
                 self.procs.append(proc)
         return proc
 
-    def kill_random_worker(self) -> None:
+    def kill_random_worker(self, rng: random.Random) -> None:
+        """SIGKILL the worker of a slot drawn from ``rng`` (the calling thread's), or, if that
+        one is being restarted, of the next live slot."""
         with self._procs_lock:
-            alive = [p for p in self.procs if p.poll() is None]
+            n = len(self.procs)
+            first = rng.randrange(n)
+            alive = [p for p in (self.procs[(first + i) % n] for i in range(n)) if p.poll() is None]
             if not alive:
                 return
-            victim = self.rng.choice(alive)
+            victim = alive[0]
             self._killed_by_us.add(victim.pid)
         victim.send_signal(signal.SIGKILL)
         self.faults["worker kill -9 (external)"] += 1
@@ -423,11 +486,15 @@ class ChaosEnv:
         self._last_ts[symbol] = ts
         return ts
 
-    def event_fields(self, symbol: str, ts: int, side: str) -> dict[str, str]:
+    def event_fields(
+        self, symbol: str, ts: int, side: str, rng: random.Random | None = None
+    ) -> dict[str, str]:
+        """One well-formed event; ``rng``: the calling thread's generator (default the feed's)."""
+        rng = rng or self.rng("feed")
         base = {k: v for k, v in EXAMPLES[symbol].items() if k not in ("symbol", "side", "ts")}
-        r = self.rng.random()
-        base["mid"] = float(base["mid"]) * (1 + self.rng.uniform(-0.002, 0.002))
-        base["spread_bps"] = round(self.rng.uniform(0.005, 0.4), 5)
+        r = rng.random()
+        base["mid"] = float(base["mid"]) * (1 + rng.uniform(-0.002, 0.002))
+        base["spread_bps"] = round(rng.uniform(0.005, 0.4), 5)
         if r < 0.08:
             base["funding_next"] = 0.0009  # the funding gate skips it
         elif r < 0.12:
@@ -455,13 +522,14 @@ class ChaosEnv:
         self, symbol: str, ts: int, *, slow: bool
     ) -> tuple[dict[str, str], str, str | None]:
         """The next malformation, every kind in turn (shuffled), so each run has them all.
-        ``slow``: include those only the decision finds (retried up to max_attempts)."""
+        ``slow``: include those only the decision finds (dead-lettered as INPUT.* at once)."""
+        rng = self.rng("feed")
         if not self._malformed:
             self._malformed = list(self.MALFORMED)
-            self.rng.shuffle(self._malformed)
+            rng.shuffle(self._malformed)
         pick = next((m for m in self._malformed if slow or m[0] != "HANDLER"), None)
         if pick is None:
-            pick = self.rng.choice([m for m in self.MALFORMED if m[0] != "HANDLER"])
+            pick = rng.choice([m for m in self.MALFORMED if m[0] != "HANDLER"])
         else:
             self._malformed.remove(pick)
         code, what = pick
@@ -514,6 +582,7 @@ class ChaosEnv:
 
     def feed(self) -> None:
         period = 1.0 / self.cfg.rate
+        rng = self.rng("feed")
         started = next_at = time.monotonic()
         quiet_from: int | None = None
         while not self.stop_feed.is_set():
@@ -528,16 +597,16 @@ class ChaosEnv:
                 quiet_from = None
             next_at += period
             time.sleep(max(0.0, next_at - time.monotonic()))
-            symbol = self.rng.choice(SYMBOLS)
+            symbol = rng.choice(SYMBOLS)
             ts = self.next_ts(symbol)
-            if self.rng.random() < self.cfg.malformed:
+            if rng.random() < self.cfg.malformed:
                 # Those retried to max_attempts only early on: the run then ends without waiting
                 # for their last delivery.
                 slow = self.cfg.slow_malformed and time.monotonic() - started < self.cfg.seconds / 2
                 fields, code, side = self.malformed_fields(symbol, ts, slow=slow)
                 self.push(symbol, fields, ts, side, code)
             else:
-                side = self.rng.choice(("BUY", "SELL"))
+                side = rng.choice(("BUY", "SELL"))
                 self.push(symbol, self.event_fields(symbol, ts, side), ts, side, "decide")
 
     # -- the rest of the world --------------------------------------------------------------------
@@ -559,22 +628,59 @@ class ChaosEnv:
                 self.monitor.sample(self.ledger, self.limits)
 
     def reloads(self, started: float) -> None:
+        """Publish rev 2, the broken rev 3 and rev 4 on schedule; rev 4 only once an instance
+        rejected rev 3 (bounded by ``rejection_wait_s``). The feed runs until this is done.
+
+        Why wait: an instance can only reject a revision it read. Rev 3 in force for 1.3 s (its
+        slot in an 8 s feed) while no instance is up to read it (every one killed, or restarting,
+        a start taking seconds under load), or while instances are slow to poll, then superseded
+        by rev 4, was rejected by nobody: the check failed about one run in four, on no fault of
+        the engine. The publisher (`s3 bundle publish`) refuses a bundle that does not build, so
+        a broken rev in the store comes from elsewhere and stays in force until someone replaces
+        it; each instance that reads it rejects it (at startup too) and records why."""
         plan = [
             (0.35, 2, None),
             (0.55, 3, 'rule R-BROKEN "unterminated" priority 1\n  when mid >\n  then skip_entry\n'),
             (0.70, 4, None),
         ]
-        for at, rev, broken in plan:
-            wait = started + at * self.cfg.seconds - time.monotonic()
-            if self.stop_feed.wait(max(0.0, wait)):
-                return
-            root = self.bundle(rev, broken)
-            self.retry(
-                lambda r=root, rv=rev: publish(  # type: ignore[misc]
-                    self.store, self.client, self.keys, r, reason=f"chaos rev {rv}"
+        try:
+            for at, rev, broken in plan:
+                wait = started + at * self.cfg.seconds - time.monotonic()
+                if self.stop_all.wait(max(0.0, wait)):
+                    return
+                root = self.bundle(rev, broken)
+                self.retry(
+                    lambda r=root, rv=rev: publish(  # type: ignore[misc]
+                        self.store, self.client, self.keys, r, reason=f"chaos rev {rv}"
+                    )
                 )
-            )
-            self.faults["bundle reload" if broken is None else "broken bundle published"] += 1
+                self.last_publish = time.monotonic()
+                self.faults["bundle reload" if broken is None else "broken bundle published"] += 1
+                if broken is not None:
+                    self.await_rejection(rev)
+        finally:
+            self.reloads_done.set()
+
+    def await_rejection(self, rev: int) -> None:
+        """Until a CONFIG_REJECTED event for ``rev`` is in the store (bounded); the delay is
+        noted, a timeout too (the reload check then fails)."""
+        published = time.monotonic()
+        deadline = published + self.cfg.rejection_wait_s
+        while not self.stop_all.is_set():
+            if any(
+                e.detail.get("rev") == rev
+                for e in self.store.events_by_kind("CONFIG_REJECTED", limit=50)
+            ):
+                self.notes.append(
+                    f"broken rev {rev} rejected {time.monotonic() - published:.1f} s after its publish"
+                )
+                return
+            if time.monotonic() > deadline:
+                self.notes.append(
+                    f"broken rev {rev} in force {self.cfg.rejection_wait_s:.0f} s, rejected by no instance"
+                )
+                return
+            time.sleep(0.1)
 
     # -- recovery ---------------------------------------------------------------------------------
     def drain(self) -> bool:
@@ -648,7 +754,7 @@ class ChaosEnv:
 
         c = Check("idempotency", "a retried decision returns the first result (probe)")
         candidates = [p for p in self.pushed if p.expect == "decide"]
-        for p in self.rng.sample(candidates, min(sample, len(candidates))):
+        for p in self.rng("probe").sample(candidates, min(sample, len(candidates))):
             parsed = parse_feature_entry(p.fields, symbol=p.symbol)
             features = dict(parsed.features)  # type: ignore[union-attr]
             side = features.pop("side_hint", None)
@@ -677,15 +783,20 @@ def run_scenario(
     cfg: ChaosConfig,
     faults: Callable[[ChaosEnv, float], None] | None = None,
     extra_checks: Callable[[ChaosEnv], list[Check]] | None = None,
+    *,
+    key: str = "",
 ) -> Report:
     """Start everything, feed for ``cfg.seconds`` while ``faults(env, started)`` runs, recover,
     self-heal, check every invariant; always tears down; the report goes to `REPORTS`."""
     tmp = Path(tempfile.mkdtemp(prefix=f"s3-chaos-{cfg.name}-"))
-    report = Report(cfg.name)
+    report = Report(cfg.name, seed=cfg.seed, key=key)
     t0 = time.monotonic()
     env = ChaosEnv(cfg, tmp)
     try:
         env.start()
+        # Before the feed's first append the streams are empty: a heartbeat that marks them
+        # stale then is right (nothing was ever appended), as if quiet since forever.
+        env.feed_quiet.append((0, int(time.time() * 1000)))
         started = time.monotonic()
         feed = threading.Thread(target=env.feed, name="feed", daemon=True)
         feed.start()
@@ -701,6 +812,9 @@ def run_scenario(
             )
             fault_thread.start()
         env.stop_feed.wait(cfg.seconds)
+        if cfg.reloads:  # the feed goes on until rev 4 is out, and a little after
+            env.reloads_done.wait(cfg.rejection_wait_s + 30)
+            env.stop_feed.wait(env.last_publish + cfg.after_last_reload_s - time.monotonic())
         env.stop_feed.set()
         feed.join(timeout=30)  # its last append lands before the drain starts
         env.feed_quiet.append((int(time.time() * 1000), 1 << 62))  # the feed has ended
@@ -738,6 +852,12 @@ def run_scenario(
         report.faults.update(env.faults)
         report.notes.extend(env.notes)
         report.notes.extend(f"{n} worker(s) {why}" for why, n in env.exits.items())
+        lost = sum(
+            path.read_text(errors="replace").count("was taken over by another consumer")
+            for path in tmp.glob("worker-*.log")
+        )
+        if lost:
+            report.notes.append(f"{lost} entries found taken over by another consumer, left to it")
         if env.crash_log.exists():
             points = Counter(
                 line.split()[1] for line in env.crash_log.read_text().splitlines() if line

@@ -382,6 +382,8 @@ def check_all(
                 "HANDLER",
                 "ATTEMPTS",  # its consumers died before it failed max_attempts times: still a reason
             )
+            # the engine refused it as input (INPUT.BAD_SIDE, ...): dead-lettered at once
+            and not str(dl.get("error_code")).startswith("INPUT.")
         ):
             c.fail(f"{p.symbol} {p.entry_id}: dead-lettered as {dl.get('error_code')}, not HANDLER")
     checks.append(c)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -29,8 +30,9 @@ def kill9_faults(env: ChaosEnv, started: float) -> None:
     """SIGKILL a random worker every 0.8-1.6 s (``cfg.kill_every``); the workers also kill
     themselves at crash points."""
     low, high = env.cfg.kill_every
-    while not env.stop_feed.wait(env.rng.uniform(low, high)):
-        env.kill_random_worker()
+    rng = env.rng("kill9")
+    while not env.stop_feed.wait(rng.uniform(low, high)):
+        env.kill_random_worker(rng)
 
 
 KILL9 = ChaosConfig("kill -9 workers", seconds=9.0, workers=3, crash_p=0.004)
@@ -40,13 +42,14 @@ KILL9 = ChaosConfig("kill -9 workers", seconds=9.0, workers=3, crash_p=0.004)
 def redis_restart_faults(env: ChaosEnv, started: float) -> None:
     """kill -9 Redis and start it again (append-only file) twice; a worker kill in between."""
     n = max(2, int(env.cfg.seconds / 5))
+    rng = env.rng("redis_restart")
     for i in range(n):
         if not _at(env, started, (i + 0.5) / (n + 0.5)):
             return
-        env.restart_redis(down_s=env.rng.uniform(0.3, 1.2))
+        env.restart_redis(down_s=rng.uniform(0.3, 1.2))
         if env.stop_feed.wait(1.0):
             return
-        env.kill_random_worker()
+        env.kill_random_worker(rng)
 
 
 REDIS_RESTART = ChaosConfig("Redis restarted mid-load", seconds=8.0, workers=2, aof=True)
@@ -63,7 +66,8 @@ def jitter_faults(env: ChaosEnv, started: float) -> None:
     env.faults["proxy latency+jitter (whole run)"] += 1
     next_big = time.monotonic() + 0.4 * min(env.cfg.seconds, 8.0)
     stall = True
-    while not env.stop_feed.wait(env.rng.uniform(0.3, 0.7)):
+    rng = env.rng("jitter")
+    while not env.stop_feed.wait(rng.uniform(0.3, 0.7)):
         if proxy.drop_one():
             env.faults["proxy connection dropped"] += 1
         if time.monotonic() < next_big:
@@ -78,7 +82,7 @@ def jitter_faults(env: ChaosEnv, started: float) -> None:
             time.sleep(0.6)
             proxy.refuse = False
         stall = not stall
-        next_big = time.monotonic() + env.rng.uniform(1.6, 4.0)
+        next_big = time.monotonic() + rng.uniform(1.6, 4.0)
     env.faults["proxy connection dropped mid-command"] += proxy.stats.chunk_drops
 
 
@@ -93,9 +97,10 @@ def feed_gap_faults(env: ChaosEnv, started: float) -> None:
     if not _at(env, started, 0.4 if env.cfg.seconds < 20 else 0.1):
         return
     env.backlog = []  # type: ignore[attr-defined]
+    rng = env.rng("gap")
     while True:
         gap(env)
-        if env.stop_feed.wait(env.rng.uniform(10.0, 14.0)):
+        if env.stop_feed.wait(rng.uniform(10.0, 14.0)):
             return
         if time.monotonic() - started > env.cfg.seconds - 6:
             return
@@ -106,8 +111,9 @@ def gap(env: ChaosEnv) -> None:
     env.feed_paused.set()
     paused_ms = int(time.time() * 1000)
     env.faults[f"feed stopped {gap_s:.1f} s"] += 1
+    rng = env.rng("gap")
     for symbol in SYMBOLS:
-        fields: dict[Any, Any] = env.event_fields(symbol, paused_ms, "BUY")
+        fields: dict[Any, Any] = env.event_fields(symbol, paused_ms, "BUY", rng)
         key = env.keys.feat_last(symbol)
         env.retry(functools.partial(env.client.hset, key, mapping=fields))
     time.sleep(gap_s)
@@ -115,7 +121,7 @@ def gap(env: ChaosEnv) -> None:
         symbol = SYMBOLS[i % 2]
         ts = env.next_ts(symbol, paused_ms + 10 * i)
         side = "BUY" if i % 3 else "SELL"
-        env.push(symbol, env.event_fields(symbol, ts, side), ts, side, "decide")
+        env.push(symbol, env.event_fields(symbol, ts, side, rng), ts, side, "decide")
         env.backlog.append(env.pushed[-1])  # type: ignore[attr-defined]
     if getattr(env, "resumed_ms", None) is None:
         env.resumed_ms = int(time.time() * 1000)  # type: ignore[attr-defined]
@@ -177,16 +183,17 @@ def s4_faults(env: ChaosEnv, started: float) -> None:
         ("accept_late", 900, "S4 accepts after the client gave up"),
     ]
     i = 0
-    while not env.stop_feed.wait(env.rng.uniform(0.3, 0.6)):
+    rng = env.rng("s4")
+    while not env.stop_feed.wait(rng.uniform(0.3, 0.6)):
         mode, delay, label = modes[i % len(modes)]
         i += 1
         s4.set_mode(mode, delay_ms=delay)
         env.faults[label + " (window)"] += 1
-        if env.stop_feed.wait(env.rng.uniform(0.6, 1.2)):
+        if env.stop_feed.wait(rng.uniform(0.6, 1.2)):
             break
         s4.set_mode("ok")
         if i % 3 == 0:
-            env.kill_random_worker()
+            env.kill_random_worker(rng)
     s4.set_mode("ok")
 
 
@@ -247,6 +254,71 @@ EVERYTHING = ChaosConfig(
 )
 
 
+# -- the L2 model misbehaves ------------------------------------------------------------------------
+MODEL_FAULTS_ENV = "raise_every=3,sleep_every=4,sleep_s=0.25"
+
+
+def model_fault_checks(env: ChaosEnv) -> list[Check]:
+    """The workers' model raised on every 3rd call and slept past its deadline on others:
+    every such decision is degraded to x1.0 with its reason, and the others kept their p."""
+    obs = env.observed  # type: ignore[attr-defined]
+    c = Check("model", "a failing or late model degrades to size_mult_ml = 1.0 with its reason")
+    reasons: Counter[str] = Counter()
+    for recs in obs.signals.values():
+        for r in recs:
+            rec = r["record"]
+            why = rec.get("model_degraded")
+            if why is None and rec.get("model_p") is None:
+                continue  # decided before L2 (a gate, a veto)
+            c.checked += 1
+            if why is None:
+                p = rec["model_p"]
+                reasons["p"] += 1
+                band = 1.2 if p > 0.85 else 1.0 if p >= 0.6 else 0.5 if p >= 0.4 else None
+                got = rec.get("size_mult_ml") if rec.get("reason") != "MODEL" else None
+                if not 0.0 <= p <= 1.0 or got != band:
+                    c.fail(f"{rec.get('symbol')} {rec.get('t0_ms')}: p {p} -> x{got}, not x{band}")
+                continue
+            reasons[why.split(":")[0]] += 1
+            if rec.get("model_p") is not None or rec.get("size_mult_ml") != 1.0:
+                c.fail(
+                    f"{rec.get('symbol')} {rec.get('t0_ms')}: degraded ({why}) but p "
+                    f"{rec.get('model_p')}, size_mult_ml {rec.get('size_mult_ml')}"
+                )
+            if why.startswith("MODEL.ERROR") and "chaos: model raises on call" not in why:
+                c.fail(f"unexpected model error: {why}")
+            if rec.get("decision") == "open":  # sized with x1.0: rules (clamped) x health
+                want = min(max(rec["size_mult_rules"], 0.25), 2.0) * rec["health_factor"]
+                if abs(rec["size_mult"] - want) > 1e-9:
+                    c.fail(
+                        f"{rec.get('symbol')} {rec.get('t0_ms')}: size_mult "
+                        f"{rec['size_mult']} != rules x health {want}"
+                    )
+    for need in ("MODEL.ERROR", "MODEL.TIMEOUT", "p"):
+        if reasons[need] == 0:
+            c.fail(f"no decision with {need}: the faults did not bite")
+    env.notes.append(
+        "model: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) + " decisions"
+    )
+    return [c]
+
+
+def model_faults(env: ChaosEnv, started: float) -> None:
+    """The faults are in the workers (CHAOS_MODEL_FAULTS): the model raises on every 3rd call
+    and sleeps 0.25 s (five times its 50 ms deadline) on every 4th."""
+    env.faults["model raises every 3rd call, sleeps 0.25 s every 4th (in each worker)"] += 1
+
+
+MODEL_FAULTS = ChaosConfig(
+    "model raises every 3rd call, sleeps past its deadline",
+    seconds=12.0,  # the reloads come later: workers slow to start still see rev 3 rejected
+    workers=2,
+    # events decided late (a slow worker start on a loaded machine) still reach the model
+    max_feature_age_ms=60_000,
+    worker_env={"CHAOS_MODEL_FAULTS": MODEL_FAULTS_ENV},
+)
+
+
 SCENARIOS: dict[str, tuple[ChaosConfig, Faults, Callable[[ChaosEnv], list[Check]] | None]] = {
     "kill9": (KILL9, kill9_faults, None),
     "redis_restart": (REDIS_RESTART, redis_restart_faults, None),
@@ -254,6 +326,7 @@ SCENARIOS: dict[str, tuple[ChaosConfig, Faults, Callable[[ChaosEnv], list[Check]
     "feed_gap": (FEED_GAP, feed_gap_faults, feed_gap_checks),
     "s4_faults": (S4_FAULTS, s4_faults, s4_checks),
     "everything": (EVERYTHING, everything_faults, s4_checks),
+    "model_faults": (MODEL_FAULTS, model_faults, model_fault_checks),
 }
 
 
@@ -265,4 +338,4 @@ def run(name: str, *, scale: float = 1.0, seed: int | None = None) -> Report:
         drain_timeout_s=cfg.drain_timeout_s + 10 * scale,
         seed=cfg.seed if seed is None else seed,
     )
-    return run_scenario(cfg, faults, checks)
+    return run_scenario(cfg, faults, checks, key=name)

@@ -29,6 +29,7 @@ import os
 import random
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.crash_p > 0:
         _arm(service, runner, args.crash_p, args.crash_log, random.Random(args.seed))
+    if os.environ.get("CHAOS_MODEL_FAULTS"):
+        _faulty_model(service, os.environ["CHAOS_MODEL_FAULTS"])
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -118,6 +121,48 @@ def _arm(service: Any, runner: Any, p: float, log_path: str, rng: random.Random)
     worker = runner.worker
     worker.handler = before("handle", worker.handler)
     worker.client.xack = before("ack", worker.client.xack)
+
+
+class FaultyModel:
+    """The bundle's model, misbehaving: every ``raise_every``-th call raises, every
+    ``sleep_every``-th call (of the others) sleeps ``sleep_s`` (past the deadline) first."""
+
+    def __init__(self, inner: Any, raise_every: int, sleep_every: int, sleep_s: float):
+        self.inner, self.raise_every, self.sleep_every, self.sleep_s = (
+            inner,
+            raise_every,
+            sleep_every,
+            sleep_s,
+        )
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, features: Any) -> Any:
+        with self._lock:
+            self.calls += 1
+            n = self.calls
+        if self.raise_every and n % self.raise_every == 0:
+            raise RuntimeError(f"chaos: model raises on call {n}")
+        if self.sleep_every and n % self.sleep_every == 0:
+            time.sleep(self.sleep_s)
+        return self.inner(features)
+
+
+def _faulty_model(service: Any, spec: str) -> None:
+    """``CHAOS_MODEL_FAULTS="raise_every=3,sleep_every=4,sleep_s=0.3"``: every revision's model
+    wrapped in `FaultyModel`, run by the production deadline runner."""
+    from s3.adapters.model_runner import DeadlineModel
+    from s3.core.model import model_of
+
+    kv = dict(item.split("=", 1) for item in spec.split(",") if item)
+    raise_every, sleep_every = int(kv.get("raise_every", 3)), int(kv.get("sleep_every", 4))
+    sleep_s = float(kv.get("sleep_s", 0.3))
+
+    def factory(snap: Any) -> Any:
+        faulty = FaultyModel(model_of(snap), raise_every, sleep_every, sleep_s)
+        return DeadlineModel(faulty, snap.params.model.deadline_ms)
+
+    service.engine.model_factory = factory
 
 
 if __name__ == "__main__":

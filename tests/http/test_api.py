@@ -179,7 +179,7 @@ def test_model_timeout_degrades(tmp_path: Path, redis_server: RedisServer, s4: S
         svc.close()
     assert (
         body["decision"] == "open"
-        and body["model_degraded"] == "model_timeout: no answer within 20 ms"
+        and body["model_degraded"] == "MODEL.TIMEOUT: no answer within 20 ms"
     )
     assert body["model_p"] is None
 
@@ -317,6 +317,7 @@ def test_health_and_metrics_and_openapi(client: TestClient[Any]) -> None:
         "rules_loaded": 31,
         "bundle_id": "default",
         "streams": "ok",
+        "config": "ok",
         "degraded": [],
     }
     decide(client)

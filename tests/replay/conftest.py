@@ -26,6 +26,7 @@ DEFAULT = ROOT / "rulesets" / "default"
 TAPES = ROOT / "data" / "tapes"
 REAL = TAPES / "real_sample.jsonl.gz"
 SMALL = TAPES / "real_window_a_40.jsonl"
+DENSE = TAPES / "real_window_c_dense.jsonl.gz"
 
 
 def make_bundle_b(root: Path) -> Path:
@@ -66,6 +67,12 @@ def b_snap(bundle_b_dir: Path) -> BundleSnapshot:
 @pytest.fixture(scope="session")
 def real_tape() -> Tape:
     return load(REAL)
+
+
+@pytest.fixture(scope="session")
+def dense_tape() -> Tape:
+    """data/tapes/real_window_c_dense.jsonl.gz: 94,331 real quotes, loaded once per session."""
+    return load(DENSE)
 
 
 @pytest.fixture

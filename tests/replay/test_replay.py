@@ -107,6 +107,8 @@ def test_cli_snapshot_file_is_the_syrupy_snapshot(tmp_path: Path) -> None:
             str(DEFAULT),
             "--limit",
             "16",
+            "--hold-ms",  # the library's default (the CLI's is the outcome simulation)
+            "60000",
             "--quiet",
             "--snapshot",
             str(out),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from s3.replay.tape import (
     LiveDecision,
     Record,
     State,
+    Tape,
     TapeError,
     iter_records,
     load,
@@ -122,3 +124,30 @@ def test_shipped_tapes_match_their_sources() -> None:
     small = load(SMALL)
     assert len(small.events) == 40 and small.events[0].ts == 1723161317000
     assert {e.symbol for e in small.events} == {"BTCUSDT", "ETHUSDT"}
+
+
+def test_shipped_tapes_carry_the_touch() -> None:
+    """Every real event carries the exchange's bid and ask; mid and spread are derived from them."""
+    for path in (REAL, SMALL):
+        for e in load(path).events:
+            f = e.features
+            assert f is not None and f["bid"] < f["ask"]
+            assert f["mid"] == round((f["bid"] + f["ask"]) / 2, 4)
+
+
+def test_dense_tape_is_one_event_per_quote(dense_tape: Tape) -> None:
+    """data/tapes/real_window_c_dense.jsonl.gz: every bookTicker row of window C after the warm-up."""
+    tape = dense_tape
+    assert len(tape.events) == 94_331
+    assert [tape.events[0].ts, tape.events[-1].ts] == [1721347083025, 1721347502291]
+    per_symbol = {s: sum(e.symbol == s for e in tape.events) for s in ("BTCUSDT", "ETHUSDT")}
+    assert per_symbol == {"BTCUSDT": 49_965, "ETHUSDT": 44_366}
+    tick = {"BTCUSDT": Decimal("0.1"), "ETHUSDT": Decimal("0.01")}
+    last = 0
+    for e in tape.events:
+        f = e.features
+        assert f is not None and e.error is None and e.ts is not None and e.ts >= last
+        last = e.ts
+        bid, ask = f["bid"], f["ask"]
+        assert bid < ask and f["mid"] == round((bid + ask) / 2, 4)
+        assert Decimal(repr(bid)) % tick[e.symbol] == 0 == Decimal(repr(ask)) % tick[e.symbol]

@@ -303,3 +303,27 @@ def test_serve_refuses_bad_settings_with_a_clear_error(
     monkeypatch.setenv("S3_REDIS_ADDRESSES", "nohostport")
     assert main(["serve", "--port", "0"]) == 2  # any free port: 8080 may be taken here
     assert "S3_REDIS_ADDRESSES: 'nohostport' is not host:port" in capsys.readouterr().err
+
+
+def test_events_in_one_millisecond_are_counted(service: Service) -> None:
+    """Three events of BTCUSDT in one ms: the second (same side) gets the first decision back by
+    idempotency, the third (other side) is decided on its own; both are counted."""
+    e = service.engine
+    ts = str(e.clock_ms())
+    for side, mid in (("BUY", 61778.25), ("BUY", 61778.35), ("SELL", 61778.35)):
+        fields = {k: str(v) for k, v in EXAMPLE.items() if k != "symbol"}
+        fields |= {"ts": ts, "side_hint": side, "mid": str(mid)}
+        e.redis.xadd(e.keys.feat_events("BTCUSDT"), fields)  # type: ignore[arg-type]
+    results: list[Any] = []
+    runner = Runner(service, block_ms=50, jobs=False)
+    runner.on_decision = results.append
+    runner.start()
+    try:
+        wait_for(lambda: runner.handled >= 3)
+    finally:
+        runner.stop()
+    assert [r.replayed for r in results] == [False, True, False]
+    assert results[1].decision == results[0].decision  # the first decision, not the new quote's
+    text = e.metrics.exposition().decode()
+    assert 's3_same_ms_events_total{replayed="true",symbol="BTCUSDT"} 1.0' in text
+    assert 's3_same_ms_events_total{replayed="false",symbol="BTCUSDT"} 1.0' in text

@@ -26,6 +26,7 @@ from s3.adapters.redis_keys import Keys
 from s3.adapters.redis_server import RedisServer, server_version
 from s3.adapters.redis_streams import (
     AutoclaimReply,
+    EntryLost,
     ParsedEvent,
     ParseError,
     StreamWorker,
@@ -549,6 +550,91 @@ def test_stop_finishes_the_entry_in_flight_and_leaves_the_rest_for_a_live_consum
     other.poll(reclaim=True)
     assert later == ids[3:]
     assert pending_ids(client, key) == []
+
+
+def _owner_and_idle(client: Any, key: str, entry_id: str) -> tuple[str, int, int] | None:
+    rows = client.xpending_range(key, "g", entry_id, entry_id, 1)
+    if not rows:
+        return None
+    r = rows[0]
+    return str(r["consumer"]), int(r["time_since_delivered"]), int(r["times_delivered"])
+
+
+def test_keep_holds_an_entry_of_this_consumer_and_refuses_one_taken_over(
+    redis_backend: RedisBackend,
+) -> None:
+    client, keys = redis_backend.client, redis_backend.keys
+    key = keys.feat_events(BTC)
+    worker = StreamWorker(client, keys, lambda s, i, f: None, config(min_idle_ms=1000))
+    worker.ensure_groups()
+    [entry] = produce(client, keys, BTC, 1)
+    client.xreadgroup("g", "c1", {key: ">"}, count=1)
+    client.xclaim(key, "g", "c1", 0, [entry], idle=60_000, justid=True)  # as if long idle
+    other = StreamWorker(client, keys, lambda s, i, f: None, config(consumer="c2"))
+    assert worker.keep(BTC, entry) is True
+    owner, idle_ms, delivered = _owner_and_idle(client, key, entry) or ("", -1, -1)
+    # kept: idle again from now, so no XAUTOCLAIM (min idle 1 s here) takes it; not a delivery
+    assert (owner, delivered) == ("c1", 1) and idle_ms < 1000
+    client.xautoclaim(key, "g", "c2", 1000, "0-0", count=10)
+    assert _owner_and_idle(client, key, entry)[:1] == ("c1",)  # type: ignore[index]
+    client.xclaim(key, "g", "c2", 0, [entry], justid=True)  # taken over (this one stalled)
+    assert worker.keep(BTC, entry) is False
+    assert _owner_and_idle(client, key, entry)[:1] == ("c2",)  # type: ignore[index]
+    assert other.keep(BTC, entry) is True
+    client.xack(key, "g", entry)
+    assert other.keep(BTC, entry) is False  # acknowledged: nobody's any more
+    assert _owner_and_idle(client, key, entry) is None
+    client.delete(key)
+    assert worker.keep(BTC, entry) is False  # the stream (and its group) deleted
+
+
+def test_an_entry_taken_over_while_it_waited_in_the_batch_is_left_to_its_new_consumer(
+    redis_backend: RedisBackend,
+) -> None:
+    """Entries of a read batch wait for those before them; one that another consumer took over
+    meanwhile is theirs: its handler does not run here, and this consumer does not ack it."""
+    client, keys = redis_backend.client, redis_backend.keys
+    key = keys.feat_events(BTC)
+    seen: list[str] = []
+    ids: list[str] = []
+
+    def handler(symbol: str, entry_id: str, fields: dict[str, str]) -> None:
+        seen.append(entry_id)
+        if entry_id == ids[0]:  # a slow first entry: the second is taken over meanwhile
+            time.sleep(0.01)
+            assert client.xclaim(key, "g", "c2", 1, [ids[1]], justid=True) == [ids[1]]
+
+    # min idle 1 ms: an entry that waited 0.5 ms is checked before its handler runs
+    worker = StreamWorker(client, keys, handler, config(min_idle_ms=1, count=10))
+    worker.ensure_groups()
+    ids.extend(produce(client, keys, BTC, 3))
+    assert worker.poll() == 3
+    assert seen == [ids[0], ids[2]]
+    assert worker.stats.lost == 1 and worker.stats.acked == 2 and worker.stats.failed == 0
+    assert pending_ids(client, key) == [ids[1]]
+    assert pending_ids(client, key, consumer="c2") == [ids[1]]
+    assert dead_letters(client, keys) == []
+
+
+def test_a_handler_that_finds_its_entry_taken_over_leaves_it_unacknowledged(
+    redis_backend: RedisBackend,
+) -> None:
+    client, keys = redis_backend.client, redis_backend.keys
+    key = keys.feat_events(BTC)
+    worker: StreamWorker
+
+    def handler(symbol: str, entry_id: str, fields: dict[str, str]) -> None:
+        client.xclaim(key, "g", "c2", 0, [entry_id], justid=True)
+        if not worker.keep(symbol, entry_id):
+            raise EntryLost("taken over while waiting")
+
+    worker = StreamWorker(client, keys, handler, config(max_attempts=1))
+    worker.ensure_groups()
+    [entry] = produce(client, keys, BTC, 1)
+    assert worker.poll() == 1
+    assert (worker.stats.lost, worker.stats.failed, worker.stats.acked) == (1, 0, 0)
+    assert pending_ids(client, key, consumer="c2") == [entry]
+    assert dead_letters(client, keys) == []  # not a failure: max_attempts=1 dead-letters none
 
 
 def test_groups_are_created_once_and_recreated_if_the_stream_vanishes(

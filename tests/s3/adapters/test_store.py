@@ -155,6 +155,30 @@ def test_signals_between_spans_symbols(store: Store) -> None:
     assert [d.symbol for d in store.signals_between(newest_first=True, limit=1)] == ["SOLUSDT"]
 
 
+def test_ties_in_time_are_ordered_by_bytes_and_page_alike(store: Store) -> None:
+    # ICU collation (AQL) would give _x, 1, a, B; SQLite and the port say bytes: 1, B, _x, a
+    odd = ["SIG-a", "SIG-_x", "SIG-B", "SIG-1"]
+    for i, sid in enumerate(odd):
+        store.put_signal(sig(signal_id=sid, t0=T0 + 1))
+        store.put_event(evt(event_id=f"EVT-{odd[i][4:]}", ts=T0 + 1))
+    store.put_signal(sig(signal_id="SIG-0-first", t0=T0))
+    store.put_signal(sig(signal_id="SIG-9-last", t0=T0 + 2))
+    in_bytes = ["SIG-1", "SIG-B", "SIG-_x", "SIG-a"]
+    assert ids(store.signals_between(T0 + 1, T0 + 2)) == in_bytes
+    assert ids(store.signals_between(limit=3)) == ["SIG-0-first", "SIG-1", "SIG-B"]
+    assert ids(store.signals_between(limit=3, newest_first=True)) == [
+        "SIG-9-last",
+        "SIG-a",
+        "SIG-_x",
+    ]
+    assert ids(store.signals_by_symbol("BTCUSDT", T0 + 1, limit=2)) == ["SIG-1", "SIG-B"]
+    assert ids(store.events_by_kind("DECIDE", limit=3)) == ["EVT-1", "EVT-B", "EVT-_x"]
+    assert ids(store.events_between(newest_first=True, limit=1)) == ["EVT-a"]
+    for b in ("beta", "Alpha", "9z", "z_1", "z1"):
+        store.put_bundle(bundle(b))
+    assert [b.bundle_id for b in store.list_bundles()] == ["9z", "Alpha", "beta", "z1", "z_1"]
+
+
 def test_signal_ids_are_one_per_symbol_side_t0_and_rev() -> None:
     assert signal_id("BTCUSDT", "BUY", T0, 7) == "SIG-1730000000000-BTC-BUY-r7"
     assert signal_id("BTCUSDT", None, T0, 7) == "SIG-1730000000000-BTC-r7"

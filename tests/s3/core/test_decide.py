@@ -79,11 +79,12 @@ def test_happy_path_opens_with_a_legal_intent(snap: BundleSnapshot) -> None:
     assert i.sl_px < i.entry_px < i.tp_px
     assert i.qty * i.entry_px >= 100  # min notional
     # The worked example of docs/pipeline.md: the loss cap binds the stop (not 1.5 ATR).
+    # The ask of that moment was 61778.30 (bid 61778.20): a taker BUY pays the ask, exactly.
     assert (i.qty, i.entry_px, i.sl_px, i.tp_px) == (
         Decimal("0.004"),
-        Decimal("61778.40"),
-        Decimal("61540.10"),
-        Decimal("62072.00"),
+        Decimal("61778.30"),
+        Decimal("61540.00"),
+        Decimal("62071.90"),
     )
     assert i.exit_qty == i.qty
     assert any(n.startswith("SL distance capped by max_loss_usdt 1.2") for n in d.sizing_notes)
@@ -91,6 +92,52 @@ def test_happy_path_opens_with_a_legal_intent(snap: BundleSnapshot) -> None:
     assert d.model_p is not None and d.size_mult_ml == 1.0 and d.model_degraded is None
     assert d.reservation is not None and d.reservation.amount_usdt == float(i.margin_usdt)
     assert [g.gate for g in d.gates] == list(gates.GATE_ORDER) and all(g.passed for g in d.gates)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"bid": 61778.3, "ask": 61778.2}, "bid 61778.3 must be below ask 61778.2"),
+        ({"bid": -1.0}, "feature 'bid' must be > 0, found -1.0"),
+        ({"ask": "x"}, "feature 'ask' must be a number, found 'x'"),
+        (
+            {"bid": 61779.2, "ask": 61779.3},
+            "bid 61779.2 and ask 61779.3 do not match mid 61778.25: (bid + ask) / 2 = 61779.25 is "
+            "more than half a tick (0.10) away",
+        ),
+    ],
+)
+def test_a_bad_touch_is_bad_input(
+    snap: BundleSnapshot, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InputError) as err:
+        run(snap, **changes)
+    assert err.value.code in ("BAD_FEATURE", "BAD_FEATURES")  # the schema reads types first
+    assert err.value.detail == message
+
+
+def test_the_touch_features_price_the_entry_exactly(snap: BundleSnapshot) -> None:
+    buy = run(snap, bid=61778.2, ask=61778.3)
+    sell = run(snap, side="SELL", imbalance_top1=0.5, bid=61778.2, ask=61778.3)
+    assert buy.intent.entry_px == Decimal("61778.3") and sell.decision == "open"
+    assert sell.intent.entry_px == Decimal("61778.2")
+    assert (
+        buy.sizing_notes[0]
+        == "entry at the ask 61778.3 (MakerThenTaker; the touch in the features)"
+    )
+
+
+def test_tp_target_is_an_roe_on_the_margin_posted(snap: BundleSnapshot) -> None:
+    """docs/sizing.md "Take profit": 10 % x tp_mult of q x E / leverage after rounding q down."""
+    d = run(snap)
+    i = d.intent
+    assert (d.size_mult, d.tp_mult) == (0.756, 0.81)
+    assert (i.notional_usdt, i.margin_usdt) == (Decimal("247.1132"), Decimal("12.35566"))
+    assert "TP for net profit >= 1.00080846 USDT = 0.1 x margin 12.35566 x tp_mult 0.81" in (
+        d.sizing_notes
+    )
+    net = i.qty * i.tp_px * Decimal("0.9998") - i.notional_usdt * Decimal("1.0005")
+    assert net == Decimal("1.00118588") and net / i.margin_usdt >= Decimal("0.081")
 
 
 def test_same_input_same_decision_bit_for_bit(snap: BundleSnapshot) -> None:
@@ -266,7 +313,7 @@ def test_model_timeout_degrades_to_one(snap: BundleSnapshot) -> None:
     finally:
         runner.close()
     assert d.decision == "open" and d.size_mult_ml == 1.0 and d.model_p is None
-    assert d.model_degraded == "model_timeout: no answer within 20 ms"
+    assert d.model_degraded == "MODEL.TIMEOUT: no answer within 20 ms"
 
 
 def test_a_late_inline_model_counts_as_a_timeout(snap: BundleSnapshot) -> None:
@@ -285,7 +332,7 @@ def test_a_late_inline_model_counts_as_a_timeout(snap: BundleSnapshot) -> None:
 
     late = run(snap, model=TimedModel(took(21), deadline_ms=20, clock=clock))
     assert late.decision == "open" and late.size_mult_ml == 1.0 and late.model_p is None
-    assert late.model_degraded == "model_timeout: no answer within 20 ms"
+    assert late.model_degraded == "MODEL.TIMEOUT: no answer within 20 ms"
     on_time = run(snap, model=TimedModel(took(19), deadline_ms=20, clock=clock))
     assert on_time.model_p == 0.99 and on_time.model_degraded is None
 
@@ -300,13 +347,13 @@ def test_model_error_degrades_to_one(snap: BundleSnapshot) -> None:
     finally:
         runner.close()
     assert (
-        d.model_degraded == "model_error: RuntimeError: weights file corrupt"
+        d.model_degraded == "MODEL.ERROR: RuntimeError: weights file corrupt"
         and d.size_mult_ml == 1.0
     )
     inline = run(snap, model=TimedModel(broken, deadline_ms=200))
     assert inline.model_degraded == d.model_degraded and inline.size_mult_ml == 1.0
     lm = LogisticModel(ModelSpec(kind="logistic", weights={"nope": 1.0}))
-    assert lm({"x": 1.0}).degraded == "model_error: feature 'nope' is missing"
+    assert lm({"x": 1.0}).degraded == "MODEL.ERROR: feature 'nope' is missing"
     assert no_model({}) == ModelResult()
 
 
@@ -360,10 +407,16 @@ def test_risk_precheck(snap: BundleSnapshot) -> None:
     assert run(snap, state=busy, funding_next=0.00035).reason_detail == "RULE.SKIP:R-040"
 
 
-def test_entry_price_is_the_touch_on_the_tick(snap: BundleSnapshot) -> None:
+def test_entry_price_off_the_grid_is_left_to_sizing_to_snap(snap: BundleSnapshot) -> None:
+    """A rebuilt touch that is not within 0.01 tick of the grid is passed on as it is; sizing
+    snaps it on the cautious side and says so."""
     f = snap.params.symbols["BTCUSDT"].filters
-    assert entry_price(60000.0, 0.02, "BUY", f) == Decimal("60000.10")  # 60000.06 rounded up
-    assert entry_price(60000.0, 0.02, "SELL", f) == Decimal("59999.90")  # 59999.94 rounded down
+    assert entry_price(60000.0, 0.02, "BUY", f) == Decimal("60000.060")
+    assert entry_price(60000.0, 0.02, "SELL", f) == Decimal("59999.940")
+    d = run(snap, mid=60000.0, spread_bps=0.02)
+    assert d.decision == "open" and d.intent.entry_px == Decimal("60000.10")
+    assert "not within 0.01 tick of the grid" in d.sizing_notes[0]
+    assert "entry 60000.06 snapped to tick 0.1: 60000.1 (adverse side" in " ".join(d.sizing_notes)
 
 
 def test_intent_ids_are_deterministic_and_exchange_legal() -> None:

@@ -100,7 +100,7 @@ def test_every_decision_is_legal_and_replays(
     )
 
     def model(_: Any) -> ModelResult:
-        return ModelResult(p=p) if p is not None else ModelResult(degraded="model_timeout: test")
+        return ModelResult(p=p) if p is not None else ModelResult(degraded="MODEL.TIMEOUT: test")
 
     d = decide(inp, snap, model)
     assert msgspec.json.encode(d) == msgspec.json.encode(decide(inp, snap, model))  # replay

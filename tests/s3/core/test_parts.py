@@ -4,6 +4,7 @@ bundle (validation errors with the path of the bad field; S3_* defaults)."""
 from __future__ import annotations
 
 import shutil
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,28 @@ def copy_default(tmp_path: Path, replace: tuple[str, str] | None = None, append:
             "E303",
             "gates.windows.0: value error, window start 10:00 is not before its end 09:00",
         ),
+        (
+            ('max_price = "4529764"', 'max_price = "500"'),
+            "E303",
+            "symbols.BTCUSDT: value error, max_price 500 is not above min_price 556.80",
+        ),
+        (
+            (
+                'max_price = "306177"\npercent_price_up = "1.0500"',
+                'max_price = "306177"\npercent_price_up = "0.9"',
+            ),
+            "E303",
+            "symbols.ETHUSDT.percent_price_up: input should be greater than or equal to 1",
+        ),
+        (
+            (
+                "{ notional_floor = 12_000_000, notional_cap = 70_000_000",
+                "{ notional_floor = 13_000_000, notional_cap = 70_000_000",
+            ),
+            "E303",
+            "symbols.BTCUSDT: value error, brackets[5].notional_floor 13000000 is not the cap of "
+            "bracket 4, 12000000",
+        ),
     ],
 )
 def test_engine_sections_errors_name_the_field(
@@ -115,6 +138,43 @@ def test_engine_sections_errors_name_the_field(
     assert found == [(code, message.replace("value error, ", ""))]
     (diag,) = [d for d in result.diagnostics if d.is_error]
     assert diag.span is not None and diag.span.path.endswith("bundle.toml") and diag.span.line > 1
+
+
+def test_leverage_above_the_first_bracket_is_refused(tmp_path: Path) -> None:
+    root = copy_default(tmp_path)
+    manifest = root / "bundle.toml"
+    text = manifest.read_text()
+    first = "notional_cap = 50_000, initial_leverage = 125"
+    manifest.write_text(text.replace(first, "notional_cap = 50_000, initial_leverage = 10", 1))
+    result = load_dir(root)
+    assert result.snapshot is None
+    assert [(d.code, d.message) for d in result.diagnostics if d.is_error] == [
+        (
+            "E303",
+            "symbols.BTCUSDT: leverage 20 is above 10, the most its first leverage bracket allows",
+        )
+    ]
+
+
+def test_the_default_bundle_carries_the_real_filters_and_brackets() -> None:
+    snap = load_dir(DEFAULT).snapshot
+    assert snap is not None
+    btc, eth = (snap.params.symbols[s].filters for s in ("BTCUSDT", "ETHUSDT"))
+    assert (btc.min_price, btc.max_price, eth.min_price, eth.max_price) == (
+        Decimal("556.80"),
+        Decimal("4529764"),
+        Decimal("39.86"),
+        Decimal("306177"),
+    )
+    for f in (btc, eth):
+        assert (f.percent_price_up, f.percent_price_down) == (Decimal("1.05"), Decimal("0.95"))
+        assert len(f.brackets) == 12 and f.brackets[0].initial_leverage == 125
+        # Binance's maintenance amounts: cum_n = cum_(n-1) + floor_n x (mmr_n - mmr_(n-1))
+        for lo, hi in zip(f.brackets, f.brackets[1:], strict=False):
+            assert hi.notional_floor == lo.notional_cap
+            assert hi.cum == lo.cum + hi.notional_floor * (
+                hi.maint_margin_ratio - lo.maint_margin_ratio
+            )
 
 
 def test_settings_supply_the_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
