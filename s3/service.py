@@ -181,8 +181,10 @@ def claim_ttl_ms(settings: Settings) -> int:
 
 def open_store(settings: Settings) -> Any:
     if settings.db_arango_uri:
-        try:
-            from s3.adapters.arango_store import ArangoStore
+        from s3.adapters.arango_store import ArangoStore
+
+        try:  # python-arango is imported when the store is opened
+            return ArangoStore.from_settings(settings)
         except ModuleNotFoundError as exc:  # an optional extra: say how to get it
             if (exc.name or "").split(".")[0] != "arango":
                 raise
@@ -190,8 +192,6 @@ def open_store(settings: Settings) -> Any:
                 "S3_DB_ARANGO_URI is set but the ArangoDB client is not installed: "
                 "pip install 's3-strategy-engine[arango]' (or unset S3_DB_ARANGO_URI for SQLite)"
             ) from None
-
-        return ArangoStore.from_settings(settings)
     from s3.adapters.sqlite_store import SqliteStore
 
     Path(settings.sqlite_path).parent.mkdir(parents=True, exist_ok=True)
