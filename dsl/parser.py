@@ -26,6 +26,7 @@ from lark.visitors import Transformer_NonRecursive
 from dsl import nodes as n
 from dsl.errors import Diagnostic, DslSyntaxError
 from dsl.source import MAX_SOURCE_BYTES, Source, Span, show_size
+from dsl.suggest import keyword_hint
 
 MAX_DEPTH = 60
 """Deepest expression nesting accepted (E109); keeps the checker, compiler and CPython bounded."""
@@ -256,8 +257,12 @@ def _syntax_diagnostic(source: Source, text: str, exc: LarkError) -> tuple[Diagn
             span,
             _foreign_hint(text, offset),
         ), offset
+    expected = _expected(accepts)
     return Diagnostic(
-        "E101", f"expected {_expected(accepts)}, found {_found(token)}{ctx}", span
+        "E101",
+        f"expected {expected}, found {_found(token)}{ctx}",
+        span,
+        keyword_hint(str(token), expected) if token.type == "NAME" else None,
     ), offset
 
 

@@ -310,7 +310,9 @@ def test_health_and_metrics_and_openapi(client: TestClient[Any]) -> None:
     assert h == {
         "status": "OK",
         "redis": "ok",
-        "arango": "ok",
+        "arango": "not used",  # the store in use is named, not a service that is not there
+        "store": "sqlite",
+        "store_status": "ok",
         "config_rev": 1,
         "rules_loaded": 31,
         "bundle_id": "default",
