@@ -116,8 +116,8 @@ def test_happy_path_opens_with_a_legal_intent(
         "FUT",
         "BUY",
         0.004,
-        62072.0,
-        61540.1,
+        62071.9,
+        61540.0,
     )
     assert isinstance(i["qty"], float)  # JSON numbers, as in spec §3
     assert (body["submitted"], body["reservation"], body["replayed"]) == (
