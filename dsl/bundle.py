@@ -1,11 +1,17 @@
 """A bundle directory: `bundle.toml` (id, rev, feature schema, clamps, params) plus `*.rule` files.
 
 Validation of the manifest uses pydantic so that a bad field is reported with its path; every
-problem becomes an E3xx diagnostic pointing into `bundle.toml`. Imports nothing outside `dsl`.
+problem becomes an E3xx diagnostic pointing into `bundle.toml`. Everything a bundle carries is
+untrusted text: the directory is walked without following links (a symbolic link is E309), a
+name with a control or non-printable character is refused (E308), and the bundle is capped in
+entries, bytes per file, total bytes and rules (E107, E310) before any stage can take long.
+Imports nothing outside `dsl`.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import tomllib
 from collections.abc import Iterable
@@ -18,10 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dsl.checker import check
 from dsl.compiler import CompiledRuleset, compile_ruleset
 from dsl.errors import Diagnostic, DslError, DslSyntaxError, Severity, sort_and_cap
-from dsl.nodes import Module
+from dsl.guard import bad_char, escaped
+from dsl.nodes import Module, Rule
 from dsl.parser import parse
 from dsl.schema import Bounds, Clamp, FeatureSpec, Schema
-from dsl.source import Source, Span
+from dsl.source import MAX_SOURCE_BYTES, Source, Span, show_size
 from dsl.suggest import did_you_mean
 
 MANIFEST = "bundle.toml"
@@ -45,7 +52,15 @@ RESERVED_WORDS = frozenset(
     ]
 )
 FUNCTION_NAMES = frozenset(["abs", "min", "max", "clamp", "log", "sqrt", "between", "has"])
-_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+MAX_BUNDLE_ENTRIES = 256
+"""Most files and directories under a bundle directory, all kinds counted (E310)."""
+MAX_BUNDLE_BYTES = 512 * 1024
+"""Most bytes of `bundle.toml` and the rule files together (E310); one file: `MAX_SOURCE_BYTES`."""
+MAX_RULES = 4000
+"""Most rules in a bundle (E310)."""
+MAX_PARAM_INT = 2**63 - 1
+"""Largest integer param, in absolute value (TOML integers are 64-bit)."""
 
 ParamScalar = int | float | bool | str
 ParamValue = ParamScalar | list[ParamScalar]
@@ -124,20 +139,20 @@ class ManifestModel(BaseModel):
     def _param_values(cls, v: dict[str, Any]) -> dict[str, Any]:
         for name, value in v.items():
             _check_name(name, "param")
-            if (isinstance(value, float) and value != value) or value in (
-                float("inf"),
-                float("-inf"),
-            ):
-                raise ValueError(f"param '{name}' must be finite")
+            for x in value if isinstance(value, list) else [value]:
+                if isinstance(x, float) and not math.isfinite(x):
+                    raise ValueError(f"param {escaped(name)} must be finite, found {x}")
+                if isinstance(x, int) and not isinstance(x, bool) and abs(x) > MAX_PARAM_INT:
+                    raise ValueError(f"param {escaped(name)} is out of range for a 64-bit integer")
             if isinstance(value, list) and len({type(x) for x in value}) > 1:
-                raise ValueError(f"param '{name}' mixes types in its list")
+                raise ValueError(f"param {escaped(name)} mixes types in its list")
         return v
 
 
 def _check_name(name: str, kind: str) -> None:
-    if not re.match(_NAME, name):
+    if not _NAME.fullmatch(name):
         raise ValueError(
-            f"{kind} name '{name}' must be letters, digits and '_', starting with a letter"
+            f"{kind} name {escaped(name)} must be letters, digits and '_', starting with a letter"
         )
     if name in RESERVED_WORDS or name in FUNCTION_NAMES:
         raise ValueError(f"{kind} name '{name}' is a reserved word of the language")
@@ -209,7 +224,7 @@ def parse_manifest(
     """Validate `bundle.toml` text. Unknown top-level keys are warnings unless ``known_sections`` has them."""
     try:
         raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer too long to convert
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
         line, col = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)).lower()
@@ -222,7 +237,8 @@ def parse_manifest(
         errors: list[Diagnostic] = []
         for err in exc.errors(include_url=False):
             loc = tuple(err["loc"])
-            where = ".".join(str(p) for p in loc) or "(top level)"
+            where = ".".join(str(p) if not bad_char(str(p)) else escaped(str(p)) for p in loc)
+            where = where or "(top level)"
             msg = err["msg"][0].lower() + err["msg"][1:]
             if msg.startswith("value error, "):
                 msg = msg[len("value error, ") :]
@@ -280,12 +296,107 @@ def parse_manifest(
     return manifest, diags
 
 
+@dataclass
+class BundleScan:
+    """What a walk of a bundle directory found, without following links or reading files."""
+
+    rule_files: list[Path] = field(default_factory=list)
+    """Regular ``*.rule`` files with safe names, in evaluation order (by relative path)."""
+    sizes: dict[Path, int] = field(default_factory=dict)
+    manifest: Path | None = None
+    """``bundle.toml`` if it is a regular file (not a link)."""
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    over: bool = False
+    """True when the walk stopped at `MAX_BUNDLE_ENTRIES` (nothing of the bundle is read)."""
+
+
+def scan_bundle(root: Path, display_root: str | None = None) -> BundleScan:
+    """Walk a bundle directory: symbolic links are E309, unsafe names E308, too many entries E310.
+
+    A link is never followed (neither a linked file nor a linked directory is read), and a name
+    with a control or non-printable character is refused with its characters escaped, whatever
+    the file is (it would otherwise reach diagnostics and generated code).
+    """
+    shown_root = display_root if display_root is not None else str(root).rstrip("/")
+    scan = BundleScan()
+    entries = 0
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                children = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            scan.diagnostics.append(
+                Diagnostic("E301", f"cannot read {escaped(str(folder))}: {exc.strerror}", None)
+            )
+            continue
+        for entry in children:
+            entries += 1
+            if entries > MAX_BUNDLE_ENTRIES:
+                scan.diagnostics.append(
+                    Diagnostic(
+                        "E310",
+                        f"'{shown_root}' holds more than {MAX_BUNDLE_ENTRIES} files and "
+                        "directories; a bundle is capped",
+                        None,
+                        "keep only bundle.toml, the rule files and cases/ in a bundle directory",
+                    )
+                )
+                scan.over = True
+                scan.rule_files = []
+                return scan
+            path = Path(entry.path)
+            rel = path.relative_to(root).as_posix()
+            shown = f"{shown_root}/{rel}"
+            ch = bad_char(entry.name)
+            if ch is not None:
+                scan.diagnostics.append(
+                    Diagnostic(
+                        "E308",
+                        f"file name {escaped(shown)} has a control or non-printable "
+                        f"character ('{ch}')",
+                        None,
+                        "rename the file: names in a bundle are printable text",
+                    )
+                )
+                continue
+            if entry.is_symlink():
+                scan.diagnostics.append(
+                    Diagnostic(
+                        "E309",
+                        f"{escaped(shown)} is a symbolic link; a bundle holds regular files only",
+                        None,
+                        "copy the file into the bundle instead of linking to it",
+                    )
+                )
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(path)
+            elif entry.is_file(follow_symlinks=False):
+                if folder == root and entry.name == MANIFEST:
+                    scan.manifest = path
+                elif entry.name.endswith(".rule"):
+                    scan.rule_files.append(path)
+                else:
+                    continue
+                scan.sizes[path] = entry.stat(follow_symlinks=False).st_size
+    scan.rule_files.sort(key=lambda p: p.relative_to(root).as_posix())
+    return scan
+
+
 def rule_files(root: Path) -> list[Path]:
-    """The bundle's rule files in evaluation order: sorted by their path relative to the root."""
-    return sorted(
-        (p for p in root.rglob("*.rule") if p.is_file()),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
+    """The bundle's rule files in evaluation order: sorted by their path relative to the root
+    (regular files with safe names only, see `scan_bundle`)."""
+    return scan_bundle(root).rule_files
+
+
+def read_text(path: Path, limit: int) -> str:
+    """At most ``limit`` bytes of a file, decoded (bad bytes become U+FFFD, reported by the
+    lexer); a link in the last component is refused by the OS (``O_NOFOLLOW``)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read(limit).decode("utf-8", errors="replace")
 
 
 def load_bundle(path: str | Path, *, known_sections: Iterable[str] = ()) -> LoadedBundle:
@@ -309,35 +420,76 @@ def load_bundle(path: str | Path, *, known_sections: Iterable[str] = ()) -> Load
             {},
             (Diagnostic("E301", f"bundle directory '{display_root}' not found", None),),
         )
-    if not manifest_path.is_file():
+    scan = scan_bundle(root, display_root)
+    diags.extend(scan.diagnostics)
+    if scan.over:
+        return LoadedBundle(display_root, None, (), {}, tuple(diags))
+    mpath = f"{display_root}/{MANIFEST}"
+    files = [f for f in scan.rule_files if scan.sizes[f] <= MAX_SOURCE_BYTES]
+    total = sum(scan.sizes[f] for f in files) + scan.sizes.get(manifest_path, 0)
+    if total > MAX_BUNDLE_BYTES:
         diags.append(
             Diagnostic(
-                "E301",
-                f"'{display_root}' has no {MANIFEST}",
+                "E310",
+                f"'{display_root}' holds {total} bytes of bundle.toml and rule files, more "
+                f"than the {show_size(MAX_BUNDLE_BYTES)} a bundle may hold",
                 None,
-                "a bundle directory holds bundle.toml and *.rule files",
+                "split the rules into several bundles, or generate fewer rules",
+            )
+        )
+        return LoadedBundle(display_root, None, (), {}, tuple(diags))
+    if scan.manifest is None:
+        if not manifest_path.is_symlink():  # a link is E309 already
+            diags.append(
+                Diagnostic(
+                    "E301",
+                    f"'{display_root}' has no {MANIFEST}",
+                    None,
+                    "a bundle directory holds bundle.toml and *.rule files",
+                )
+            )
+    elif scan.sizes[scan.manifest] > MAX_SOURCE_BYTES:
+        diags.append(
+            Diagnostic(
+                "E310",
+                f"{MANIFEST} is larger than {show_size(MAX_SOURCE_BYTES)}",
+                Span(mpath, 1, 1, 1, 2),
+                "a manifest holds the schema, clamps and params: keep it small",
             )
         )
     else:
-        mpath = f"{display_root}/{MANIFEST}"
-        text = manifest_path.read_bytes().decode("utf-8", errors="replace")
+        text = read_text(scan.manifest, MAX_SOURCE_BYTES)
         texts[mpath] = text
         manifest, mdiags = parse_manifest(mpath, text, known_sections=known_sections)
         diags.extend(mdiags)
-    files = rule_files(root)
-    if not files:
+    if not scan.rule_files and not any(d.code in ("E308", "E309") for d in diags):
         diags.append(Diagnostic("E304", f"'{display_root}' has no *.rule files", None))
     modules = []
-    for f in files:
+    rules = 0
+    for f in scan.rule_files:
         display = f"{display_root}/{f.relative_to(root).as_posix()}"
-        source = Source.from_path(f, display=display)
+        # An oversized file is read only as far as the parser needs to refuse it (E107).
+        source = Source(display, read_text(f, MAX_SOURCE_BYTES + 1))
         texts[display] = source.text
         try:
-            modules.append(parse(source))
+            module = parse(source)
         except DslSyntaxError as exc:
             diags.extend(exc.diagnostics)
-            if exc.partial is not None:
-                modules.append(exc.partial)
+            if exc.partial is None:
+                continue
+            module = exc.partial
+        modules.append(module)
+        rules += sum(isinstance(i, Rule) for i in module.items)
+        if rules > MAX_RULES:
+            diags.append(
+                Diagnostic(
+                    "E310",
+                    f"'{display_root}' holds more than {MAX_RULES} rules; a bundle is capped",
+                    None,
+                    "split the rules into several bundles, or generate fewer rules",
+                )
+            )
+            return LoadedBundle(display_root, manifest, (), texts, tuple(diags))
     return LoadedBundle(display_root, manifest, tuple(modules), texts, tuple(diags))
 
 
@@ -380,5 +532,10 @@ def build_bundle(path: str | Path, *, known_sections: Iterable[str] = ()) -> Bui
         diags.extend(checked.warnings)
     if any(d.is_error for d in diags):
         return BuildResult(None, manifest, tuple(sort_and_cap(diags)), loaded.texts)
-    ruleset = compile_ruleset(checked, revision=manifest.rev, bundle_id=manifest.bundle_id)
+    try:
+        ruleset = compile_ruleset(checked, revision=manifest.rev, bundle_id=manifest.bundle_id)
+    except DslError as exc:  # E311: the generated code was refused (a compiler bug)
+        return BuildResult(
+            None, manifest, tuple(sort_and_cap([*diags, *exc.diagnostics])), loaded.texts
+        )
     return BuildResult(ruleset, manifest, tuple(sort_and_cap(diags)), loaded.texts)

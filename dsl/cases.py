@@ -83,13 +83,6 @@ def load_cases(
         try:
             raw = tomllib.loads(text)
             model = _CaseFile.model_validate(raw)
-        except tomllib.TOMLDecodeError as exc:
-            m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
-            line, col = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
-            msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)).lower()
-            span = Span(shown, line, col, line, col + 1)
-            diags.append(Diagnostic("E307", f"invalid TOML in case file: {msg}", span))
-            continue
         except ValidationError as exc:
             for err in exc.errors(include_url=False):
                 loc = err["loc"]
@@ -101,6 +94,13 @@ def load_cases(
                     line = text.count("\n", 0, starts[index]) + 1
                 msg = err["msg"][0].lower() + err["msg"][1:]
                 diags.append(Diagnostic("E307", f"{where}: {msg}", Span(shown, line, 1, line, 2)))
+            continue
+        except ValueError as exc:  # TOMLDecodeError, or an integer too long to convert
+            m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+            line, col = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
+            msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)).lower()
+            span = Span(shown, line, col, line, col + 1)
+            diags.append(Diagnostic("E307", f"invalid TOML in case file: {msg}", span))
             continue
         for i, c in enumerate(model.case):
             line = text.count("\n", 0, starts[i]) + 1 if i < len(starts) else 1

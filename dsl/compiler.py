@@ -2,25 +2,37 @@
 
 Generated code reads the feature snapshot only as ``f['name']`` (and ``'name' in f`` for `has`),
 calls only `dsl.runtime.HELPERS`, and has no loops, attribute access or imports, so its cost per
-snapshot is bounded by the node count reported as `CompiledRuleset.cost`. No user text is ever
-passed to ``eval``: names were checked against the schema and literals are emitted with ``repr``.
+snapshot is bounded by the node count reported as `CompiledRuleset.cost`. No text from a bundle
+reaches the generated source except through ``repr`` of a checked value (feature names, strings,
+rule ids and places in comments); operators and helper names are looked up in fixed tables, and
+cached lets are numbered, not named. Before it is compiled the module must pass the allowlist of
+`dsl.guard.verify`, and it is executed and run under the audit-hook tripwire of `dsl.guard`.
 """
 
 from __future__ import annotations
 
+import ast
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from dsl import guard
 from dsl import nodes as n
 from dsl.checker import CheckedBundle, CheckedRule, constant_number
+from dsl.errors import Diagnostic, DslError
 from dsl.printer import to_source
 from dsl.runtime import HELPERS, Outcome, Raw, RuleInfo, TraceStep, build_outcome
 from dsl.schema import OUTPUTS, Clamp, Schema, show
 
 _ACC = {"size_mult": "_sm", "tp_mult": "_tm", "sl_mult": "_lm"}
+# Fixed tables: an operator or function the checker let through but that is not here is a
+# compiler error (KeyError), never text pasted into the module.
+_BINOPS = {op: op for op in ("+", "-", "*", "/")}
+_BOOLOPS = {op: op for op in ("and", "or")}
+_COMPARE = {op: op for op in ("<", "<=", ">", ">=", "==", "!=")}
+_FUNCS = {name[1:]: name for name in HELPERS if name != "_factor"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +58,11 @@ class _Gen:
         self.table: list[TraceNode] = []
         self.rule_index = 0
         self.temps = 0
+        self.let_index = {name: k for k, name in enumerate(sorted(cached))}
+
+    def let_var(self, name: str) -> str:
+        """The local variable caching a let: numbered in name order, never the let's own name."""
+        return f"_L{self.let_index[name]}"
 
     def temp(self) -> str:
         self.temps += 1
@@ -63,6 +80,8 @@ class _Gen:
         w = (lambda node, depth, body: self.wrap(node, depth, body, label)) if label else self.wrap
         match e:
             case n.Number(value=v):
+                if type(v) not in (int, float) or not math.isfinite(v):
+                    raise TypeError(f"cannot compile the number {v!r}")
                 return repr(v) if v >= 0 else f"({v!r})"
             case n.String(value=v):
                 return repr(v)
@@ -71,7 +90,7 @@ class _Gen:
             case n.FeatureRef(name=name):
                 return w(e, d, lambda _: f"f[{name!r}]")
             case n.LetRef(name=name) if name in self.cached and not self.traced:
-                var = f"_L_{name}"
+                var = self.let_var(name)
                 return f"({var} if {var} is not _U else ({var} := {self.expr(self.lets[name])}))"
             case n.LetRef(name=name):
                 return w(e, d, lambda dd: self.expr(self.lets[name], dd))
@@ -80,15 +99,17 @@ class _Gen:
             case n.Not(operand=o):
                 return w(e, d, lambda dd: f"(not {self.expr(o, dd)})")
             case n.BinOp(op=op, left=left, right=right):
+                op = _BINOPS[op]
                 return w(e, d, lambda dd: f"({self.expr(left, dd)} {op} {self.expr(right, dd)})")
             case n.BoolOp(op=op, operands=ops):
+                op = _BOOLOPS[op]
                 return w(e, d, lambda dd: "(" + f" {op} ".join(self.expr(o, dd) for o in ops) + ")")
             case n.Compare(operands=ops, ops=cmp):
 
                 def chain(dd: int) -> str:
                     parts = [self.expr(ops[0], dd)]
                     for op, o in zip(cmp, ops[1:], strict=True):
-                        parts += [op, self.expr(o, dd)]
+                        parts += [_COMPARE[op], self.expr(o, dd)]
                     return "(" + " ".join(parts) + ")"
 
                 return w(e, d, chain)
@@ -103,17 +124,19 @@ class _Gen:
                 # The common case is one C call; the helper only runs to raise the fault.
                 t = self.temp()
                 test = "> 0" if func == "log" else ">= 0"
-                return f"(_m{func}({t}) if ({t} := {self.expr(arg)}) {test} else _{func}({t}))"
+                m = {"log": "_mlog", "sqrt": "_msqrt"}[func]
+                return f"({m}({t}) if ({t} := {self.expr(arg)}) {test} else {_FUNCS[func]}({t}))"
             case n.Call(func=func, args=args):
+                helper = _FUNCS[func]
                 return w(
-                    e, d, lambda dd: f"_{func}(" + ", ".join(self.expr(a, dd) for a in args) + ")"
+                    e, d, lambda dd: f"{helper}(" + ", ".join(self.expr(a, dd) for a in args) + ")"
                 )
         raise TypeError(f"cannot compile {e!r}")
 
     def rule(self, r: CheckedRule) -> list[str]:
         self.rule_index = r.index
         i = r.index
-        lines = [f"    # {r.rule_id}  {r.rule.span}", "    try:"]
+        lines = [f"    # {r.rule_id!r} at {str(r.rule.span)!r}", "    try:"]
         cond = self.expr(r.when, 0, "when")
         lines.append(f"        if {cond}:")
         body, applies = [], []
@@ -170,7 +193,7 @@ def _function(
     ]
     if gen.cached and not gen.traced:
         lines.append("    _U = _UNSET")
-        lines += [f"    _L_{name} = _U" for name in sorted(gen.cached)]
+        lines += [f"    {gen.let_var(name)} = _U" for name in sorted(gen.cached)]
     per_rule: dict[str, str] = {}
     for r in rules:
         chunk = gen.rule(r)
@@ -205,7 +228,12 @@ class CompiledRuleset:
         """The traced twin, compiled on first use (only `explain` and tests need it)."""
         gen = _Gen(self.checked.lets, traced=True)
         src, _ = _function("_evaluate_traced", self.rules, gen, "f, _w")
-        fn = _exec(src, "_evaluate_traced", f"<bundle {self.bundle_id} rev {self.revision} traced>")
+        fn = exec_generated(
+            src,
+            "_evaluate_traced",
+            ("f", "_w"),
+            f"{guard.GENERATED_PREFIX}{self.bundle_id} rev {self.revision} traced>",
+        )
         return fn, tuple(gen.table)
 
     @property
@@ -228,15 +256,21 @@ class CompiledRuleset:
     def evaluate(self, features: Mapping[str, Any], *, trace: bool = False) -> Outcome:
         """Evaluate a snapshot that `Schema.validate` accepted; faults are recorded, never raised."""
         if not trace:
-            return build_outcome(self._fast(features), self.infos, self.clamp, self.revision)
+            token = guard.ARMED.set(True)  # the tripwire, armed for this thread and context
+            try:
+                raw = self._fast(features)
+            finally:
+                guard.ARMED.reset(token)
+            return build_outcome(raw, self.infos, self.clamp, self.revision)
         values: dict[int, Any] = {}
 
         def record(k: int, v: Any) -> Any:
             values[k] = v
             return v
 
-        traced, table = self._tracer
-        raw = traced(features, record)
+        traced, table = self._tracer  # compiled (if not yet) before arming
+        with guard.armed():
+            raw = traced(features, record)
         steps = []
         for k, t in enumerate(table):
             rule = self.rules[t.rule]
@@ -269,8 +303,11 @@ def _trace_value(value: Any) -> bool | int | float | str | None:
     return value if isinstance(value, bool | int | float | str) else None
 
 
-def _exec(src: str, name: str, filename: str) -> Callable[..., Raw]:
-    namespace: dict[str, Any] = {
+_UNSET = object()
+
+
+def _namespace() -> dict[str, Any]:
+    return {
         "__builtins__": {},
         "_Exception": Exception,
         "_UNSET": _UNSET,
@@ -279,12 +316,62 @@ def _exec(src: str, name: str, filename: str) -> Callable[..., Raw]:
         "_msqrt": math.sqrt,
         **HELPERS,
     }
-    exec(compile(src, filename, "exec"), namespace)  # our generated code only, never user text
+
+
+_HELPER_NAMES = frozenset(
+    k for k in _namespace() if k not in ("__builtins__", "_Exception", "_UNSET")
+)
+
+
+class GeneratedCodeError(DslError):
+    """The generated module failed the allowlist or tripped the audit hook: a compiler bug (E311)."""
+
+
+def exec_generated(
+    src: str, name: str, params: tuple[str, ...], filename: str
+) -> Callable[..., Raw]:
+    """Verify a generated module against the allowlist, then compile it and run it armed.
+
+    Args:
+        src: the module's text, as the code generator wrote it.
+        name: the one function it defines (returned).
+        params: that function's parameters.
+        filename: the name it is compiled under (starts with `guard.GENERATED_PREFIX`).
+
+    Raises:
+        GeneratedCodeError: E311, when the module fails the allowlist or trips the audit hook
+            while it is executed; nothing of a module that fails the allowlist is run.
+    """
+    if not filename.startswith(guard.GENERATED_PREFIX):
+        raise ValueError(f"generated code is compiled as {guard.GENERATED_PREFIX}...>")
+    tree = ast.parse(src, filename)
+    problems = guard.verify(tree, name, params, _HELPER_NAMES)
+    if problems:
+        raise _rejected(filename, "; ".join(problems))
+    code = compile(tree, filename, "exec")
+    namespace = _namespace()
+    guard.install()
+    try:
+        with guard.armed(exec_ok=code):
+            exec(code, namespace)  # verified generated code only, never user text
+    except guard.SandboxViolation as exc:
+        raise _rejected(filename, str(exc)) from None
     fn: Callable[..., Raw] = namespace[name]
     return fn
 
 
-_UNSET = object()
+def _rejected(filename: str, why: str) -> GeneratedCodeError:
+    return GeneratedCodeError(
+        [
+            Diagnostic(
+                "E311",
+                f"generated code for {filename} refused: {why}",
+                None,
+                "this is a bug of the rule compiler, not of the bundle: please report it; "
+                "nothing of it was run",
+            )
+        ]
+    )
 
 
 def compile_ruleset(
@@ -301,7 +388,9 @@ def compile_ruleset(
     cached = frozenset(name for name, count in uses.items() if count > 1)
     gen = _Gen(checked.lets, traced=False, cached=cached)
     src, per_rule = _function("_evaluate", checked.rules, gen, "f")
-    fast = _exec(src, "_evaluate", f"<bundle {bundle_id} rev {revision}>")
+    fast = exec_generated(
+        src, "_evaluate", ("f",), f"{guard.GENERATED_PREFIX}{bundle_id} rev {revision}>"
+    )
     assert all(t in OUTPUTS for r in checked.rules for t, _ in r.scales)
     return CompiledRuleset(
         revision,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from dsl.guard import SandboxViolation
 from dsl.schema import Clamp, show
 
 INF = math.inf
@@ -74,7 +75,13 @@ HELPERS: dict[str, object] = {
 
 
 def fault_of(exc: BaseException) -> tuple[str, str]:
-    """The (code, message) recorded for an exception raised while evaluating a rule."""
+    """The (code, message) recorded for an exception raised while evaluating a rule.
+
+    A `SandboxViolation` (the audit hook refused something generated code did) is never a
+    fault: it is raised again, so the evaluation fails loudly instead of a rule not firing.
+    """
+    if isinstance(exc, SandboxViolation):
+        raise exc
     if isinstance(exc, RuleFault):
         return exc.code, exc.message
     if isinstance(exc, ZeroDivisionError):

@@ -5,8 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-MAX_SOURCE_BYTES = 4 * 1024 * 1024
-"""Largest rule file the front end accepts; bigger files are refused with E107 before lexing."""
+MAX_SOURCE_BYTES = 256 * 1024
+"""Largest rule file the front end accepts; bigger files are refused with E107 before lexing
+(a bundle loader reads no more than this of a file)."""
+
+
+def show_size(n: int) -> str:
+    """A byte count as the limits are written: ``512 KiB``, ``1 MiB``."""
+    for unit, size in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} bytes"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from dsl import BuildResult, Diagnostic, DslError, Source, build_bundle, format_module, parse
-from dsl.bundle import MANIFEST
+from dsl.bundle import MANIFEST, scan_bundle
 from dsl.cases import load_cases, run_case
 from dsl.errors import sort_and_cap
 from dsl.runtime import Outcome
@@ -70,13 +70,15 @@ def _lint_one(path: str) -> tuple[list[Diagnostic], dict[str, str], str]:
             or target in resolved.parents
         ]
         return mine, result.texts, f"{path}: checked as part of the bundle in {root}"
+    diags: list[Diagnostic] = []
     if p.is_dir():
-        files = sorted(p.rglob("*.rule"))
-        if not files:
+        scan = scan_bundle(p)  # no links followed, no unsafe names (E308, E309, E310)
+        files = scan.rule_files
+        diags.extend(scan.diagnostics)
+        if not files and not diags:
             raise UsageError(f"'{path}' holds no {MANIFEST} and no .rule files")
     else:
         files = [p]
-    diags: list[Diagnostic] = []
     texts: dict[str, str] = {}
     for f in files:
         source = Source.from_path(f)

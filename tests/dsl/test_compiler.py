@@ -196,7 +196,7 @@ def test_a_let_read_by_several_rules_is_computed_once_and_faults_in_each(
         "rule R-1 when big then size_mult *= 1.1\nrule R-2 when big or mid > 0 then tp_mult *= 1.1\n"
         "rule R-3 when mid > 0 or big then sl_mult *= 0.9\n",
     )
-    assert "_L_big" in rs.source  # read three times: cached
+    assert "_L0 = _U" in rs.source  # big is read three times: cached (lets are numbered)
     out = rs.evaluate(SNAPSHOT)  # spread_bps == 1: the let faults
     assert [(f.rule_id, f.code) for f in out.faults] == [("R-1", "E401"), ("R-2", "E401")]
     assert out.fired == ("R-3",)

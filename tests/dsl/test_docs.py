@@ -412,13 +412,15 @@ def test_dsl_md_reserved_words_match_the_code() -> None:
 
 def test_dsl_md_limits_table_matches_the_constants() -> None:
     table = _section(dsl_doc(), "Limits")
-    rows = re.findall(r"^\| [^|]+ \| `([\w.]+)` \| ([\d_,. ]+(?:MiB)?) \|", table, re.M)
+    rows = re.findall(r"^\| [^|]+ \| `([\w.]+)` \| ([\d_,. ]+(?:[KM]iB)?) \|", table, re.M)
     assert len(rows) >= 8
     for dotted, shown in rows:
         module, _, name = dotted.rpartition(".")
         value = getattr(importlib.import_module(module), name)
         if shown.strip().endswith("MiB"):
             assert value == int(shown.split()[0]) * 1024 * 1024, dotted
+        elif shown.strip().endswith("KiB"):
+            assert value == int(shown.split()[0]) * 1024, dotted
         else:
             assert value == int(shown.replace(" ", "").replace(",", "")), dotted
 

@@ -86,7 +86,7 @@ def test_capped_reports_say_how_many_were_left_out(make_bundle: BundleFactory) -
 def test_a_too_large_file_is_named() -> None:
     with pytest.raises(DslSyntaxError) as info:
         parse(Source("rules/big.rule", "#" * (MAX_SOURCE_BYTES + 1)))
-    assert str(info.value).startswith("rules/big.rule:1:1: E107 rule file larger than 4 MiB")
+    assert str(info.value).startswith("rules/big.rule:1:1: E107 rule file larger than 256 KiB")
 
 
 def test_lint_of_a_subdirectory_of_a_bundle(
