@@ -30,6 +30,7 @@ from dsl.parser import parse
 from dsl.schema import Bounds, Clamp, FeatureSpec, Schema
 from dsl.source import MAX_SOURCE_BYTES, Source, Span, show_size
 from dsl.suggest import did_you_mean
+from dsl.units import CONVERSIONS, parse_unit
 
 MANIFEST = "bundle.toml"
 RESERVED_WORDS = frozenset(
@@ -51,7 +52,19 @@ RESERVED_WORDS = frozenset(
         "sl_mult",
     ]
 )
-FUNCTION_NAMES = frozenset(["abs", "min", "max", "clamp", "log", "sqrt", "between", "has"])
+FUNCTION_NAMES = frozenset(
+    [
+        "abs",
+        "min",
+        "max",
+        "clamp",
+        "log",
+        "sqrt",
+        "between",
+        "has",
+        *CONVERSIONS,
+    ]
+)
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 MAX_BUNDLE_ENTRIES = 256
 """Most files and directories under a bundle directory, all kinds counted (E310)."""
@@ -64,6 +77,23 @@ MAX_PARAM_INT = 2**63 - 1
 
 ParamScalar = int | float | bool | str
 ParamValue = ParamScalar | list[ParamScalar]
+
+
+class UnitParamModel(BaseModel):
+    """``name = { value = 1.5, unit = "bps" }``: a number (or a list of numbers) with its unit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    value: int | float | list[int | float]
+    unit: str
+
+    @model_validator(mode="after")
+    def _check(self) -> UnitParamModel:
+        for x in self.value if isinstance(self.value, list) else [self.value]:
+            if isinstance(x, bool):
+                raise ValueError("a unit is only for numbers")
+        parse_unit(self.unit)
+        return self
 
 
 class _Strict(BaseModel):
@@ -95,6 +125,14 @@ class FeatureModel(_Strict):
     unit: str = ""
 
     @model_validator(mode="after")
+    def _unit(self) -> FeatureModel:
+        if self.unit and self.type not in ("number", "int"):
+            raise ValueError(f"a unit is only for number and int features, not {self.type}")
+        if self.unit:
+            parse_unit(self.unit)
+        return self
+
+    @model_validator(mode="after")
     def _enum_values(self) -> FeatureModel:
         if self.type == "enum" and not self.values:
             raise ValueError("an enum feature needs a non-empty 'values' list")
@@ -115,7 +153,7 @@ class ManifestModel(BaseModel):
     description: str = ""
     clamp: ClampModel = ClampModel()
     features: dict[str, FeatureModel]
-    params: dict[str, ParamValue] = {}
+    params: dict[str, UnitParamModel | ParamValue] = {}
 
     @field_validator("features", mode="before")
     @classmethod
@@ -139,6 +177,8 @@ class ManifestModel(BaseModel):
     def _param_values(cls, v: dict[str, Any]) -> dict[str, Any]:
         for name, value in v.items():
             _check_name(name, "param")
+            if isinstance(value, UnitParamModel):
+                value = value.value
             for x in value if isinstance(value, list) else [value]:
                 if isinstance(x, float) and not math.isfinite(x):
                     raise ValueError(f"param {escaped(name)} must be finite, found {x}")
@@ -171,6 +211,8 @@ class Manifest:
     path: str = MANIFEST
     """Where the manifest is reported (the bundle directory's bundle.toml)."""
     text: str = ""
+    param_units: dict[str, str] = field(default_factory=dict)
+    """The declared unit of each number param that has one."""
 
 
 @dataclass(frozen=True)
@@ -259,7 +301,16 @@ def parse_manifest(
             )
     features: dict[str, FeatureSpec] = {}
     for name, fm in model.features.items():
-        features[name] = FeatureSpec(name, fm.type, fm.optional, tuple(fm.values or ()), fm.doc)
+        features[name] = FeatureSpec(
+            name, fm.type, fm.optional, tuple(fm.values or ()), fm.doc, fm.unit
+        )
+    params: dict[str, Any] = {}
+    param_units: dict[str, str] = {}
+    for name, value in model.params.items():
+        if isinstance(value, UnitParamModel):
+            params[name], param_units[name] = value.value, value.unit
+        else:
+            params[name] = value
     for name in model.params:
         if name in features:
             diags.append(
@@ -287,11 +338,12 @@ def parse_manifest(
         model.description,
         Schema(features),
         clamp,
-        dict(model.params),
+        params,
         extra,
         raw,
         path,
         text,
+        param_units,
     )
     return manifest, diags
 
@@ -507,11 +559,56 @@ class BuildResult:
         return self.ruleset is not None and not any(d.is_error for d in self.diagnostics)
 
 
-def build_bundle(path: str | Path, *, known_sections: Iterable[str] = ()) -> BuildResult:
-    """Load, check and compile a bundle directory, collecting every diagnostic on the way."""
+def missing_units(manifest: Manifest) -> list[Diagnostic]:
+    """W302 for every number feature and number param declared without a unit (`--strict`)."""
+    out = []
+    mpath, text = manifest.path, manifest.text
+    for name, spec in manifest.schema.features.items():
+        if spec.type in ("number", "int") and not spec.unit:
+            out.append(
+                Diagnostic(
+                    "W302",
+                    f"feature '{name}' has no unit, so its uses are not unit-checked",
+                    key_span(mpath, text, ("features", name)),
+                    'declare it, e.g. { type = "number", unit = "bps" }',
+                    Severity.WARNING,
+                )
+            )
+    for name, value in manifest.params.items():
+        items = value if isinstance(value, list) else [value]
+        numeric = items and all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in items
+        )
+        if numeric and name not in manifest.param_units:
+            out.append(
+                Diagnostic(
+                    "W302",
+                    f"param '{name}' has no unit, so its uses are not unit-checked",
+                    key_span(mpath, text, ("params", name)),
+                    f'declare it, e.g. {name} = {{ value = {value!r}, unit = "bps" }}'
+                    if not isinstance(value, list)
+                    else 'declare it, e.g. { value = [...], unit = "bps" }',
+                    Severity.WARNING,
+                )
+            )
+    return out
+
+
+def build_bundle(
+    path: str | Path, *, known_sections: Iterable[str] = (), strict: bool = False
+) -> BuildResult:
+    """Load, check and compile a bundle directory, collecting every diagnostic on the way.
+
+    Args:
+        path: the bundle directory.
+        known_sections: top-level manifest tables owned by the caller (no W301 for them).
+        strict: also warn about number features and params without a unit (W302).
+    """
     loaded = load_bundle(path, known_sections=known_sections)
     diags = list(loaded.diagnostics)
     manifest = loaded.manifest
+    if manifest is not None and strict:
+        diags.extend(missing_units(manifest))
     if manifest is None:
         # Without a schema every name is unknown; report syntax problems only.
         return BuildResult(None, None, tuple(sort_and_cap(diags)), loaded.texts)
@@ -520,6 +617,7 @@ def build_bundle(path: str | Path, *, known_sections: Iterable[str] = ()) -> Bui
             loaded.modules,
             schema=manifest.schema,
             params=manifest.params,
+            param_units=manifest.param_units,
             clamp=manifest.clamp,
             texts=loaded.texts,
         )

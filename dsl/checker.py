@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from dsl import nodes as n
@@ -19,6 +20,18 @@ from dsl.runtime import RuleInfo
 from dsl.schema import OUTPUTS, Clamp, FeatureSpec, Schema
 from dsl.source import Span
 from dsl.suggest import did_you_mean
+from dsl.units import (
+    CONVERSIONS,
+    LITERAL,
+    ONE,
+    UNKNOWN,
+    Unit,
+    conversion,
+    conversion_hint,
+    first_mismatch,
+    parse_unit,
+    unify,
+)
 
 MAX_INLINED_DEPTH = 80
 """Deepest an expression may get once lets are substituted (E109). The traced evaluator nests two
@@ -31,9 +44,14 @@ MAX_INLINED_NODES = 20_000
 class Type:
     kind: str  # number | int | string | bool | enum | list | error
     values: tuple[str, ...] = ()
+    unit: Unit = field(default=UNKNOWN, compare=False, hash=False)
+    """Of a number: its unit (`dsl.units`); never part of type equality."""
 
     def __str__(self) -> str:
         return self.kind
+
+    def with_unit(self, unit: Unit) -> Type:
+        return Type(self.kind, self.values, unit)
 
     @property
     def is_numeric(self) -> bool:
@@ -58,6 +76,7 @@ FUNCTIONS: Mapping[str, tuple[int, int | None]] = {
     "sqrt": (1, 1),
     "between": (3, 3),
     "has": (1, 1),
+    **{name: (1, 1) for name in CONVERSIONS},
 }
 ACTIONS = ("size_mult", "tp_mult", "sl_mult", "skip_entry")
 
@@ -131,9 +150,18 @@ _Unguarded = dict[str, tuple[Span, str | None]]  # feature -> (where, through wh
 
 
 class _Checker:
-    def __init__(self, schema: Schema, params: Mapping[str, Any]):
+    def __init__(
+        self,
+        schema: Schema,
+        params: Mapping[str, Any],
+        param_units: Mapping[str, str] | None = None,
+    ):
         self.schema = schema
         self.params = params
+        self.param_units = {k: parse_unit(u) for k, u in (param_units or {}).items()}
+        self.feature_units = {
+            name: parse_unit(spec.unit) for name, spec in schema.features.items() if spec.unit
+        }
         self.diags: list[Diagnostic] = []
         self.let_defs: dict[str, n.LetDef] = {}
         self.lets: dict[str, _LetInfo] = {}
@@ -153,6 +181,47 @@ class _Checker:
         if len(text) > 40:
             text = text[:37] + "..."
         return f"{text} ({t})"
+
+    def describe_unit(self, e: n.Expr, t: Type) -> str:
+        text = to_source(e)
+        if len(text) > 40:
+            text = text[:37] + "..."
+        shown = "no unit" if t.unit.kind == "unknown" else str(t.unit)
+        return f"{text} ({shown})"
+
+    # -- units -----------------------------------------------------------------------------------
+
+    def same_units(
+        self, what: str, parts: list[tuple[n.Expr, Type]], span: Span | None = None
+    ) -> Unit:
+        """The one unit of values that must agree (E218 naming both sides when they do not)."""
+        units = [t.unit for _, t in parts]
+        mismatch = first_mismatch(units)
+        if mismatch is None:
+            return unify(units) or UNKNOWN
+        (a, at), (b, bt) = parts[mismatch[0]], parts[mismatch[1]]
+        self.error(
+            "E218",
+            f"{what} {self.describe_unit(a, at)} and {self.describe_unit(b, bt)}: the units differ",
+            span or _join(a.span, b.span),
+            conversion_hint(at.unit, _short(a), bt.unit, _short(b)),
+        )
+        return UNKNOWN
+
+    def need_pure(self, what: str, e: n.Expr, t: Type, hint: str) -> None:
+        """E219 unless ``e`` is a pure number (a ratio at scale 1: fraction, or unit-less)."""
+        if t.unit.checked and not t.unit.same(ONE):
+            self.error(
+                "E219",
+                f"{what} must be a pure number, found {self.describe_unit(e, t)}",
+                e.span,
+                hint,
+            )
+
+    def pure_hint(self, t: Type) -> str:
+        if t.unit.dimensionless:
+            return "convert it with to_fraction(...)"
+        return f"divide it by a reference value in {t.unit} (a param declared with that unit)"
 
     # -- facts for has() guards ------------------------------------------------------------------
 
@@ -189,7 +258,7 @@ class _Checker:
     def expr(self, e: n.Expr, facts: frozenset[str]) -> tuple[n.Expr, Type, _Unguarded]:
         match e:
             case n.Number(value=v):
-                return e, INT if isinstance(v, int) else NUMBER, {}
+                return e, (INT if isinstance(v, int) else NUMBER).with_unit(LITERAL), {}
             case n.String():
                 return e, STRING, {}
             case n.Bool():
@@ -209,7 +278,7 @@ class _Checker:
                         "'-' applies to numbers",
                     )
                     t = ERROR
-                return n.Neg(o2, e.span), t, ug
+                return n.Neg(o2, e.span), t, ug  # a unit passes through
             case n.Not(operand=o):
                 o2, t, ug = self.expr(o, facts)
                 self.need_bool(o2, t, "'not'")
@@ -248,7 +317,8 @@ class _Checker:
         if spec is not None:
             ref = n.FeatureRef(name, spec.optional, e.span)
             ug: _Unguarded = {name: (e.span, None)} if spec.optional and name not in facts else {}
-            return ref, feature_type(spec), ug
+            t = feature_type(spec).with_unit(self.feature_units.get(name, UNKNOWN))
+            return ref, t, ug
         if name in self.let_defs:
             self.used_lets.add(name)
             info = self.lets.get(name)
@@ -257,7 +327,8 @@ class _Checker:
             ug = {f: (e.span, name) for f in info.unguarded if f not in facts}
             return n.LetRef(name, e.span), info.type, ug
         if name in self.params:
-            return param_literal(self.params[name], e.span, name)
+            lit, t, ug = param_literal(self.params[name], e.span, name)
+            return lit, t.with_unit(self.param_units.get(name, UNKNOWN)), ug
         if name in FUNCTIONS:
             self.error(
                 "E201",
@@ -297,6 +368,13 @@ class _Checker:
                     "arithmetic applies to numbers",
                 )
                 t = ERROR
+        if t != ERROR:
+            if e.op in ("+", "-"):
+                verb = "cannot add" if e.op == "+" else "cannot subtract"
+                unit = self.same_units(verb, [(left, lt), (right, rt)], e.span)
+            else:
+                unit = lt.unit * rt.unit if e.op == "*" else lt.unit / rt.unit
+            t = t.with_unit(unit)
         return n.BinOp(e.op, left, right, e.span), t, {**lug, **rug}
 
     def compare(self, e: n.Compare, facts: frozenset[str]) -> tuple[n.Expr, Type, _Unguarded]:
@@ -332,6 +410,8 @@ class _Checker:
                 hint,
             )
             return
+        if at.is_numeric and bt.is_numeric:
+            self.same_units("cannot compare", [(a, at), (b, bt)], where)
         for x, xt, y in ((a, at, b), (b, bt, a)):
             if xt.kind == "enum" and isinstance(y, n.String):
                 self.enum_member(x, xt, y)
@@ -356,6 +436,11 @@ class _Checker:
     def member(self, e: n.Member, facts: frozenset[str]) -> tuple[n.Expr, Type, _Unguarded]:
         value, vt, ug = self.expr(e.value, facts)
         container = e.container
+        item_unit = LITERAL
+        if isinstance(container, n.Name) and container.name in self.param_units and vt.is_numeric:
+            lt = NUMBER.with_unit(self.param_units[container.name])
+            self.same_units("cannot compare", [(value, vt), (container, lt)], e.span)
+            item_unit = UNKNOWN  # reported once for the list, not per item
         if isinstance(container, n.Name) and container.name in self.params:
             param = self.params[container.name]
             if not isinstance(param, list):
@@ -393,7 +478,10 @@ class _Checker:
                 if isinstance(lit, n.String)
                 else BOOL
             )
-            self.compare_pair("==", value, vt, lit, lt, lit.span)
+            unit = item_unit
+            if isinstance(item, n.Name):  # a scalar param in a list literal
+                unit = self.param_units.get(item.name, UNKNOWN)
+            self.compare_pair("==", value, vt, lit, lt.with_unit(unit), lit.span)
             items.append(lit)
         return n.Member(value, n.ListLit(tuple(items), container.span), e.negated, e.span), BOOL, ug
 
@@ -417,7 +505,10 @@ class _Checker:
                 "E202",
                 f"unknown function '{e.func}'",
                 e.func_span,
-                did_you_mean(e.func, FUNCTIONS) or "the functions are " + ", ".join(FUNCTIONS),
+                did_you_mean(e.func, FUNCTIONS)
+                or "the functions are "
+                + ", ".join(f for f in FUNCTIONS if f not in CONVERSIONS)
+                + " and the unit conversions to_<unit>()",
             )
             for a in e.args:  # still check the arguments, for their own errors
                 self.expr(a, facts)
@@ -462,22 +553,79 @@ class _Checker:
                 {},
             )
         args, ug = [], {}
+        typed: list[tuple[n.Expr, Type]] = []
         all_int = True
+        numeric = True
         for a in e.args:
             a2, t, u = self.expr(a, facts)
             ug.update(u)
             args.append(a2)
+            typed.append((a2, t))
             if not t.is_numeric:
                 self.error(
                     "E205", f"{e.func}() takes numbers, found {self.describe(a2, t)}", a2.span
                 )
+                numeric = False
             all_int = all_int and t == INT
         call = n.Call(e.func, tuple(args), e.span, e.func_span)
+        unit = self.call_unit(e, typed) if numeric else UNKNOWN
+        if e.func in CONVERSIONS:
+            if not numeric:
+                return call, ERROR, ug
+            conv, t = self.convert(e, typed[0], unit)
+            return conv, t, ug
         if e.func == "between":
             return call, BOOL, ug
         if e.func in ("abs", "min", "max", "clamp") and all_int:
-            return call, INT, ug
-        return call, NUMBER, ug
+            return call, INT.with_unit(unit), ug
+        return call, NUMBER.with_unit(unit), ug
+
+    def call_unit(self, e: n.Call, typed: list[tuple[n.Expr, Type]]) -> Unit:
+        """The unit of a numeric function's result; E218/E219 when its arguments do not fit."""
+        func = e.func
+        if func in ("min", "max", "clamp", "between"):
+            return self.same_units(f"{func}() takes values of one unit, found", typed)
+        if func == "log":
+            self.need_pure("the argument of log()", *typed[0], self.pure_hint(typed[0][1]))
+            return typed[0][1].unit if not typed[0][1].unit.checked else ONE
+        if func == "sqrt":
+            u = typed[0][1].unit
+            return u.power(Fraction(1, 2)) if u.checked else u
+        if func in CONVERSIONS:
+            return typed[0][1].unit
+        return typed[0][1].unit  # abs
+
+    def convert(self, e: n.Call, arg: tuple[n.Expr, Type], unit: Unit) -> tuple[n.Expr, Type]:
+        """``to_bps(x)``: a `Convert` node scaling ``x`` into the target unit (E219 if it cannot)."""
+        target = CONVERSIONS[e.func]
+        a, t = arg
+        target_unit = parse_unit(target)
+        if not unit.checked:
+            what = "a number literal" if unit.kind == "literal" else "a value with no unit"
+            self.error(
+                "E219",
+                f"{e.func}() converts a value with a unit, found {what}: "
+                f"{self.describe_unit(a, t)}",
+                a.span,
+                "declare the unit of the feature or param in bundle.toml"
+                if unit.kind == "unknown"
+                else "a literal takes the unit of what it is compared with: drop the conversion",
+            )
+            return n.Convert(e.func, a, span=e.span), NUMBER.with_unit(target_unit)
+        if not unit.same_dims(target_unit):
+            family = [
+                name for name in CONVERSIONS.values() if parse_unit(name).same_dims(target_unit)
+            ]
+            self.error(
+                "E219",
+                f"{e.func}() converts {', '.join(family)}, found {self.describe_unit(a, t)}",
+                a.span,
+                "a conversion changes the scale, never what is measured",
+            )
+            return n.Convert(e.func, a, span=e.span), NUMBER.with_unit(target_unit)
+        factor = conversion(target, unit)
+        mul, div = (_nice(factor), 1.0) if factor >= 1 else (1.0, _nice(1 / factor))
+        return n.Convert(e.func, a, mul, div, e.span), NUMBER.with_unit(target_unit)
 
     # -- items ------------------------------------------------------------------------------------
 
@@ -574,6 +722,12 @@ class _Checker:
                     factor.span,
                 )
                 continue
+            self.need_pure(
+                f"the factor of {a.target}",
+                factor,
+                ft,
+                self.pure_hint(ft),
+            )
             const = constant_number(factor)
             if const is not None and not (0 < const < float("inf")):
                 self.error(
@@ -605,6 +759,17 @@ class _Checker:
         for _, f in scales:
             feats |= self.features_of(f)
         return CheckedRule(r, when, tuple(scales), skip, index, feats, nodes)
+
+
+def _nice(x: float) -> float:
+    """A conversion factor, made exact where it is an integer up to rounding (1 / 1e-4)."""
+    r = round(x)
+    return float(r) if r and abs(x - r) <= 1e-9 * abs(x) else x
+
+
+def _short(e: n.Expr) -> str:
+    text = to_source(e)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def feature_type(spec: FeatureSpec) -> Type:
@@ -702,6 +867,7 @@ def check(
     *,
     schema: Schema,
     params: Mapping[str, Any] | None = None,
+    param_units: Mapping[str, str] | None = None,
     clamp: Clamp | None = None,
     texts: Mapping[str, str] | None = None,
 ) -> CheckedBundle:
@@ -711,6 +877,7 @@ def check(
         modules: the parsed rule files, in file order.
         schema: the declared features.
         params: named constants usable in rules.
+        param_units: the declared unit of each param that has one (`dsl.units`).
         clamp: output bounds (for the clamp warnings and the compiled ruleset).
         texts: source texts by path, for rendering diagnostics.
 
@@ -722,7 +889,7 @@ def check(
     """
     from dsl.lints import lint_bundle  # lints read CheckedRule; imported here to keep one direction
 
-    c = _Checker(schema, params or {})
+    c = _Checker(schema, params or {}, param_units)
     clamp = clamp or Clamp()
     for m in modules:
         for item in m.items:

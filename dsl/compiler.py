@@ -126,6 +126,14 @@ class _Gen:
                 test = "> 0" if func == "log" else ">= 0"
                 m = {"log": "_mlog", "sqrt": "_msqrt"}[func]
                 return f"({m}({t}) if ({t} := {self.expr(arg)}) {test} else {_FUNCS[func]}({t}))"
+            case n.Convert(operand=o, mul=mul, div=div):
+                for k in (mul, div):
+                    if type(k) is not float or not math.isfinite(k) or k <= 0:
+                        raise TypeError(f"cannot compile the conversion factor {k!r}")
+                if mul == div == 1.0:
+                    return w(e, d, lambda dd: self.expr(o, dd))
+                scale = f"* {mul!r}" if div == 1.0 else f"/ {div!r}"
+                return w(e, d, lambda dd: f"({self.expr(o, dd)} {scale})")
             case n.Call(func=func, args=args):
                 helper = _FUNCS[func]
                 return w(

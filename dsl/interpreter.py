@@ -65,6 +65,11 @@ def eval_expr(e: n.Expr, features: Mapping[str, Any], lets: Mapping[str, n.Expr]
             return not found if neg else found
         case n.Call(func="has", args=(n.FeatureRef(name=name),)):
             return name in features
+        case n.Convert(operand=o, mul=mul, div=div):
+            x = eval_expr(o, features, lets)
+            if mul == div == 1.0:
+                return x
+            return x * mul if div == 1.0 else x / div
         case n.Call(func=func, args=args):
             values = [eval_expr(a, features, lets) for a in args]
             helper = HELPERS[f"_{func}"]

@@ -56,6 +56,8 @@ class FeatureRef:
     name: str
     optional: bool = False
     span: Span = _span()
+    lag: int = 0
+    """How many snapshots back (0: the current value; 1: ``prev(name)``, read as ``name_prev``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,17 @@ class Call:
     func_span: Span = _span()
 
 
+@dataclass(frozen=True, slots=True)
+class Convert:
+    """A checked unit conversion, ``to_bps(x)``: ``x * mul / div`` with one of the two 1.0."""
+
+    func: str
+    operand: Expr
+    mul: float = 1.0
+    div: float = 1.0
+    span: Span = _span()
+
+
 Expr: TypeAlias = (
     Number
     | String
@@ -131,6 +144,7 @@ Expr: TypeAlias = (
     | Compare
     | Member
     | Call
+    | Convert
 )
 
 
@@ -189,7 +203,7 @@ class Module:
 def children(node: object) -> tuple[object, ...]:
     """The direct sub-nodes of a node, for iterative walks (depth limits, searches)."""
     match node:
-        case Neg(operand=o) | Not(operand=o):
+        case Neg(operand=o) | Not(operand=o) | Convert(operand=o):
             return (o,)
         case BinOp(left=a, right=b):
             return (a, b)

@@ -80,6 +80,8 @@ def _bare(e: n.Expr) -> str:
             return (
                 f"{to_source(v, _PREC_SUM)} {'not in' if neg else 'in'} {to_source(c, _PREC_ATOM)}"
             )
+        case n.Convert(func=func, operand=o):
+            return f"{func}({to_source(o)})"
         case n.Call(func=func, args=args):
             return f"{func}(" + ", ".join(to_source(a) for a in args) + ")"
     raise TypeError(f"not an expression node: {e!r}")

@@ -36,6 +36,8 @@ class FeatureSpec:
     optional: bool = False
     values: tuple[str, ...] = ()
     doc: str = ""
+    unit: str = ""
+    """The declared unit (`dsl.units`), empty for none."""
 
     def describe(self) -> str:
         if self.type == "enum":

@@ -35,11 +35,11 @@ def _bundle_root(path: Path) -> Path | None:
     return None
 
 
-def _build(path: str) -> BuildResult:
+def _build(path: str, strict: bool = False) -> BuildResult:
     p = Path(path)
     if not p.exists():
         raise UsageError(f"'{path}' does not exist")
-    result = build_bundle(path, known_sections=ENGINE_SECTIONS)
+    result = build_bundle(path, known_sections=ENGINE_SECTIONS, strict=strict)
     if result.manifest is None or not set(result.manifest.raw) & set(ENGINE_SECTIONS):
         return result  # a rules-only bundle: nothing of the engine's to check
     _, more = engine_params(result.manifest)  # the engine sections are checked by lint too
@@ -49,18 +49,18 @@ def _build(path: str) -> BuildResult:
     return BuildResult(None, result.manifest, diags, result.texts)
 
 
-def _lint_one(path: str) -> tuple[list[Diagnostic], dict[str, str], str]:
+def _lint_one(path: str, strict: bool = False) -> tuple[list[Diagnostic], dict[str, str], str]:
     """Diagnostics for one PATH: a whole bundle, or a lone .rule file (syntax only without a bundle)."""
     p = Path(path)
     if not p.exists():
         raise UsageError(f"'{path}' does not exist")
     root = _bundle_root(p)
     if p.is_dir() and root == p:
-        result = _build(path)
+        result = _build(path, strict)
         summary = _summary(path, result)
         return list(result.diagnostics), result.texts, summary
     if root is not None:
-        result = build_bundle(root, known_sections=ENGINE_SECTIONS)
+        result = build_bundle(root, known_sections=ENGINE_SECTIONS, strict=strict)
         target = p.resolve()
         mine = [
             d
@@ -114,7 +114,7 @@ def lint(args: argparse.Namespace) -> int:
     texts: dict[str, str] = {}
     summaries = []
     for path in args.paths:
-        diags, t, summary = _lint_one(path)
+        diags, t, summary = _lint_one(path, args.strict)
         all_diags.extend(diags)
         texts.update(t)
         summaries.append(summary)
