@@ -27,7 +27,7 @@ from dsl.errors import Diagnostic, DslError, DslSyntaxError, Severity, sort_and_
 from dsl.guard import bad_char, escaped
 from dsl.nodes import Module, Rule
 from dsl.parser import parse
-from dsl.schema import Bounds, Clamp, FeatureSpec, Schema
+from dsl.schema import MAX_HISTORY, Bounds, Clamp, FeatureSpec, Schema, history_key
 from dsl.source import MAX_SOURCE_BYTES, Source, Span, show_size
 from dsl.suggest import did_you_mean
 from dsl.units import CONVERSIONS, parse_unit
@@ -62,6 +62,9 @@ FUNCTION_NAMES = frozenset(
         "sqrt",
         "between",
         "has",
+        "prev",
+        "crossed_above",
+        "crossed_below",
         *CONVERSIONS,
     ]
 )
@@ -123,9 +126,12 @@ class FeatureModel(_Strict):
     values: list[Annotated[str, Field(min_length=1)]] | None = None
     doc: str = ""
     unit: str = ""
+    history: Annotated[int, Field(ge=0, le=MAX_HISTORY)] = 0
 
     @model_validator(mode="after")
     def _unit(self) -> FeatureModel:
+        if self.history and self.type not in ("number", "int"):
+            raise ValueError(f"history is only for number and int features, not {self.type}")
         if self.unit and self.type not in ("number", "int"):
             raise ValueError(f"a unit is only for number and int features, not {self.type}")
         if self.unit:
@@ -170,6 +176,14 @@ class ManifestModel(BaseModel):
             _check_name(name, "feature")
         if not v:
             raise ValueError("a bundle declares at least one feature")
+        for name, spec in v.items():
+            for lag in range(1, spec.history + 1):
+                if history_key(name, lag) in v:
+                    raise ValueError(
+                        f"feature '{history_key(name, lag)}' is the key of '{name}' {lag} "
+                        f"snapshot{'s' * (lag > 1)} back (history = {spec.history}): "
+                        "drop it, prev() reads it"
+                    )
         return v
 
     @field_validator("params")
@@ -302,7 +316,7 @@ def parse_manifest(
     features: dict[str, FeatureSpec] = {}
     for name, fm in model.features.items():
         features[name] = FeatureSpec(
-            name, fm.type, fm.optional, tuple(fm.values or ()), fm.doc, fm.unit
+            name, fm.type, fm.optional, tuple(fm.values or ()), fm.doc, fm.unit, fm.history
         )
     params: dict[str, Any] = {}
     param_units: dict[str, str] = {}

@@ -9,7 +9,7 @@ factors that always hit the clamp) come from `dsl.lints`. Imports nothing outsid
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
@@ -17,7 +17,7 @@ from dsl import nodes as n
 from dsl.errors import Diagnostic, DslError, Severity, sort_and_cap
 from dsl.printer import to_source
 from dsl.runtime import RuleInfo
-from dsl.schema import OUTPUTS, Clamp, FeatureSpec, Schema
+from dsl.schema import OUTPUTS, Clamp, FeatureSpec, Schema, history_key
 from dsl.source import Span
 from dsl.suggest import did_you_mean
 from dsl.units import (
@@ -76,6 +76,9 @@ FUNCTIONS: Mapping[str, tuple[int, int | None]] = {
     "sqrt": (1, 1),
     "between": (3, 3),
     "has": (1, 1),
+    "prev": (1, 2),
+    "crossed_above": (2, 2),
+    "crossed_below": (2, 2),
     **{name: (1, 1) for name in CONVERSIONS},
 }
 ACTIONS = ("size_mult", "tp_mult", "sl_mult", "skip_entry")
@@ -552,6 +555,8 @@ class _Checker:
                 BOOL,
                 {},
             )
+        if e.func == "prev":
+            return self.prev(e, facts)
         args, ug = [], {}
         typed: list[tuple[n.Expr, Type]] = []
         all_int = True
@@ -568,6 +573,19 @@ class _Checker:
                 numeric = False
             all_int = all_int and t == INT
         call = n.Call(e.func, tuple(args), e.span, e.func_span)
+        if e.func in ("crossed_above", "crossed_below"):
+            if numeric:
+                self.same_units(f"{e.func}() takes values of one unit, found", typed)
+            left, right = args
+            crossed = n.Crossed(
+                e.func.removeprefix("crossed_"),
+                left,
+                right,
+                self.shift(left, 1, e.func),
+                self.shift(right, 1, e.func),
+                e.span,
+            )
+            return crossed, BOOL, ug
         unit = self.call_unit(e, typed) if numeric else UNKNOWN
         if e.func in CONVERSIONS:
             if not numeric:
@@ -579,6 +597,74 @@ class _Checker:
         if e.func in ("abs", "min", "max", "clamp") and all_int:
             return call, INT.with_unit(unit), ug
         return call, NUMBER.with_unit(unit), ug
+
+    def prev(self, e: n.Call, facts: frozenset[str]) -> tuple[n.Expr, Type, _Unguarded]:
+        """``prev(x)`` / ``prev(x, k)``: ``x`` with every feature read ``k`` snapshots back."""
+        arg, t, ug = self.expr(e.args[0], facts)
+        lag = 1
+        if len(e.args) == 2:
+            k = e.args[1]
+            if not (isinstance(k, n.Number) and type(k.value) is int and 1 <= k.value <= 8):
+                self.error(
+                    "E220",
+                    f"the second argument of prev() is how many snapshots back, an integer "
+                    f"literal from 1 to 8, found {to_source(k)}",
+                    k.span,
+                )
+                return arg, ERROR, ug
+            lag = k.value
+        return self.shift(arg, lag, "prev"), t, ug
+
+    def shift(self, e: n.Expr, k: int, what: str) -> n.Expr:
+        """``e`` read ``k`` snapshots back: lets substituted, features at lag + k (E220 for a
+        feature that does not carry that much history)."""
+        missing: dict[str, int] = {}
+
+        def go(x: n.Expr) -> n.Expr:
+            match x:
+                case n.FeatureRef(name=name, lag=lag):
+                    spec = self.schema.features[name]
+                    if spec.history < lag + k:
+                        missing[name] = max(missing.get(name, 0), lag + k)
+                    return replace(x, lag=lag + k)
+                case n.LetRef(name=name):
+                    info = self.lets.get(name)
+                    return go(info.expr) if info is not None else x
+                case n.Neg() | n.Not() | n.Convert():
+                    return replace(x, operand=go(x.operand))
+                case n.BinOp():
+                    return replace(x, left=go(x.left), right=go(x.right))
+                case n.BoolOp() | n.Compare():
+                    return replace(x, operands=tuple(go(o) for o in x.operands))
+                case n.Member():
+                    return replace(x, value=go(x.value))
+                case n.Call(func="has"):
+                    return x  # a feature and its history are present together
+                case n.Call():
+                    return replace(x, args=tuple(go(a) for a in x.args))
+                case n.Crossed():
+                    return replace(
+                        x,
+                        left=go(x.left),
+                        right=go(x.right),
+                        left_prev=go(x.left_prev),
+                        right_prev=go(x.right_prev),
+                    )
+            return x
+
+        out = go(e)
+        for name, need in missing.items():
+            have = self.schema.features[name].history
+            self.error(
+                "E220",
+                f"{what}() reads '{name}' {need} snapshot{'s' * (need > 1)} back, but it "
+                f"carries {'no history' if not have else f'history {have}'}",
+                e.span,
+                f"declare history = {need} on feature {name} in bundle.toml "
+                f"(the snapshot then carries {history_key(name, 1)!r}"
+                + (f" ... {history_key(name, need)!r})" if need > 1 else ")"),
+            )
+        return out
 
     def call_unit(self, e: n.Call, typed: list[tuple[n.Expr, Type]]) -> Unit:
         """The unit of a numeric function's result; E218/E219 when its arguments do not fit."""

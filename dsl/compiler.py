@@ -24,7 +24,7 @@ from dsl.checker import CheckedBundle, CheckedRule, constant_number
 from dsl.errors import Diagnostic, DslError
 from dsl.printer import to_source
 from dsl.runtime import HELPERS, Outcome, Raw, RuleInfo, TraceStep, build_outcome
-from dsl.schema import OUTPUTS, Clamp, Schema, show
+from dsl.schema import OUTPUTS, Clamp, Schema, history_key, show
 
 _ACC = {"size_mult": "_sm", "tp_mult": "_tm", "sl_mult": "_lm"}
 # Fixed tables: an operator or function the checker let through but that is not here is a
@@ -87,8 +87,18 @@ class _Gen:
                 return repr(v)
             case n.Bool(value=v):
                 return "True" if v else "False"
-            case n.FeatureRef(name=name):
-                return w(e, d, lambda _: f"f[{name!r}]")
+            case n.FeatureRef(name=name, lag=lag):
+                key = history_key(name, lag)
+                return w(e, d, lambda _: f"f[{key!r}]")
+            case n.Crossed(op=op, left=a, right=b, left_prev=pa, right_prev=pb):
+                helper = _FUNCS[f"crossed_{op}"]
+                return w(
+                    e,
+                    d,
+                    lambda dd: (
+                        f"{helper}(" + ", ".join(self.expr(x, dd) for x in (a, b, pa, pb)) + ")"
+                    ),
+                )
             case n.LetRef(name=name) if name in self.cached and not self.traced:
                 var = self.let_var(name)
                 return f"({var} if {var} is not _U else ({var} := {self.expr(self.lets[name])}))"

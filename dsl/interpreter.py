@@ -13,6 +13,7 @@ from typing import Any
 from dsl import nodes as n
 from dsl.checker import CheckedBundle, constant_number
 from dsl.runtime import HELPERS, Outcome, Raw, build_outcome, factor
+from dsl.schema import history_key
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
@@ -35,8 +36,13 @@ def eval_expr(e: n.Expr, features: Mapping[str, Any], lets: Mapping[str, n.Expr]
     match e:
         case n.Number(value=v) | n.String(value=v) | n.Bool(value=v):
             return v
-        case n.FeatureRef(name=name):
-            return features[name]
+        case n.FeatureRef(name=name, lag=lag):
+            return features[history_key(name, lag)]
+        case n.Crossed(op=op, left=a, right=b, left_prev=pa, right_prev=pb):
+            values = [eval_expr(x, features, lets) for x in (a, b, pa, pb)]
+            cross = HELPERS[f"_crossed_{op}"]
+            assert callable(cross)
+            return cross(*values)
         case n.LetRef(name=name):
             return eval_expr(lets[name], features, lets)
         case n.Neg(operand=o):

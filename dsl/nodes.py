@@ -129,6 +129,19 @@ class Convert:
     span: Span = _span()
 
 
+@dataclass(frozen=True, slots=True)
+class Crossed:
+    """A checked ``crossed_above(a, b)`` (op "above") or ``crossed_below``: the two values now and
+    the same expressions one snapshot back (every feature read at lag + 1)."""
+
+    op: str  # above | below
+    left: Expr
+    right: Expr
+    left_prev: Expr
+    right_prev: Expr
+    span: Span = _span()
+
+
 Expr: TypeAlias = (
     Number
     | String
@@ -145,6 +158,7 @@ Expr: TypeAlias = (
     | Member
     | Call
     | Convert
+    | Crossed
 )
 
 
@@ -213,6 +227,8 @@ def children(node: object) -> tuple[object, ...]:
             return (v, c)
         case Call(args=args) | ListLit(items=args):
             return tuple(args)
+        case Crossed(left=a, right=b, left_prev=pa, right_prev=pb):
+            return (a, b, pa, pb)
         case Scale(factor=f):
             return (f,)
         case LetDef(expr=e):

@@ -57,8 +57,12 @@ def _bare(e: n.Expr) -> str:
             return quote(value)
         case n.Bool(value=value):
             return "true" if value else "false"
+        case n.FeatureRef(name=name, lag=lag) if lag:
+            return f"prev({name})" if lag == 1 else f"prev({name}, {lag})"
         case n.Name(name=name) | n.FeatureRef(name=name) | n.LetRef(name=name):
             return name
+        case n.Crossed(op=op, left=a, right=b):
+            return f"crossed_{op}({to_source(a)}, {to_source(b)})"
         case n.ListLit(items=items):
             return "[" + ", ".join(to_source(i) for i in items) + "]"
         case n.Neg(operand=o):

@@ -50,6 +50,15 @@ def between(x: float, lo: float, hi: float) -> bool:
     return lo <= x <= hi
 
 
+def crossed_above(a: float, b: float, a_prev: float, b_prev: float) -> bool:
+    """``a`` is above ``b`` now and was not one snapshot back (qtpylib's ``crossed_above``)."""
+    return a > b and a_prev <= b_prev
+
+
+def crossed_below(a: float, b: float, a_prev: float, b_prev: float) -> bool:
+    return a < b and a_prev >= b_prev
+
+
 def factor(target: str, value: float) -> float:
     """A dynamic factor as a float; a factor that is not positive and finite is a fault (E405)."""
     try:
@@ -69,6 +78,8 @@ HELPERS: dict[str, object] = {
     "_log": log,
     "_sqrt": sqrt,
     "_between": between,
+    "_crossed_above": crossed_above,
+    "_crossed_below": crossed_below,
     "_factor": factor,
 }
 """The whole vocabulary of generated code besides the feature snapshot ``f``."""
