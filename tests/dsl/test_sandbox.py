@@ -94,6 +94,8 @@ def test_generated_namespace_has_only_the_helpers(make_bundle: BundleFactory) ->
         "_log",
         "_sqrt",
         "_between",
+        "_crossed_above",
+        "_crossed_below",
         "_factor",
     }
     assert result.ruleset._fast.__globals__["__builtins__"] == {}
