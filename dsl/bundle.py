@@ -2,8 +2,8 @@
 
 Validation of the manifest uses pydantic so that a bad field is reported with its path; every
 problem becomes an E3xx diagnostic pointing into `bundle.toml`. Everything a bundle carries is
-untrusted text: the directory is walked without following links (a symbolic link is E309), a
-name with a control or non-printable character is refused (E308), and the bundle is capped in
+untrusted text: the directory is walked without following links (a symbolic link is E313), a
+name with a control or non-printable character is refused (E312), and the bundle is capped in
 entries, bytes per file, total bytes and rules (E107, E310) before any stage can take long.
 Imports nothing outside `dsl`.
 """
@@ -69,6 +69,8 @@ FUNCTION_NAMES = frozenset(
     ]
 )
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_SAFE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+"""What each part of a rule file's path inside a bundle must be (E312)."""
 MAX_BUNDLE_ENTRIES = 256
 """Most files and directories under a bundle directory, all kinds counted (E310)."""
 MAX_BUNDLE_BYTES = 512 * 1024
@@ -377,11 +379,13 @@ class BundleScan:
 
 
 def scan_bundle(root: Path, display_root: str | None = None) -> BundleScan:
-    """Walk a bundle directory: symbolic links are E309, unsafe names E308, too many entries E310.
+    """Walk a bundle directory: symbolic links are E313, unsafe names E312, too many entries E310.
 
-    A link is never followed (neither a linked file nor a linked directory is read), and a name
-    with a control or non-printable character is refused with its characters escaped, whatever
-    the file is (it would otherwise reach diagnostics and generated code).
+    A link is never followed (neither a linked file nor a linked directory is read). A name with
+    a control or non-printable character is refused with its characters escaped, whatever the
+    file is (it would otherwise reach diagnostics, logs and generated code), and each part of the
+    path of a rule file must be letters, digits, '_', '-' and '.', starting with a letter or
+    digit (no spaces, quotes, brackets or dunder names).
     """
     shown_root = display_root if display_root is not None else str(root).rstrip("/")
     scan = BundleScan()
@@ -419,7 +423,7 @@ def scan_bundle(root: Path, display_root: str | None = None) -> BundleScan:
             if ch is not None:
                 scan.diagnostics.append(
                     Diagnostic(
-                        "E308",
+                        "E312",
                         f"file name {escaped(shown)} has a control or non-printable "
                         f"character ('{ch}')",
                         None,
@@ -430,7 +434,7 @@ def scan_bundle(root: Path, display_root: str | None = None) -> BundleScan:
             if entry.is_symlink():
                 scan.diagnostics.append(
                     Diagnostic(
-                        "E309",
+                        "E313",
                         f"{escaped(shown)} is a symbolic link; a bundle holds regular files only",
                         None,
                         "copy the file into the bundle instead of linking to it",
@@ -443,6 +447,17 @@ def scan_bundle(root: Path, display_root: str | None = None) -> BundleScan:
                 if folder == root and entry.name == MANIFEST:
                     scan.manifest = path
                 elif entry.name.endswith(".rule"):
+                    if not all(_SAFE_PART.fullmatch(part) for part in rel.split("/")):
+                        scan.diagnostics.append(
+                            Diagnostic(
+                                "E312",
+                                f"rule file name {escaped(shown)} is not letters, digits, "
+                                "'_', '-' and '.' starting with a letter or digit",
+                                None,
+                                "rename the file (and its directories), e.g. risk_limits.rule",
+                            )
+                        )
+                        continue
                     scan.rule_files.append(path)
                 else:
                     continue
@@ -505,7 +520,7 @@ def load_bundle(path: str | Path, *, known_sections: Iterable[str] = ()) -> Load
         )
         return LoadedBundle(display_root, None, (), {}, tuple(diags))
     if scan.manifest is None:
-        if not manifest_path.is_symlink():  # a link is E309 already
+        if not manifest_path.is_symlink():  # a link is E313 already
             diags.append(
                 Diagnostic(
                     "E301",
@@ -528,7 +543,7 @@ def load_bundle(path: str | Path, *, known_sections: Iterable[str] = ()) -> Load
         texts[mpath] = text
         manifest, mdiags = parse_manifest(mpath, text, known_sections=known_sections)
         diags.extend(mdiags)
-    if not scan.rule_files and not any(d.code in ("E308", "E309") for d in diags):
+    if not scan.rule_files and not any(d.code in ("E312", "E313") for d in diags):
         diags.append(Diagnostic("E304", f"'{display_root}' has no *.rule files", None))
     modules = []
     rules = 0

@@ -333,11 +333,12 @@ def _namespace() -> dict[str, Any]:
         "_mlog": math.log,
         "_msqrt": math.sqrt,
         **HELPERS,
+        guard.MARK: guard.MARKER,  # how the audit hook knows a generated frame
     }
 
 
 _HELPER_NAMES = frozenset(
-    k for k in _namespace() if k not in ("__builtins__", "_Exception", "_UNSET")
+    k for k in _namespace() if k not in ("__builtins__", "_Exception", "_UNSET", guard.MARK)
 )
 
 

@@ -8,13 +8,14 @@ string method, an f-string, a name the generator never writes, a lambda, an impo
 bug: the module is refused and never executed.
 
 *The alarm* is an audit hook (`sys.addaudithook`, PEP 578). It refuses the events of `_WATCHED`
-(processes, files, sockets, imports, ``exec``/``compile``, frame, code and object introspection)
-while an evaluator is built or run under `armed` (the ``exec`` of the verified module itself is
-the one exception), and at any time when generated code is on the Python stack, so the raw hot
-path (`CompiledRuleset.run`) is covered without arming. Generated code causes no audit event at
-all. A refusal raises `SandboxViolation` and is kept in `violations`. Every other event costs one
-``str.startswith``. CPython says audit hooks are not a sandbox: the allowlist is what keeps code
-out, the hook says if it failed.
+(processes, files, sockets, imports, ``exec``/``compile``, code and function objects) while an
+evaluator is built or run under `armed` (the ``exec`` of the verified module itself is the one
+exception), and at any time when generated code is on the Python stack, so the raw hot path
+(`CompiledRuleset.run`) is covered without arming; introspection (``object.__getattr__`` of
+``gi_frame``, ``tb_frame``, ``f_code``, ``__globals__`` ...) is refused when generated code does
+it itself. Generated code causes no audit event at all. A refusal raises `SandboxViolation` and
+is kept in `violations`. Every other event costs one ``str.startswith``. CPython says audit hooks
+are not a sandbox: the allowlist is what keeps code out, the hook says if it failed.
 
 Also here: `bad_char`/`escaped`, the one test of "text a bundle may carry in a name or a path".
 Imports nothing from the rest of the project.
@@ -30,7 +31,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from types import CodeType
+from types import CodeType, FrameType
 
 GENERATED_PREFIX = "<bundle "
 """Every generated module is compiled under a file name starting with this."""
@@ -282,35 +283,40 @@ _WATCHED = (
 violations: list[str] = []
 """Every refused event of this process, newest last (at most 100 kept)."""
 
+MARK = "__dsl_generated__"
+"""The key that marks a generated module's globals (its value is `MARKER`); generated code
+cannot name it, and the hook finds generated frames by it without reading ``f_code`` (which is
+itself an audited attribute)."""
+MARKER = object()
+
 _lock = threading.Lock()
 _installed = False
-_local = threading.local()
 
 
-def _generated_on_stack() -> bool:
-    f = sys._getframe(1)  # the hook's own frame: always there
-    while f is not None:
-        if f.f_code.co_filename.startswith(GENERATED_PREFIX):
+def _generated(frame: FrameType | None) -> bool:
+    """Whether ``frame`` or a frame below it runs generated code."""
+    while frame is not None:
+        if frame.f_globals.get(MARK) is MARKER:
             return True
-        f = f.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return False
 
 
 def _hook(event: str, args: tuple[object, ...]) -> None:
     if not event.startswith(_WATCHED):
         return
+    caller = sys._getframe(0).f_back  # the Python frame that caused the event, if any
+    if event.startswith("object."):
+        # Introspection (gi_frame, tb_frame, f_code, __globals__ ...) is refused when generated
+        # code does it itself; a debugger's or tracer's own frame walks are not its business.
+        if caller is not None and caller.f_globals.get(MARK) is MARKER:
+            _refuse(event, "from generated code")
+        return
     if ARMED.get():
         if event == "exec" and args and args[0] is _EXEC_OK.get():
             return
         _refuse(event, "while an evaluator was built or run")
-    if getattr(_local, "busy", False):
-        return
-    _local.busy = True
-    try:
-        found = _generated_on_stack()
-    finally:
-        _local.busy = False
-    if found:
+    if _generated(caller):
         _refuse(event, "from generated code")
 
 

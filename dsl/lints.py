@@ -7,6 +7,7 @@ the same condition, W205 a factor that always hits the clamp. Imports nothing ou
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -197,13 +198,30 @@ def _clamp_hits(rules: Sequence[CheckedRule], clamp: Clamp) -> Iterator[Diagnost
                     consts.append((r, None, c))
         if dynamic:
             continue  # a dynamic factor could bring any product back inside the bounds
-        for r, _, c in consts:
-            others = [x for rr, _, x in consts if rr is not r]
-            low = c
-            high = c
-            for x in others:
-                low *= min(x, 1.0)
-                high *= max(x, 1.0)
+        # The extreme products of the *other* rules' factors, for every rule at once: prefix and
+        # suffix products over the rules (one rule's factors are contiguous), so the lint is
+        # linear in the number of factors instead of comparing every rule with every other.
+        lows = [min(x, 1.0) for _, _, x in consts]
+        highs = [max(x, 1.0) for _, _, x in consts]
+        groups: list[tuple[int, int]] = []  # [start, end) of each rule's factors in `consts`
+        for k, (r, _, _) in enumerate(consts):
+            if groups and consts[groups[-1][0]][0] is r:
+                groups[-1] = (groups[-1][0], k + 1)
+            else:
+                groups.append((k, k + 1))
+        before_low, before_high = [1.0], [1.0]
+        for lo, hi in groups:
+            before_low.append(before_low[-1] * math.prod(lows[lo:hi]))
+            before_high.append(before_high[-1] * math.prod(highs[lo:hi]))
+        after_low, after_high = [1.0], [1.0]
+        for lo, hi in reversed(groups):
+            after_low.append(after_low[-1] * math.prod(lows[lo:hi]))
+            after_high.append(after_high[-1] * math.prod(highs[lo:hi]))
+        group_of = [g for g, (lo, hi) in enumerate(groups) for _ in range(lo, hi)]
+        for k, (r, _, c) in enumerate(consts):
+            g = group_of[k]
+            low = c * before_low[g] * after_low[len(groups) - 1 - g]
+            high = c * before_high[g] * after_high[len(groups) - 1 - g]
             if low > b.max:
                 yield _warn(
                     "W205",

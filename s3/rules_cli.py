@@ -72,7 +72,7 @@ def _lint_one(path: str, strict: bool = False) -> tuple[list[Diagnostic], dict[s
         return mine, result.texts, f"{path}: checked as part of the bundle in {root}"
     diags: list[Diagnostic] = []
     if p.is_dir():
-        scan = scan_bundle(p)  # no links followed, no unsafe names (E308, E309, E310)
+        scan = scan_bundle(p)  # no links followed, no unsafe names (E312, E313, E310)
         files = scan.rule_files
         diags.extend(scan.diagnostics)
         if not files and not diags:

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsl import Diagnostic, build_bundle
-from dsl.bundle import MANIFEST, rule_files
+from dsl.bundle import MANIFEST, MAX_BUNDLE_BYTES, MAX_BUNDLE_ENTRIES, rule_files
 from dsl.errors import sort_and_cap
+from dsl.source import show_size
 from s3.config.engine import ENGINE_SECTIONS, engine_params
 from s3.config.settings import Settings
 from s3.core.decide import BundleSnapshot
@@ -45,6 +46,19 @@ def read_bundle_files(root: str | Path) -> dict[str, str]:
 
 
 def write_bundle_files(root: Path, files: Mapping[str, str]) -> None:
+    """Materialise a bundle's files; the caps of `dsl.bundle` are checked before anything is
+    written (a store document is as untrusted as a directory), the rest when it is loaded."""
+    total = sum(len(text.encode("utf-8")) for text in files.values())
+    if len(files) > MAX_BUNDLE_ENTRIES:
+        raise ValueError(
+            f"the bundle holds {len(files)} files, more than the {MAX_BUNDLE_ENTRIES} "
+            "a bundle may hold (E310)"
+        )
+    if total > MAX_BUNDLE_BYTES:
+        raise ValueError(
+            f"the bundle holds {total} bytes, more than the {show_size(MAX_BUNDLE_BYTES)} "
+            "a bundle may hold (E310)"
+        )
     for rel, text in files.items():
         target = (root / rel).resolve()
         if root.resolve() not in target.parents:

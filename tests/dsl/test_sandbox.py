@@ -97,5 +97,6 @@ def test_generated_namespace_has_only_the_helpers(make_bundle: BundleFactory) ->
         "_crossed_above",
         "_crossed_below",
         "_factor",
+        "__dsl_generated__",  # the mark the audit hook knows generated frames by
     }
     assert result.ruleset._fast.__globals__["__builtins__"] == {}
