@@ -27,7 +27,15 @@ from dsl.errors import Diagnostic, DslError, DslSyntaxError, Severity, sort_and_
 from dsl.guard import bad_char, escaped
 from dsl.nodes import Module, Rule
 from dsl.parser import parse
-from dsl.schema import MAX_HISTORY, Bounds, Clamp, FeatureSpec, Schema, history_key
+from dsl.schema import (
+    MAX_HISTORY,
+    Bounds,
+    Clamp,
+    FeatureSpec,
+    ParamTable,
+    Schema,
+    history_key,
+)
 from dsl.source import MAX_SOURCE_BYTES, Source, Span, show_size
 from dsl.suggest import did_you_mean
 from dsl.units import CONVERSIONS, parse_unit
@@ -82,6 +90,31 @@ MAX_PARAM_INT = 2**63 - 1
 
 ParamScalar = int | float | bool | str
 ParamValue = ParamScalar | list[ParamScalar]
+
+
+class TableParamModel(BaseModel):
+    """``name = { by = "symbol", values = { BTCUSDT = 0.1, ETHUSDT = 0.01 }, unit = "..." }``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    by: str
+    values: dict[str, int | float]
+    unit: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> TableParamModel:
+        if not self.values:
+            raise ValueError("a param table needs at least one entry in 'values'")
+        for key, x in self.values.items():
+            if isinstance(x, bool):
+                raise ValueError(f"param table entry {escaped(key)} must be a number")
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ValueError(f"param table entry {escaped(key)} must be finite, found {x}")
+            if isinstance(x, int) and abs(x) > MAX_PARAM_INT:
+                raise ValueError(f"param table entry {escaped(key)} is out of range")
+        if self.unit:
+            parse_unit(self.unit)
+        return self
 
 
 class UnitParamModel(BaseModel):
@@ -161,7 +194,7 @@ class ManifestModel(BaseModel):
     description: str = ""
     clamp: ClampModel = ClampModel()
     features: dict[str, FeatureModel]
-    params: dict[str, UnitParamModel | ParamValue] = {}
+    params: dict[str, TableParamModel | UnitParamModel | ParamValue] = {}
 
     @field_validator("features", mode="before")
     @classmethod
@@ -193,6 +226,8 @@ class ManifestModel(BaseModel):
     def _param_values(cls, v: dict[str, Any]) -> dict[str, Any]:
         for name, value in v.items():
             _check_name(name, "param")
+            if isinstance(value, TableParamModel):
+                continue
             if isinstance(value, UnitParamModel):
                 value = value.value
             for x in value if isinstance(value, list) else [value]:
@@ -229,6 +264,8 @@ class Manifest:
     text: str = ""
     param_units: dict[str, str] = field(default_factory=dict)
     """The declared unit of each number param that has one."""
+    param_tables: dict[str, ParamTable] = field(default_factory=dict)
+    """The params keyed by an enum feature."""
 
 
 @dataclass(frozen=True)
@@ -322,8 +359,12 @@ def parse_manifest(
         )
     params: dict[str, Any] = {}
     param_units: dict[str, str] = {}
+    tables: dict[str, ParamTable] = {}
     for name, value in model.params.items():
-        if isinstance(value, UnitParamModel):
+        if isinstance(value, TableParamModel):
+            tables[name] = ParamTable(value.by, tuple(value.values.items()), value.unit)
+            diags.extend(_table_problems(name, tables[name], features, path, text))
+        elif isinstance(value, UnitParamModel):
             params[name], param_units[name] = value.value, value.unit
         else:
             params[name] = value
@@ -360,8 +401,53 @@ def parse_manifest(
         path,
         text,
         param_units,
+        tables,
     )
     return manifest, diags
+
+
+def _table_problems(
+    name: str, table: ParamTable, features: dict[str, FeatureSpec], path: str, text: str
+) -> list[Diagnostic]:
+    """E306 unless the table is keyed by an enum feature and has exactly one entry per value."""
+    spec = features.get(table.by)
+    where = key_span(path, text, ("params", name))
+    if spec is None or spec.type != "enum":
+        found = "not a declared feature" if spec is None else f"a {spec.type} feature"
+        return [
+            Diagnostic(
+                "E306",
+                f"param table '{name}' is keyed by '{table.by}', {found}; a table is keyed "
+                "by an enum feature",
+                where,
+                did_you_mean(table.by, [f for f, s in features.items() if s.type == "enum"]),
+            )
+        ]
+    keys = [k for k, _ in table.entries]
+    missing = [v for v in spec.values if v not in keys]
+    extra = [k for k in keys if k not in spec.values]
+    out = []
+    if missing:
+        out.append(
+            Diagnostic(
+                "E306",
+                f"param table '{name}' has no entry for {', '.join(map(repr, missing))} of "
+                f"{table.by} (enum: {', '.join(spec.values)})",
+                where,
+                "every value of the enum needs its entry",
+            )
+        )
+    if extra:
+        out.append(
+            Diagnostic(
+                "E306",
+                f"param table '{name}' has entries for {', '.join(map(repr, extra))}, not "
+                f"values of {table.by} (enum: {', '.join(spec.values)})",
+                where,
+                did_you_mean(extra[0], spec.values) or "drop them, or add them to the enum",
+            )
+        )
+    return out
 
 
 @dataclass
@@ -603,6 +689,17 @@ def missing_units(manifest: Manifest) -> list[Diagnostic]:
                     Severity.WARNING,
                 )
             )
+    for name in manifest.param_tables:
+        if not manifest.param_tables[name].unit:
+            out.append(
+                Diagnostic(
+                    "W302",
+                    f"param table '{name}' has no unit, so its uses are not unit-checked",
+                    key_span(mpath, text, ("params", name)),
+                    'declare it: { by = ..., values = { ... }, unit = "bps" }',
+                    Severity.WARNING,
+                )
+            )
     for name, value in manifest.params.items():
         items = value if isinstance(value, list) else [value]
         numeric = items and all(
@@ -647,6 +744,7 @@ def build_bundle(
             schema=manifest.schema,
             params=manifest.params,
             param_units=manifest.param_units,
+            tables=manifest.param_tables,
             clamp=manifest.clamp,
             texts=loaded.texts,
         )

@@ -17,7 +17,7 @@ from dsl import nodes as n
 from dsl.errors import Diagnostic, DslError, Severity, sort_and_cap
 from dsl.printer import to_source
 from dsl.runtime import RuleInfo
-from dsl.schema import OUTPUTS, Clamp, FeatureSpec, Schema, history_key
+from dsl.schema import OUTPUTS, Clamp, FeatureSpec, ParamTable, Schema, history_key
 from dsl.source import Span
 from dsl.suggest import did_you_mean
 from dsl.units import (
@@ -158,9 +158,11 @@ class _Checker:
         schema: Schema,
         params: Mapping[str, Any],
         param_units: Mapping[str, str] | None = None,
+        tables: Mapping[str, ParamTable] | None = None,
     ):
         self.schema = schema
         self.params = params
+        self.tables = dict(tables or {})
         self.param_units = {k: parse_unit(u) for k, u in (param_units or {}).items()}
         self.feature_units = {
             name: parse_unit(spec.unit) for name, spec in schema.features.items() if spec.unit
@@ -303,7 +305,58 @@ class _Checker:
                 return self.member(e, facts)
             case n.Call():
                 return self.call(e, facts)
+            case n.Index():
+                return self.index(e, facts)
         raise TypeError(f"unexpected node {e!r}")
+
+    def index(self, e: n.Index, facts: frozenset[str]) -> tuple[n.Expr, Type, _Unguarded]:
+        """``table[key]``: a param table looked up by a value of the enum it is keyed by."""
+        key, kt, ug = self.expr(e.key, facts)
+        table = self.tables.get(e.name)
+        if table is None:
+            what = (
+                f"param {e.name} is a {_param_kind(self.params[e.name])}"
+                if e.name in self.params and not isinstance(self.params[e.name], list)
+                else f"param {e.name} is a list"
+                if e.name in self.params
+                else f"'{e.name}' is not a param"
+            )
+            self.error(
+                "E105",
+                f"indexing with '[' works on param tables only; {what}",
+                e.span,
+                did_you_mean(e.name, self.tables)
+                or 'declare a table: name = { by = "symbol", values = { BTCUSDT = 1.0, ... } }',
+            )
+            return e, ERROR, ug
+        if kt.kind == "error":
+            return e, ERROR, ug
+        keys = tuple(k for k, _ in table.entries)
+        if kt.kind != "enum":
+            self.error(
+                "E221",
+                f"{e.name} is keyed by the enum {table.by}, found {self.describe(key, kt)}",
+                key.span,
+                f"write {e.name}[{table.by}]",
+            )
+            return e, ERROR, ug
+        missing = [v for v in kt.values if v not in keys]
+        if missing:
+            self.error(
+                "E221",
+                f"{e.name} has no entry for {', '.join(map(repr, missing))}: "
+                f"{'a value' if len(missing) == 1 else 'values'} of {to_source(key)} "
+                f"(enum: {', '.join(kt.values)})",
+                key.span,
+                f"{e.name} is keyed by {table.by}; add the entries in bundle.toml",
+            )
+            return e, ERROR, ug
+        order = [k for k in kt.values]  # the key's own values, in the enum's order
+        values = tuple(dict(table.entries)[k] for k in order)
+        t = (INT if all(type(v) is int for v in values) else NUMBER).with_unit(
+            parse_unit(table.unit) if table.unit else UNKNOWN
+        )
+        return n.Lookup(e.name, key, tuple(order), values, e.span), t, ug
 
     def need_bool(self, e: n.Expr, t: Type, what: str) -> None:
         if t.kind not in ("bool", "error"):
@@ -348,7 +401,16 @@ class _Checker:
                 f"outputs are set in 'then', e.g. {name} *= 1.2",
             )
             return e, ERROR, {}
-        known = [*self.schema.features, *self.let_defs, *self.params]
+        if name in self.tables:
+            by = self.tables[name].by
+            self.error(
+                "E221",
+                f"{name} is a param table keyed by {by}: it is read with a key",
+                e.span,
+                f"write {name}[{by}]",
+            )
+            return e, ERROR, {}
+        known = [*self.schema.features, *self.let_defs, *self.params, *self.tables]
         self.error(
             "E201",
             f"unknown name '{name}'",
@@ -748,7 +810,7 @@ class _Checker:
                 info = self.lets[node.name]
                 depth_max, nodes = max(depth_max, d - 1 + info.depth), nodes + info.nodes
                 continue
-            depth_max, nodes = max(depth_max, d), nodes + 1
+            depth_max, nodes = max(depth_max, d), nodes + n.cost(node)
             stack.extend((c, d + 1) for c in n.children(node))
         return depth_max, nodes
 
@@ -954,6 +1016,7 @@ def check(
     schema: Schema,
     params: Mapping[str, Any] | None = None,
     param_units: Mapping[str, str] | None = None,
+    tables: Mapping[str, ParamTable] | None = None,
     clamp: Clamp | None = None,
     texts: Mapping[str, str] | None = None,
 ) -> CheckedBundle:
@@ -964,6 +1027,7 @@ def check(
         schema: the declared features.
         params: named constants usable in rules.
         param_units: the declared unit of each param that has one (`dsl.units`).
+        tables: the params keyed by an enum feature (``name[key]`` in rules).
         clamp: output bounds (for the clamp warnings and the compiled ruleset).
         texts: source texts by path, for rendering diagnostics.
 
@@ -975,7 +1039,7 @@ def check(
     """
     from dsl.lints import lint_bundle  # lints read CheckedRule; imported here to keep one direction
 
-    c = _Checker(schema, params or {}, param_units)
+    c = _Checker(schema, params or {}, param_units, tables)
     clamp = clamp or Clamp()
     for m in modules:
         for item in m.items:
@@ -992,6 +1056,7 @@ def check(
                 if (
                     item.name in schema.features
                     or item.name in c.params
+                    or item.name in c.tables
                     or item.name in FUNCTIONS
                     or item.name in ACTIONS
                 ):
@@ -999,7 +1064,7 @@ def check(
                         "feature"
                         if item.name in schema.features
                         else "param"
-                        if item.name in c.params
+                        if item.name in c.params or item.name in c.tables
                         else "function"
                         if item.name in FUNCTIONS
                         else "action"

@@ -90,6 +90,22 @@ class _Gen:
             case n.FeatureRef(name=name, lag=lag):
                 key = history_key(name, lag)
                 return w(e, d, lambda _: f"f[{key!r}]")
+            case n.Lookup(key=k, keys=keys, values=table):
+                for v in table:
+                    if type(v) not in (int, float) or not math.isfinite(v):
+                        raise TypeError(f"cannot compile the table entry {v!r}")
+
+                def lookup(dd: int) -> str:
+                    # complete over the key's enum (checked), so the last entry needs no test
+                    t = self.temp()
+                    parts = [f"{table[0]!r} if ({t} := {self.expr(k, dd)}) == {keys[0]!r}"]
+                    parts += [
+                        f"{v!r} if {t} == {key!r}"
+                        for key, v in zip(keys[1:-1], table[1:-1], strict=True)
+                    ]
+                    return "(" + " else ".join(parts) + f" else {table[-1]!r})"
+
+                return w(e, d, lookup)
             case n.Crossed(op=op, left=a, right=b, left_prev=pa, right_prev=pb):
                 helper = _FUNCS[f"crossed_{op}"]
                 return w(
@@ -137,9 +153,9 @@ class _Gen:
                 m = {"log": "_mlog", "sqrt": "_msqrt"}[func]
                 return f"({m}({t}) if ({t} := {self.expr(arg)}) {test} else {_FUNCS[func]}({t}))"
             case n.Convert(operand=o, mul=mul, div=div):
-                for k in (mul, div):
-                    if type(k) is not float or not math.isfinite(k) or k <= 0:
-                        raise TypeError(f"cannot compile the conversion factor {k!r}")
+                for scale_by in (mul, div):
+                    if type(scale_by) is not float or not math.isfinite(scale_by) or scale_by <= 0:
+                        raise TypeError(f"cannot compile the conversion factor {scale_by!r}")
                 if mul == div == 1.0:
                     return w(e, d, lambda dd: self.expr(o, dd))
                 scale = f"* {mul!r}" if div == 1.0 else f"/ {div!r}"

@@ -38,6 +38,8 @@ def eval_expr(e: n.Expr, features: Mapping[str, Any], lets: Mapping[str, n.Expr]
             return v
         case n.FeatureRef(name=name, lag=lag):
             return features[history_key(name, lag)]
+        case n.Lookup(key=k, keys=keys, values=table):
+            return dict(zip(keys, table, strict=True))[eval_expr(k, features, lets)]
         case n.Crossed(op=op, left=a, right=b, left_prev=pa, right_prev=pb):
             values = [eval_expr(x, features, lets) for x in (a, b, pa, pb)]
             cross = HELPERS[f"_crossed_{op}"]

@@ -130,6 +130,27 @@ class Convert:
 
 
 @dataclass(frozen=True, slots=True)
+class Index:
+    """``name[key]`` as written: a param table looked up by an enum value (checker: `Lookup`)."""
+
+    name: str
+    key: Expr
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """A checked param-table lookup: the entry of ``keys`` equal to ``key`` (complete over the
+    key's enum values, checked at build time)."""
+
+    name: str
+    key: Expr
+    keys: tuple[str, ...]
+    values: tuple[int | float, ...]
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
 class Crossed:
     """A checked ``crossed_above(a, b)`` (op "above") or ``crossed_below``: the two values now and
     the same expressions one snapshot back (every feature read at lag + 1)."""
@@ -159,6 +180,8 @@ Expr: TypeAlias = (
     | Call
     | Convert
     | Crossed
+    | Index
+    | Lookup
 )
 
 
@@ -219,6 +242,8 @@ def children(node: object) -> tuple[object, ...]:
     match node:
         case Neg(operand=o) | Not(operand=o) | Convert(operand=o):
             return (o,)
+        case Index(key=k) | Lookup(key=k):
+            return (k,)
         case BinOp(left=a, right=b):
             return (a, b)
         case BoolOp(operands=ops) | Compare(operands=ops):
@@ -237,6 +262,12 @@ def children(node: object) -> tuple[object, ...]:
             return (w, *acts)
         case _:
             return ()
+
+
+def cost(node: object) -> int:
+    """What one node costs to evaluate, in nodes: a table lookup compares its key with each
+    entry in turn; everything else is one."""
+    return len(node.keys) if isinstance(node, Lookup) else 1
 
 
 def depth(node: object) -> int:

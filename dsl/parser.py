@@ -496,6 +496,12 @@ class _Build(Transformer_NonRecursive):  # type: ignore[type-arg]
         args = tuple(a for a in c[1:] if a is not None)
         return n.Call(str(func), args, self._span(meta), self._tok_span(func))  # type: ignore[arg-type]
 
+    @v_args(meta=True)
+    def index(self, meta: object, c: list[object]) -> n.Index:
+        name, key = c
+        assert isinstance(name, Token)
+        return n.Index(str(name), key, self._span(meta))  # type: ignore[arg-type]
+
     def name(self, c: list[Token]) -> n.Name:
         return n.Name(str(c[0]), self._tok_span(c[0]))
 

@@ -61,6 +61,8 @@ def _bare(e: n.Expr) -> str:
             return f"prev({name})" if lag == 1 else f"prev({name}, {lag})"
         case n.Name(name=name) | n.FeatureRef(name=name) | n.LetRef(name=name):
             return name
+        case n.Index(name=name, key=k) | n.Lookup(name=name, key=k):
+            return f"{name}[{to_source(k)}]"
         case n.Crossed(op=op, left=a, right=b):
             return f"crossed_{op}({to_source(a)}, {to_source(b)})"
         case n.ListLit(items=items):

@@ -59,6 +59,15 @@ class FeatureSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ParamTable:
+    """A number param keyed by the values of an enum feature: ``tick[symbol]`` in a rule."""
+
+    by: str
+    entries: tuple[tuple[str, int | float], ...]
+    unit: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Bounds:
     min: float
     max: float
