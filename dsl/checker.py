@@ -77,6 +77,11 @@ FUNCTIONS: Mapping[str, tuple[int, int | None]] = {
     "between": (3, 3),
     "has": (1, 1),
     "prev": (1, 2),
+    "count_true": (1, None),
+    "between_wrap": (3, 3),
+    "hour_utc": (1, 1),
+    "minute_of_day_utc": (1, 1),
+    "weekday_utc": (1, 1),
     "crossed_above": (2, 2),
     "crossed_below": (2, 2),
     **{name: (1, 1) for name in CONVERSIONS},
@@ -619,6 +624,14 @@ class _Checker:
             )
         if e.func == "prev":
             return self.prev(e, facts)
+        if e.func == "count_true":
+            conds, ug = [], {}
+            for a in e.args:
+                a2, t, u = self.expr(a, facts)
+                ug.update(u)
+                self.need_bool(a2, t, "count_true()")
+                conds.append(a2)
+            return n.Call(e.func, tuple(conds), e.span, e.func_span), INT.with_unit(ONE), ug
         args, ug = [], {}
         typed: list[tuple[n.Expr, Type]] = []
         all_int = True
@@ -648,7 +661,13 @@ class _Checker:
                 e.span,
             )
             return crossed, BOOL, ug
+        if e.func in TIME_FUNCTIONS:
+            if not numeric:
+                return call, ERROR, ug
+            return self.time_of(e, typed[0]), INT.with_unit(TIME_FUNCTIONS[e.func]), ug
         unit = self.call_unit(e, typed) if numeric else UNKNOWN
+        if e.func == "between_wrap":
+            return call, BOOL, ug
         if e.func in CONVERSIONS:
             if not numeric:
                 return call, ERROR, ug
@@ -728,10 +747,29 @@ class _Checker:
             )
         return out
 
+    def time_of(self, e: n.Call, arg: tuple[n.Expr, Type]) -> n.Expr:
+        """``hour_utc(ts)`` and friends: ``ts`` must be a timestamp in ms or s (E219); one in
+        seconds is converted to ms, which the helpers take."""
+        a, t = arg
+        ms, s = parse_unit("ms"), parse_unit("s")
+        if not (t.unit.checked and (t.unit.same(ms) or t.unit.same(s))):
+            found = {"unknown": "no unit", "literal": "a literal"}.get(t.unit.kind, str(t.unit))
+            self.error(
+                "E219",
+                f"{e.func}() takes a timestamp in ms or s since the Unix epoch, found "
+                f"{_short(a)} ({found})",
+                a.span,
+                'declare the timestamp feature with unit = "ms" (or "s")',
+            )
+            return n.Call(e.func, (a,), e.span, e.func_span)
+        if t.unit.same(s):
+            a = n.Convert("to_ms", a, 1000.0, 1.0, a.span)
+        return n.Call(e.func, (a,), e.span, e.func_span)
+
     def call_unit(self, e: n.Call, typed: list[tuple[n.Expr, Type]]) -> Unit:
         """The unit of a numeric function's result; E218/E219 when its arguments do not fit."""
         func = e.func
-        if func in ("min", "max", "clamp", "between"):
+        if func in ("min", "max", "clamp", "between", "between_wrap"):
             return self.same_units(f"{func}() takes values of one unit, found", typed)
         if func == "log":
             self.need_pure("the argument of log()", *typed[0], self.pure_hint(typed[0][1]))
@@ -907,6 +945,14 @@ class _Checker:
         for _, f in scales:
             feats |= self.features_of(f)
         return CheckedRule(r, when, tuple(scales), skip, index, feats, nodes)
+
+
+TIME_FUNCTIONS: Mapping[str, Unit] = {
+    "hour_utc": parse_unit("hours"),
+    "minute_of_day_utc": parse_unit("minutes"),
+    "weekday_utc": ONE,
+}
+"""The time functions and the unit of what they return."""
 
 
 def _nice(x: float) -> float:

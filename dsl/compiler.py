@@ -160,6 +160,13 @@ class _Gen:
                     return w(e, d, lambda dd: self.expr(o, dd))
                 scale = f"* {mul!r}" if div == 1.0 else f"/ {div!r}"
                 return w(e, d, lambda dd: f"({self.expr(o, dd)} {scale})")
+            case n.Call(func="count_true", args=args):
+                # every condition is evaluated (no short circuit); True + True == 2
+                return w(
+                    e,
+                    d,
+                    lambda dd: "(" + " + ".join(["0", *(self.expr(a, dd) for a in args)]) + ")",
+                )
             case n.Call(func=func, args=args):
                 helper = _FUNCS[func]
                 return w(

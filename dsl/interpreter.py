@@ -78,6 +78,9 @@ def eval_expr(e: n.Expr, features: Mapping[str, Any], lets: Mapping[str, n.Expr]
             if mul == div == 1.0:
                 return x
             return x * mul if div == 1.0 else x / div
+        case n.Call(func="count_true", args=args):
+            values = [eval_expr(a, features, lets) for a in args]  # all of them, in order
+            return sum(1 for v in values if v)
         case n.Call(func=func, args=args):
             values = [eval_expr(a, features, lets) for a in args]
             helper = HELPERS[f"_{func}"]

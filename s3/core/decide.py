@@ -183,6 +183,8 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
     # L1: the bundle's rules on the validated snapshot (side and symbol are features too).
     features["side"] = side
     features["symbol"] = inp.symbol
+    if features.get("ts") is None and type(ts) is int:
+        features["ts"] = ts  # the event's time (ms), for hour_utc(ts) and the other time functions
     snapshot, problems = snap.ruleset.schema.validate(features)
     if problems:
         raise InputError(
