@@ -23,7 +23,16 @@ from dsl import nodes as n
 from dsl.checker import CheckedBundle, CheckedRule, constant_number
 from dsl.errors import Diagnostic, DslError
 from dsl.printer import to_source
-from dsl.runtime import HELPERS, Outcome, Raw, RuleInfo, TraceStep, build_outcome
+from dsl.runtime import (
+    HELPERS,
+    Fault,
+    Outcome,
+    Raw,
+    RuleInfo,
+    TraceStep,
+    build_outcome,
+    fault_of,
+)
 from dsl.schema import OUTPUTS, Clamp, Schema, history_key, show
 
 _ACC = {"size_mult": "_sm", "tp_mult": "_tm", "sl_mult": "_lm"}
@@ -73,7 +82,7 @@ class _Gen:
             return body(depth)
         k = len(self.table)
         self.table.append(TraceNode(self.rule_index, depth, e, label))
-        return f"_w({k}, {body(depth + 1)})"
+        return f"_w(_s({k}), {body(depth + 1)})"  # _s runs first: the clause has started
 
     def expr(self, e: n.Expr, d: int = 0, label: str = "") -> str:
         """Python text of ``e``; traced nodes are registered in pre-order, ``label`` on the top one."""
@@ -268,11 +277,11 @@ class CompiledRuleset:
     def _tracer(self) -> tuple[Callable[..., Raw], tuple[TraceNode, ...]]:
         """The traced twin, compiled on first use (only `explain` and tests need it)."""
         gen = _Gen(self.checked.lets, traced=True)
-        src, _ = _function("_evaluate_traced", self.rules, gen, "f, _w")
+        src, _ = _function("_evaluate_traced", self.rules, gen, "f, _w, _s")
         fn = exec_generated(
             src,
             "_evaluate_traced",
-            ("f", "_w"),
+            ("f", "_w", "_s"),
             f"{guard.GENERATED_PREFIX}{self.bundle_id} rev {self.revision} traced>",
         )
         return fn, tuple(gen.table)
@@ -285,6 +294,15 @@ class CompiledRuleset:
     def veto_rule_ids(self) -> frozenset[str]:
         """The ids of the rules that can veto (`skip_entry`)."""
         return frozenset(r.rule_id for r in self.rules if r.skip)
+
+    def faulted_vetoes(self, outcome: Outcome) -> tuple[Fault, ...]:
+        """The faults of veto (`skip_entry`) rules, in evaluation order: with the engine's
+        ``veto_on_rule_fault`` the first of them skips the entry (RULE.FAULT) when no rule vetoed.
+        `s3 rules explain` and the engine both decide with this."""
+        if not outcome.faults:
+            return ()
+        skip = self.veto_rule_ids
+        return tuple(f for f in outcome.faults if f.rule_id in skip)
 
     def source_of(self, rule_id: str) -> str:
         """The generated Python of one rule, for golden tests and for the curious."""
@@ -304,14 +322,34 @@ class CompiledRuleset:
                 guard.ARMED.reset(token)
             return build_outcome(raw, self.infos, self.clamp, self.revision)
         values: dict[int, Any] = {}
+        started: list[int] = []
 
         def record(k: int, v: Any) -> Any:
             values[k] = v
             return v
 
+        def start(k: int) -> int:
+            started.append(k)
+            return k
+
         traced, table = self._tracer  # compiled (if not yet) before arming
         with guard.armed():
-            raw = traced(features, record)
+            raw = traced(features, record, start)
+        # Where each faulting rule faulted: the clause started last that never finished (its
+        # operands, started after it, all finished; its enclosing clauses are unfinished too).
+        # A factor that is not positive faults after every clause finished: then it is the
+        # factor's own clause (the last labelled one started).
+        faulted = {i: exc for i, exc in raw[1]}
+        fault_at: dict[int, str] = {}
+        placed: set[int] = set()
+        for unfinished_only in (True, False):
+            for k in reversed(started):
+                ri = table[k].rule
+                fits = k not in values if unfinished_only else bool(table[k].label)
+                if ri in faulted and ri not in placed and fits:
+                    code, message = fault_of(faulted[ri])
+                    fault_at[k] = f"{code} {message}"
+                    placed.add(ri)
         steps = []
         for k, t in enumerate(table):
             rule = self.rules[t.rule]
@@ -327,6 +365,7 @@ class CompiledRuleset:
                     str(t.node.span),
                     k in values,
                     _trace_value(value),
+                    fault_at.get(k),
                 )
             )
         order = {r.rule_id: r.index for r in self.rules}

@@ -176,6 +176,14 @@ def _syntax_diagnostic(source: Source, text: str, exc: LarkError) -> tuple[Diagn
                 span,
                 "names are letters, digits and '_', starting with a letter",
             ), offset
+        if char == "%":
+            return Diagnostic(
+                "E102",
+                f"there is no modulo operator '%'{ctx}",
+                span,
+                "for the time of day use hour_utc(ts) or minute_of_day_utc(ts), with "
+                "between_wrap(x, lo, hi) for a range past midnight",
+            ), offset
         if char == '"':
             return Diagnostic(
                 "E106",

@@ -152,6 +152,9 @@ class TraceStep(msgspec.Struct, frozen=True):
     where: str
     evaluated: bool
     value: bool | int | float | str | None = None
+    fault: str | None = None
+    """On the clause whose own operation faulted (its operands evaluated): the fault's code and
+    message. Its enclosing clauses are not evaluated."""
 
 
 class Outcome(msgspec.Struct, frozen=True):

@@ -216,9 +216,28 @@ def explain(args: argparse.Namespace) -> int:
         _out(msgspec.json.encode(outcome).decode())
         return 0
     render_outcome(
-        rs.bundle_id, outcome, rs.clamp, only=set(args.rule or ()), titles=_titles(result)
+        rs.bundle_id,
+        outcome,
+        rs.clamp,
+        only=set(args.rule or ()),
+        titles=_titles(result),
+        fault_veto=_fault_veto(result, outcome),
     )
     return 0
+
+
+def _fault_veto(result: BuildResult, outcome: Outcome) -> Any:
+    """The faulted veto rule that makes the engine skip (RULE.FAULT), as `decide` does: only
+    when no rule vetoed and the bundle's [engine] veto_on_rule_fault is on (the default)."""
+    assert result.ruleset is not None and result.manifest is not None
+    if outcome.veto is not None:
+        return None
+    faulted = result.ruleset.faulted_vetoes(outcome)
+    if not faulted:
+        return None
+    params, _ = engine_params(result.manifest)
+    on = params.veto_on_rule_fault if params is not None else True
+    return faulted[0] if on else None
 
 
 def _titles(result: BuildResult) -> dict[str, tuple[str | None, int, str]]:
@@ -229,12 +248,24 @@ def _titles(result: BuildResult) -> dict[str, tuple[str | None, int, str]]:
 
 
 def render_outcome(
-    bundle_id: str, o: Outcome, clamp: Any, *, only: set[str], titles: dict[str, Any]
+    bundle_id: str,
+    o: Outcome,
+    clamp: Any,
+    *,
+    only: set[str],
+    titles: dict[str, Any],
+    fault_veto: Any = None,
 ) -> None:
     _out(f"bundle {bundle_id} rev {o.revision}")
     if o.veto:
         title = titles[o.veto][0]
         _out(f"decision: skip_entry by {o.veto}" + (f' "{title}"' if title else ""))
+    elif fault_veto is not None:
+        _out(
+            f"decision: skip_entry, RULE.FAULT:{fault_veto.rule_id}: veto rule "
+            f"{fault_veto.rule_id} could not be evaluated ({fault_veto.code} "
+            f"{fault_veto.message}) and [engine] veto_on_rule_fault is true"
+        )
     else:
         _out("decision: no veto")
     _out("fired: " + (", ".join(o.fired) if o.fired else "(none)"))
@@ -244,8 +275,13 @@ def render_outcome(
         _out(
             f"{out}: {o.clamped[out]:.6g}  product {o.raw[out]:.6g}, bounds [{b.min:g}, {b.max:g}]{note}"
         )
+    at = {s.rule_id: s for s in o.trace or () if s.fault is not None}
     for f in o.faults:
         _out(f"fault: {f.rule_id} {f.code} {f.message} ({f.where})")
+        if f.rule_id in at:
+            step = at[f.rule_id]
+            operands = _operands(o.trace or (), step)
+            _out(f"  at {step.text} [{step.where}]" + (f": {operands}" if operands else ""))
     _out("")
     _out("trace:")
     fired, faulted = set(o.fired), {f.rule_id: f for f in o.faults}
@@ -274,9 +310,28 @@ def render_outcome(
             )
             _out(f"  {head}  [{where}]  {state}")
         text = step.text if len(step.text) <= 70 else step.text[:67] + "..."
-        value = _value(step.value) if step.evaluated else "(not evaluated)"
+        value = (
+            _value(step.value)
+            if step.evaluated
+            else f"FAULT {step.fault}"
+            if step.fault is not None
+            else "(not evaluated)"
+        )
         indent = "    " + "  " * step.depth
         _out(f"{indent}{text:<{max(8, 76 - len(indent))}} {value}")
+
+
+def _operands(trace: Any, step: Any) -> str:
+    """The evaluated clauses right below a faulting one, as ``text = value``."""
+    steps = list(trace)
+    i = steps.index(step)
+    out = []
+    for s in steps[i + 1 :]:
+        if s.rule_id != step.rule_id or s.depth <= step.depth:
+            break
+        if s.depth == step.depth + 1 and s.evaluated:
+            out.append(f"{s.text} = {_value(s.value)}")
+    return ", ".join(out)
 
 
 TAPE_SUFFIXES = (".jsonl", ".jsonl.gz")

@@ -207,10 +207,7 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
         return _skip(
             base, "RULE", f"RULE.SKIP:{outcome.veto}", f"rule {outcome.veto} vetoed the entry"
         )
-    skip_rules = snap.ruleset.veto_rule_ids
-    faulted_vetoes = (
-        [f for f in outcome.faults if f.rule_id in skip_rules] if outcome.faults else []
-    )
+    faulted_vetoes = snap.ruleset.faulted_vetoes(outcome)
     if faulted_vetoes and params.veto_on_rule_fault:
         f = faulted_vetoes[0]
         return _skip(

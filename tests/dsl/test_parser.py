@@ -131,6 +131,11 @@ def test_every_broken_rule_is_reported_not_just_the_first() -> None:
             "indexing with '[' is not part of the language in rule R-1",
         ),
         (
+            "rule R-1 when minute_of_day_utc(ts) % 60 > 1 then skip_entry",
+            "E102",
+            "there is no modulo operator '%' in rule R-1",
+        ),
+        (
             "rule R-1 when __import__ > 1 then skip_entry",
             "E102",
             "names cannot start with '_' in rule R-1",
