@@ -719,6 +719,8 @@ class _Checker:
                     return replace(x, operands=tuple(go(o) for o in x.operands))
                 case n.Member():
                     return replace(x, value=go(x.value))
+                case n.Lookup():
+                    return replace(x, key=go(x.key))  # the key's previous value
                 case n.Call(func="has"):
                     return x  # a feature and its history are present together
                 case n.Call():
