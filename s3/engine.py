@@ -26,7 +26,7 @@ import contextlib
 import functools
 import time
 import uuid
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
@@ -50,6 +50,7 @@ from s3.core.model import Model, model_of
 from s3.core.types import AtrState, Decision, DecisionInput, MarketState
 from s3.errors import DependencyUnavailable, InputError, Rejected
 from s3.metrics import Metrics
+from s3.steps import Steps, run_steps
 
 IDEM_TTL_MS = 24 * 3600 * 1000
 CLAIM_TTL_MS = 30_000
@@ -57,28 +58,6 @@ CLAIM_TTL_MS = 30_000
 NUMERIC_FIELDS_SKIP = ("symbol", "side", "side_hint", "regime")
 P = ParamSpec("P")
 T = TypeVar("T")
-
-Steps = Generator[Any, list[Any], T]
-"""A decision's work as a generator: it yields each Redis pipeline it needs run (queued, not
-executed) and is sent the pipeline's replies (``execute(raise_on_error=False)``), or thrown the
-error that executing it raised. `run_steps` runs each pipeline at once; the HTTP app's
-`s3.adapters.redis_batch.PipelineBatcher` runs those of concurrent requests as one."""
-
-
-def run_steps(steps: Steps[T]) -> T:
-    """Drive ``steps`` here and now: each pipeline it yields is executed as it comes."""
-    try:
-        pipe = next(steps)
-        while True:
-            try:
-                replies = pipe.execute(raise_on_error=False)
-            except BaseException as exc:  # into the step that asked, at its `yield`
-                pipe = steps.throw(exc)
-            else:
-                pipe = steps.send(replies)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-
 
 def features_from_hash(raw: Mapping[str, str]) -> dict[str, Any]:
     """A Redis hash (all strings) as feature values: numbers become numbers, the rest stays text."""

@@ -33,7 +33,7 @@ from s3.config.reload import (
 from s3.config.settings import Settings
 from s3.core.types import Decision
 from s3.engine import Engine
-from s3.http.app import HealthResponse
+from s3.health import HealthResponse
 
 log = logging.getLogger(__name__)
 
