@@ -25,14 +25,13 @@ import collections
 import contextlib
 import functools
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 import msgspec
 
-from s3 import shadow
+from s3 import ports
 from s3.adapters import store_docs
 from s3.adapters.model_runner import DeadlineModel, TimedModel
 from s3.adapters.redis_client import (
@@ -50,6 +49,7 @@ from s3.core.model import Model, model_of
 from s3.core.types import AtrState, Decision, DecisionInput, MarketState
 from s3.errors import DependencyUnavailable, InputError, Rejected
 from s3.metrics import Metrics
+from s3.shadow import Shadow
 from s3.steps import Steps, run_steps
 
 IDEM_TTL_MS = 24 * 3600 * 1000
@@ -136,10 +136,10 @@ class Engine:
     registry: Registry
     redis: Client
     keys: Keys
-    ledger: Any
-    idem: Any
-    store: Any
-    emitter: Any
+    ledger: ports.RiskLedger
+    idem: ports.Idempotency
+    store: ports.Store
+    emitter: ports.Emitter
     s4: S4Client | None = None
     dual_track: bool = True
     metrics: Metrics = field(default_factory=Metrics)
@@ -151,6 +151,8 @@ class Engine:
     latencies_ms: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=100_000)
     )
+    shadow: Shadow | None = None
+    """A second bundle deciding beside this one, without side effects (`s3.shadow`)."""
     _models: dict[tuple[str, int], Model] = field(default_factory=dict)
 
     def model_for(self, snap: BundleSnapshot) -> Model:
@@ -387,7 +389,8 @@ class Engine:
         with the result, in `_finish`)."""
         d = prior if prior is not None else decide(inp, snap, self.model_for(snap))
         if prior is None:  # a shadow bundle (S3_SHADOW_BUNDLE) decides the same input, no effects
-            shadow.observe(self, inp, d)
+            if self.shadow is not None:
+                self.shadow.observe(inp, d)
         reservation_state = None
         if d.decision == "open" and d.reservation is not None and d.intent is not None:
             r = d.reservation
@@ -432,28 +435,12 @@ class Engine:
         return d
 
     def _persist(self, d: Decision, inp: DecisionInput, *, emit: bool) -> None:
-        signal_id = store_docs.signal_id(inp.symbol, d.side, inp.t0_ms, d.config_rev)
+        signal = store_docs.signal_from_decision(d, inp.features, created_at=inp.now_ms)
+        signal_id = signal["signal_id"]
         self.store.put_decision(
+            signal,
             {
-                "signal_id": signal_id,
-                "t0": inp.t0_ms,
-                "symbol": inp.symbol,
-                "features": inp.features,
-                "decision": {
-                    "action": d.decision,
-                    "size_mult": d.size_mult,
-                    "tp_mult": d.tp_mult,
-                    "sl_mult": d.sl_mult,
-                    "reason": d.reason,
-                    "reason_detail": d.reason_detail,
-                    "model_p": d.model_p,
-                    "record": msgspec.to_builtins(d),
-                },
-                "config_rev": d.config_rev,
-                "created_at": inp.now_ms,
-            },
-            {
-                "event_id": f"EVT-DECIDE-{signal_id}",
+                "event_id": store_docs.event_id("DECIDE", signal_id),
                 "kind": "DECIDE",
                 "symbol": inp.symbol,
                 "ts": inp.now_ms,
@@ -541,7 +528,7 @@ class Engine:
         out: list[dict[str, Any]] = []
         for raw in ids:
             iid = raw.decode() if isinstance(raw, bytes) else str(raw)
-            submitted = self.store.get_event(f"EVT-ENTRY_SUBMITTED-{iid}")
+            submitted = self.store.get_event(store_docs.event_id("ENTRY_SUBMITTED", iid))
             if submitted is None or not isinstance(submitted.detail.get("order"), dict):
                 continue
             order = msgspec.convert(submitted.detail["order"], OrderCmdRequest)
@@ -559,9 +546,10 @@ class Engine:
         return out
 
     def _event(self, kind: str, symbol: str, detail: dict[str, Any]) -> None:
+        key = detail.get("intent_id")  # stable: a retry writes the same event once
         self.store.put_event(
             {
-                "event_id": f"EVT-{kind}-{detail.get('intent_id') or uuid.uuid4().hex}",
+                "event_id": store_docs.event_id(kind, key) if key else store_docs.event_id(kind),
                 "kind": kind,
                 "symbol": symbol,
                 "ts": self.clock_ms(),

@@ -16,11 +16,13 @@ from typing import Any
 import msgspec
 
 from s3 import shadow
+from s3.adapters import store_docs
 from s3.adapters.redis_client import Client, connect
 from s3.adapters.redis_keys import Keys
 from s3.adapters.redis_server import RedisServer
-from s3.adapters.redis_streams import emit_order_cmd, emit_signal, read_cfg_events
-from s3.adapters.s4_client import OrderCmdRequest, S4Client
+from s3.adapters.redis_producers import Emitter
+from s3.adapters.redis_streams import read_cfg_events
+from s3.adapters.s4_client import S4Client
 from s3.config.bundle import checksum_files, read_bundle_files
 from s3.config.reload import (
     ActivePointer,
@@ -31,7 +33,6 @@ from s3.config.reload import (
     check_files,
 )
 from s3.config.settings import Settings
-from s3.core.types import Decision
 from s3.engine import Engine
 from s3.health import HealthResponse
 
@@ -121,52 +122,6 @@ def publish(
     return bundle_id, rev, checksum
 
 
-class Emitter:
-    """The engine's stream producers: `sig:events` and the dual-track `ord:cmd:{SYMBOL}`."""
-
-    def __init__(self, redis: Client, keys: Keys, maxlen: int):
-        self.redis, self.keys, self.maxlen = redis, keys, maxlen
-
-    def emit_signal(self, d: Decision, pipe: Any = None) -> None:
-        """XADD the decision to `sig:events`, or queue it on ``pipe`` (the engine's last round
-        trip, with the idempotency result)."""
-        emit_signal(
-            self.redis if pipe is None else pipe,
-            self.keys,
-            {
-                "ts": d.now_ms,
-                "symbol": d.symbol,
-                "decision": d.decision,
-                "rules_fired": list(d.rules_fired),
-                "model_p": d.model_p,
-                "config_rev": d.config_rev,
-                "reason": d.reason,
-                "reason_detail": d.reason_detail,
-                "side": d.side or "",
-                "intent_id": d.intent.intent_id if d.intent else "",
-            },
-            maxlen=self.maxlen,
-        )
-
-    def emit_order_cmd(self, order: OrderCmdRequest) -> None:
-        emit_order_cmd(
-            self.redis,
-            self.keys,
-            order.symbol,
-            {
-                "intent_id": order.intent_id,
-                "market": order.market,
-                "side": order.side,
-                "qty": order.qty,
-                "px": order.px,
-                "sl_px": order.sl_px,
-                "tp_px": order.tp_px,
-                "policy": order.policy,
-            },
-            maxlen=self.maxlen,
-        )
-
-
 def claim_ttl_ms(settings: Settings) -> int:
     """How long an in-progress idempotency claim lives: twice the longest S4 submission (every
     attempt timing out, with the client's backoff) plus 2 s for Redis and the store. A process
@@ -241,8 +196,9 @@ class Service:
             with contextlib.suppress(Exception):
                 store.put_event(
                     {
-                        "event_id": f"EVT-{kind}-{detail.get('bundle_id')}-{detail.get('rev')}-"
-                        f"{time.time_ns()}",
+                        "event_id": store_docs.event_id(
+                            kind, detail.get("bundle_id"), detail.get("rev"), time.time_ns()
+                        ),
                         "kind": kind,
                         "symbol": "",
                         "ts": int(time.time() * 1000),

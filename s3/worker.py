@@ -22,6 +22,7 @@ from s3.adapters.redis_streams import (
     WorkerConfig,
     parse_feature_entry,
 )
+from s3.adapters import store_docs
 from s3.core import atr as atr_mod
 from s3.core.types import AtrState
 from s3.errors import InputError, Rejected
@@ -99,7 +100,7 @@ class Jobs:
             if symbol not in self.stale_symbols:
                 engine.store.put_event(
                     {
-                        "event_id": f"EVT-STALE_SYMBOL-{symbol}-{now}",
+                        "event_id": store_docs.event_id("STALE_SYMBOL", symbol, now),
                         "kind": "STALE_SYMBOL",
                         "symbol": symbol,
                         "ts": now,
@@ -133,7 +134,7 @@ class Jobs:
         for i, c in enumerate(corrections):
             engine.store.put_event(
                 {
-                    "event_id": f"EVT-RESERVATION_HEALED-{now}-{i}",
+                    "event_id": store_docs.event_id("RESERVATION_HEALED", now, i),
                     "kind": "RESERVATION_HEALED",
                     "symbol": "",
                     "ts": now,

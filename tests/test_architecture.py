@@ -226,3 +226,55 @@ def test_no_import_circles() -> None:
             if e.src in members and e.dst in members
         )
     assert not circles, "import circles:\n" + "\n".join(lines)
+
+
+# -- one builder for what is stored ---------------------------------------------------------------
+
+
+def _calls_and_kinds() -> tuple[set[str], list[str]]:
+    """Every event kind written (a literal first argument of `event_id`/`_event`/`on_event`, or a
+    literal ``"kind":`` in a dict) and every place outside `store_docs` that spells ``EVT-``."""
+    kinds: set[str] = set()
+    hand_built: list[str] = []
+    for module, path in _modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        rel = path.relative_to(ROOT)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+                first = node.args[0] if node.args else None
+                if name in ("event_id", "_event", "on_event") and isinstance(first, ast.Constant):
+                    kinds.add(str(first.value))
+            elif isinstance(node, ast.Dict):
+                for k, v in zip(node.keys, node.values, strict=True):
+                    if (
+                        isinstance(k, ast.Constant)
+                        and k.value == "kind"
+                        and isinstance(v, ast.Constant)
+                        and isinstance(v.value, str)
+                        and v.value.isupper()
+                    ):
+                        kinds.add(v.value)
+            elif (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and node.value.startswith("EVT-")
+                and module != "s3.adapters.store_docs"
+            ):
+                hand_built.append(f"{rel}:{node.lineno}")
+    return kinds, hand_built
+
+
+def test_every_event_kind_written_is_listed() -> None:
+    from s3.ports import EVENT_KINDS
+
+    kinds, _ = _calls_and_kinds()
+    assert {"DECIDE", "ENTRY_RECONCILED", "SHADOW_DIFF", "CONFIG_REJECTED"} <= kinds  # the scan works
+    assert kinds - set(EVENT_KINDS) == set(), "written but not in s3.ports.EVENT_KINDS"
+
+
+def test_event_ids_are_built_in_one_place() -> None:
+    _, hand_built = _calls_and_kinds()
+    assert not hand_built, "build event ids with s3.adapters.store_docs.event_id: " + ", ".join(
+        hand_built
+    )
