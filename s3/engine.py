@@ -22,7 +22,6 @@ asks S4 again with the same idempotency key and commits or releases.
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import time
 from collections.abc import Callable, Mapping
@@ -48,7 +47,7 @@ from s3.core.decide import BundleSnapshot, decide, intent_id
 from s3.core.model import Model, model_of
 from s3.core.types import AtrState, Decision, DecisionInput, MarketState
 from s3.errors import DependencyUnavailable, InputError, Rejected
-from s3.metrics import Metrics
+from s3.metrics import Metrics, swallowed
 from s3.shadow import Shadow
 from s3.steps import Steps, run_steps
 
@@ -336,7 +335,7 @@ class Engine:
             state, last = parse_state(replies[:n])
         except Exception as exc:
             if iid is not None and claim is not None and claim.status == "first":
-                with contextlib.suppress(Exception):
+                with swallowed(self.metrics, "idem.abandon"):  # the read's error is the one raised
                     self.idem.abandon(iid, token=claim.token)
             raise DependencyUnavailable(
                 "REDIS_DOWN", f"cannot read the state from Redis: {exc}"

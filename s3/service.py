@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import redis
 
 from s3 import shadow
 from s3.adapters import store_docs
@@ -35,6 +36,7 @@ from s3.config.reload import (
 from s3.config.settings import Settings
 from s3.engine import Engine
 from s3.health import HealthResponse
+from s3.metrics import swallowed
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +195,7 @@ class Service:
 
         def on_event(kind: str, detail: dict[str, Any]) -> None:
             events.append((kind, detail))
-            with contextlib.suppress(Exception):
+            with swallowed(None, "config_event.store"):  # the store down must not stop a reload
                 store.put_event(
                     {
                         "event_id": store_docs.event_id(
@@ -216,7 +218,7 @@ class Service:
                 return build_off_path(doc, s, timeout_s=timeout_s, cold="in_process")
 
         cfg_events_from = "$"
-        with contextlib.suppress(Exception):  # Redis down: from when the watch starts, as before
+        with contextlib.suppress(redis.RedisError):  # Redis down: from when the watch starts
             newest = client.xrevrange(keys.cfg_events, "+", "-", count=1)
             cfg_events_from = str(newest[0][0]) if newest else "0-0"
         reloader = Reloader(
@@ -254,7 +256,7 @@ class Service:
             engine.metrics.config_rev.set(snap.rev)
             # Redis down at this moment must not undo the swap (already made) nor stop the
             # reload watch; the watch writes cfg:rcu:rev again at its next poll.
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(redis.RedisError):
                 client.set(keys.cfg_rcu_rev, str(snap.rev))
 
         reloader.on_applied = applied
@@ -288,7 +290,7 @@ class Service:
             "background thread %s is dead (%s); the process must be restarted", name, reason
         )
         for callback in list(self.on_fatal):
-            with contextlib.suppress(Exception):
+            with swallowed(self.engine.metrics, "on_fatal.callback"):
                 callback(f"background thread {name} died: {reason}")
 
     # -- health and admin -----------------------------------------------------------------------------
@@ -382,7 +384,7 @@ class Service:
                             max(0.0, time.time() - published / 1000)
                         )
                 if time.monotonic() >= next_poll:
-                    with contextlib.suppress(Exception):  # see `applied`
+                    with swallowed(self.engine.metrics, "reload.poll"):  # see `applied`
                         self.reload("poll")
                         self.engine.redis.set(
                             self.engine.keys.cfg_rcu_rev, str(self.engine.registry.current.rev)
@@ -395,9 +397,9 @@ class Service:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=5)
-        with contextlib.suppress(Exception):
+        with swallowed(None, "close.redis"):
             self.engine.redis.close()
-        with contextlib.suppress(Exception):
+        with swallowed(None, "close.store"):
             self.store.close()
         if self.engine.s4 is not None:
             self.engine.s4.close()

@@ -22,7 +22,6 @@ different reasons), ``size`` (both open, another quantity or size multiplier), `
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from s3.adapters import store_docs
 from s3.core.decide import BundleSnapshot, decide
 from s3.core.model import Model, model_of
 from s3.core.types import Decision, DecisionInput
-from s3.metrics import Metrics
+from s3.metrics import Metrics, swallowed
 
 SHADOW_ENV = "S3_SHADOW_BUNDLE"
 KINDS = ("open_to_skip", "skip_to_open", "reason", "size", "tp_sl", "rules")
@@ -124,7 +123,7 @@ class Shadow:
             return diff
         except Exception:  # the shadow must never disturb the live decision
             self.errors += 1
-            with contextlib.suppress(Exception):
+            with swallowed(None, "shadow.metrics"):
                 self.metrics.shadow_diffs.labels("error").inc()
             return None
 
