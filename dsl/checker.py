@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsl import nodes as n
-from dsl.fold import constant_number
 from dsl.errors import Diagnostic, DslError, Severity, sort_and_cap
+from dsl.fold import constant_number as constant_number  # re-exported: compiler, replay
 from dsl.printer import to_source
 from dsl.runtime import RuleInfo
 from dsl.schema import OUTPUTS, Clamp, FeatureSpec, Schema

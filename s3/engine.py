@@ -26,7 +26,7 @@ import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import msgspec
 
@@ -55,8 +55,7 @@ IDEM_TTL_MS = 24 * 3600 * 1000
 CLAIM_TTL_MS = 30_000
 """Default life of an in-progress idempotency claim (the service derives it from the S4 budget)."""
 NUMERIC_FIELDS_SKIP = ("symbol", "side", "side_hint", "regime")
-P = ParamSpec("P")
-T = TypeVar("T")
+
 
 def features_from_hash(raw: Mapping[str, str]) -> dict[str, Any]:
     """A Redis hash (all strings) as feature values: numbers become numbers, the rest stays text."""
@@ -107,27 +106,6 @@ class Submission:
         return run_steps(
             e._finish(result, self.iid, self.token, self.trigger, self.started, emit=False)
         )
-
-
-def _run_each(steps: Callable[P, Steps[T]]) -> Callable[P, T]:
-    """``steps`` driven by `run_steps`: the same arguments, the result."""
-
-    def run(*args: P.args, **kwargs: P.kwargs) -> T:
-        return run_steps(steps(*args, **kwargs))
-
-    return run
-
-
-def _then_submit(
-    until_submit: Callable[P, DecideResult | Submission],
-) -> Callable[P, DecideResult]:
-    """``until_submit``, then the submission it returns, if any."""
-
-    def decide(*args: P.args, **kwargs: P.kwargs) -> DecideResult:
-        step = until_submit(*args, **kwargs)
-        return step.submit() if isinstance(step, Submission) else step
-
-    return decide
 
 
 @dataclass
@@ -267,15 +245,56 @@ class Engine:
             return (yield from self._finish(live, iid, token, trigger, started, emit=True))
         return Submission(self, live, iid, token, trigger, started)
 
-    decide_until_submit = _run_each(decide_steps)
-    """`decide_steps`, each pipeline run as it comes (blocking)."""
+    def decide_until_submit(
+        self,
+        *,
+        symbol: str,
+        side_hint: str | None,
+        t0_ms: int | None,
+        trigger: str,
+        dry_run: bool = False,
+        features: Mapping[str, Any] | None = None,
+        features_ts_ms: int | None = None,
+    ) -> DecideResult | Submission:
+        """`decide_steps`, each pipeline run as it comes (blocking)."""
+        return run_steps(
+            self.decide_steps(
+                symbol=symbol,
+                side_hint=side_hint,
+                t0_ms=t0_ms,
+                trigger=trigger,
+                dry_run=dry_run,
+                features=features,
+                features_ts_ms=features_ts_ms,
+            )
+        )
 
-    decide = _then_submit(decide_until_submit)
-    """One decision with every side effect, S4 included (blocks up to S4's budget); the
-    arguments of `decide_until_submit`.
+    def decide(
+        self,
+        *,
+        symbol: str,
+        side_hint: str | None,
+        t0_ms: int | None,
+        trigger: str,
+        dry_run: bool = False,
+        features: Mapping[str, Any] | None = None,
+        features_ts_ms: int | None = None,
+    ) -> DecideResult:
+        """One decision with every side effect, S4 included (blocks up to S4's budget): claim and
+        state, core decision, reserve, persist, emit (`decide_until_submit`), then submit.
 
-    Round trips to Redis for a fresh skip (standalone): one for the state and the idempotency
-    claim, one for `sig:events` and the result (a cluster: one more for each)."""
+        Round trips to Redis for a fresh skip (standalone): one for the state and the idempotency
+        claim, one for `sig:events` and the result (a cluster: one more for each)."""
+        step = self.decide_until_submit(
+            symbol=symbol,
+            side_hint=side_hint,
+            t0_ms=t0_ms,
+            trigger=trigger,
+            dry_run=dry_run,
+            features=features,
+            features_ts_ms=features_ts_ms,
+        )
+        return step.submit() if isinstance(step, Submission) else step
 
     def _finish(
         self,
@@ -320,8 +339,11 @@ class Engine:
         try:
             pipe = self.redis.pipeline(transaction=False)
             n = queue_state(pipe, self.keys, symbol)
-            queued = iid is not None and self._pipelined
-            token = self.idem.queue_begin(pipe, iid, self.claim_ttl_ms) if queued else None
+            token = (
+                self.idem.queue_begin(pipe, iid, self.claim_ttl_ms)
+                if iid is not None and self._pipelined
+                else None
+            )
             replies = yield pipe
             if iid is not None:
                 claim = (
@@ -387,9 +409,8 @@ class Engine:
         `Decision`, to be submitted (a skip's result is returned, its `sig:events` entry goes
         with the result, in `_finish`)."""
         d = prior if prior is not None else decide(inp, snap, self.model_for(snap))
-        if prior is None:  # a shadow bundle (S3_SHADOW_BUNDLE) decides the same input, no effects
-            if self.shadow is not None:
-                self.shadow.observe(inp, d)
+        if prior is None and self.shadow is not None:  # a shadow bundle (S3_SHADOW_BUNDLE)
+            self.shadow.observe(inp, d)  # decides the same input, without effects
         reservation_state = None
         if d.decision == "open" and d.reservation is not None and d.intent is not None:
             r = d.reservation

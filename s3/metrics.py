@@ -169,4 +169,6 @@ def swallowed(metrics: Metrics | None, where: str) -> Iterator[None]:
         if metrics is not None:
             metrics.swallowed.labels(where).inc()
         if due:
-            _log.warning("%s failed (%d so far in this process); carrying on", where, count, exc_info=True)
+            _log.warning(
+                "%s failed (%d so far in this process); carrying on", where, count, exc_info=True
+            )

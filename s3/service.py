@@ -20,8 +20,8 @@ from s3 import shadow
 from s3.adapters import store_docs
 from s3.adapters.redis_client import Client, connect
 from s3.adapters.redis_keys import Keys
-from s3.adapters.redis_server import RedisServer
 from s3.adapters.redis_producers import Emitter
+from s3.adapters.redis_server import RedisServer
 from s3.adapters.redis_streams import read_cfg_events
 from s3.adapters.s4_client import S4Client
 from s3.config.bundle import checksum_files, read_bundle_files

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from s3.adapters import store_docs
 from s3.adapters.redis_streams import (
     EntryLost,
     ParseError,
@@ -24,12 +25,11 @@ from s3.adapters.redis_streams import (
     WorkerConfig,
     parse_feature_entry,
 )
-from s3.adapters import store_docs
 from s3.core import atr as atr_mod
 from s3.core.types import AtrState
 from s3.errors import InputError, Rejected
-from s3.service import Service
 from s3.metrics import swallowed
+from s3.service import Service
 
 _RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end

@@ -110,7 +110,9 @@ def _graph() -> list[Edge]:
     edges: list[Edge] = []
     for module, path in known.items():
         edges.extend(_imports(module, path, known))
-    return list(dict.fromkeys(edges))  # one edge per (line, target): `from a import x, y` counts once
+    return list(
+        dict.fromkeys(edges)
+    )  # one edge per (line, target): `from a import x, y` counts once
 
 
 EDGES = _graph()
@@ -203,7 +205,11 @@ def _cycles(edges: list[Edge]) -> list[list[str]]:
 
 
 def test_cycle_finder_finds_a_planted_circle() -> None:
-    planted = [Edge("a", "b", "", "module"), Edge("b", "c", "", "function"), Edge("c", "a", "", "module")]
+    planted = [
+        Edge("a", "b", "", "module"),
+        Edge("b", "c", "", "function"),
+        Edge("c", "a", "", "module"),
+    ]
     assert _cycles([*planted, Edge("c", "d", "", "module")]) == [["a", "b", "c"]]
 
 
@@ -269,7 +275,12 @@ def test_every_event_kind_written_is_listed() -> None:
     from s3.ports import EVENT_KINDS
 
     kinds, _ = _calls_and_kinds()
-    assert {"DECIDE", "ENTRY_RECONCILED", "SHADOW_DIFF", "CONFIG_REJECTED"} <= kinds  # the scan works
+    assert {
+        "DECIDE",
+        "ENTRY_RECONCILED",
+        "SHADOW_DIFF",
+        "CONFIG_REJECTED",
+    } <= kinds  # the scan works
     assert kinds - set(EVENT_KINDS) == set(), "written but not in s3.ports.EVENT_KINDS"
 
 

@@ -12,7 +12,7 @@ which handles it as its own failure (claims abandoned, 503).
 
 A cluster, or a connection the lean one does not speak (Unix socket, TLS, a credential
 provider), keeps the blocking client: each pipeline is then run as it comes, as
-`s3.engine.run_steps` does.
+`s3.steps.run_steps` does.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ service with the hook in place deciding stream events beside a shadow bundle."""
 from __future__ import annotations
 
 import gc
-import weakref
 import json
+import weakref
 from pathlib import Path
 from typing import Any
 

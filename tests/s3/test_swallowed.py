@@ -13,7 +13,9 @@ from s3.metrics import Metrics, swallowed
 from s3.worker import Runner
 
 
-def test_swallowed_counts_logs_once_per_window_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+def test_swallowed_counts_logs_once_per_window_and_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     m = Metrics()
     where = "test.swallowed.window"
     before = metrics_mod.SWALLOWED[where]

@@ -235,7 +235,9 @@ def test_a_decision_becomes_a_signal(store: Store) -> None:
         1.05,
     )
     assert got.decision["record"]["intent"]["qty"] == "0.007"  # exact, as text
-    assert got.decision["record"]["decision"] == "open"  # the whole Decision, as the engine stores it
+    assert (
+        got.decision["record"]["decision"] == "open"
+    )  # the whole Decision, as the engine stores it
     assert got.config_rev == 7
 
 
