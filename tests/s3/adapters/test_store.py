@@ -64,7 +64,7 @@ def evt(
     kind: str = "DECIDE", ts: int = T0, symbol: str | None = "BTCUSDT", **over: Any
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {
-        "event_id": event_id(kind, ts, f"{symbol}-{ts}"),
+        "event_id": event_id(kind, f"{symbol}-{ts}"),
         "kind": kind,
         "symbol": symbol,
         "detail": {"intent_id": "s3-btc-1", "rules": ["R-001"]},
