@@ -289,3 +289,17 @@ def test_event_ids_are_built_in_one_place() -> None:
     assert not hand_built, "build event ids with s3.adapters.store_docs.event_id: " + ", ".join(
         hand_built
     )
+
+
+def test_every_module_over_500_lines_says_why_in_architecture_md() -> None:
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    big = [
+        str(path.relative_to(ROOT))
+        for path in _modules().values()
+        if len(path.read_text(encoding="utf-8").splitlines()) > 500
+    ]
+    assert big, "the scan finds the big modules"
+    missing = [p for p in big if f"| `{p}` |" not in doc]
+    assert not missing, "over 500 lines without a line in docs/architecture.md: " + ", ".join(
+        missing
+    )
