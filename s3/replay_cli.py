@@ -159,6 +159,15 @@ def replay_cmd(args: argparse.Namespace) -> int:
 
     if args.hold_events is not None and args.hold_events < 1:
         raise UsageError("--hold-events must be at least 1")
+    if (args.hold_ms is not None or args.hold_events is not None) and (
+        args.attribution or args.walk_forward
+    ):
+        raise UsageError(
+            "--attribution and --walk-forward need the outcome simulation "
+            "(leave out --hold-ms and --hold-events)"
+        )
+    if args.walk_forward and args.walk_forward < 2:
+        raise UsageError("--walk-forward needs at least 2 windows")
     tape = _tape(args.tape, args.limit)
     snap_a = _bundle(args.bundle)
     snap_b = _bundle(args.against) if args.against else None
@@ -262,11 +271,6 @@ def _outcomes(
 
     out: dict[str, Any] = {"text": "", "json": {}, "html": ""}
     if not a.exits:
-        if args.attribution or args.walk_forward:
-            raise UsageError(
-                "--attribution and --walk-forward need the outcome simulation "
-                "(leave out --hold-ms and --hold-events)"
-            )
         return out
     results = [r for r in (a, b) if r is not None]
     ab = compare.ab_outcomes(a, b, seed=args.seed) if b is not None else None
@@ -288,8 +292,6 @@ def _outcomes(
                 out["text"] += output.attribution_text(r.label, doc, at.elapsed_s)
             out["json"]["attribution"] = {label: doc for label, doc in attributions}
         if args.walk_forward:
-            if args.walk_forward < 2:
-                raise UsageError("--walk-forward needs at least 2 windows")
             walk = compare.walk_forward(tape, snaps, cfg, args.walk_forward)
             out["text"] += compare.walk_forward_text(walk)
             out["json"]["walk_forward"] = walk

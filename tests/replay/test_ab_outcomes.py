@@ -93,7 +93,7 @@ def test_cli_ab_attribution_walk_forward_html_json(
             "--against",
             str(bundle_b_dir),
             "--limit",
-            "1500",
+            "600",
             "--attribution",
             "--walk-forward",
             "2",
@@ -129,6 +129,8 @@ def test_cli_ab_attribution_walk_forward_html_json(
         main(["replay", str(BARS), "--bundle", str(DEFAULT), "--hold-ms", "60000", "--attribution"])
         == 2
     )
+    assert "need the outcome simulation" in capsys.readouterr().err
+    assert main(["replay", str(BARS), "--bundle", str(DEFAULT), "--walk-forward", "1"]) == 2
 
 
 def test_a_missing_funding_history_fails_the_cli(
