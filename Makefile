@@ -1,5 +1,7 @@
 # Quick start: `make demo` (set up, then run the main job) and `make test` (set up, then the whole suite).
-# Everything lives in .venv; the first run creates it, later runs reuse it while pyproject.toml is unchanged.
+# Everything lives in .venv: the package with its dev tools and the ArangoDB client (`.[dev,arango]`:
+# mypy and the store tests need it); the first run creates it, later runs reuse it while
+# pyproject.toml is unchanged.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +14,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,model]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,model,arango]'
 	touch $@
 
 demo: setup

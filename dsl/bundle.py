@@ -104,6 +104,11 @@ class FeatureModel(_Strict):
             raise ValueError(f"'values' is only for enum features, not {self.type}")
         if self.values and len(set(self.values)) != len(self.values):
             raise ValueError("enum values must be distinct")
+        for value in self.values or ():
+            if bad_char(value) is not None:
+                raise ValueError(
+                    f"enum value {escaped(value)} has a control or non-printable character"
+                )
         return self
 
 

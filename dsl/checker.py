@@ -324,7 +324,7 @@ class _Checker:
             hint = (
                 "only numbers can be ordered"
                 if ordering and at.is_stringy and bt.is_stringy
-                else None
+                else _mixed_compare_hint(a, at, b, bt)
             )
             self.error(
                 "E204",
@@ -806,3 +806,23 @@ def check(
     if any(d.is_error for d in diags):
         raise DslError(diags, texts=texts)
     return CheckedBundle(tuple(ordered), lets, schema, clamp, tuple(diags), dict(texts or {}))
+
+
+def _mixed_compare_hint(a: n.Expr, at: Type, b: n.Expr, bt: Type) -> str | None:
+    """E204's hint for a number compared with a string: the likely fix."""
+    for x, xt, y, yt in ((a, at, b, bt), (b, bt, a, at)):
+        if not (xt.is_numeric and yt.is_stringy):
+            continue
+        if isinstance(y, n.String):
+            try:
+                float(y.value)
+            except ValueError:
+                return f"{to_source(x)} is a number: compare it with a number, not a string"
+            return f"write the number without quotes: {y.value}"
+        if yt.kind == "enum":
+            shown = ", ".join(quote_value(v) for v in yt.values)
+            return f"{to_source(y)} is an enum: compare it with one of its values ({shown})"
+        if isinstance(x, n.Number):
+            return f"{to_source(y)} is a string: compare it with a string, in quotes"
+        return f"{to_source(y)} is a string and {to_source(x)} a number: they never compare equal"
+    return None

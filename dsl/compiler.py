@@ -12,6 +12,7 @@ cached lets are numbered, not named. Before it is compiled the module must pass 
 from __future__ import annotations
 
 import ast
+import gc
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -342,11 +343,18 @@ def exec_generated(
     """
     if not filename.startswith(guard.GENERATED_PREFIX):
         raise ValueError(f"generated code is compiled as {guard.GENERATED_PREFIX}...>")
-    tree = ast.parse(src, filename)
-    problems = guard.verify(tree, name, params, _HELPER_NAMES)
-    if problems:
+    collecting = gc.isenabled()
+    gc.disable()  # the tree is ~20 objects per node and holds no cycles: no collections for it
+    try:
+        tree = ast.parse(src, filename)
+        problems = guard.verify(tree, name, params, _HELPER_NAMES)
+        code = None if problems else compile(tree, filename, "exec")
+        del tree
+    finally:
+        if collecting:
+            gc.enable()
+    if code is None:
         raise _rejected(filename, "; ".join(problems))
-    code = compile(tree, filename, "exec")
     namespace = _namespace()
     guard.install()
     try:

@@ -65,6 +65,9 @@ class Diagnostic:
         if not 0 < self.span.line <= len(lines):
             return head + (f"\n      = help: {self.hint}" if self.hint else "")
         text = lines[self.span.line - 1].expandtabs(1)
+        # Untrusted text never reaches a terminal as it is: one U+FFFD per unprintable
+        # character keeps the caret under the right column.
+        text = "".join(ch if ch.isprintable() else "\ufffd" for ch in text)
         if len(text) > 160:  # a minified or generated line: show the part around the caret
             start = max(self.span.col - 60, 0)
             text, col = text[start : start + 120], self.span.col - start

@@ -160,9 +160,10 @@ def verify(
         bad(fn, f"the function must be plain 'def {function}({', '.join(params)})'")
     readable = _READ_ONLY | _STORED | helpers | set(params)
     callable_ = helpers | ({"_w"} if "_w" in params else set())
-    stack: list[tuple[ast.AST, ast.AST | None]] = [(fn, None)]
+    stack: list[ast.AST] = [fn]
+    push = stack.append
     while stack:
-        node, parent = stack.pop()
+        node = stack.pop()
         kind = type(node)
         if kind not in _NODES:
             bad(node, f"{kind.__name__} is not emitted by the code generator")
@@ -176,30 +177,31 @@ def verify(
                 ok = local or node.id in readable
             if not ok:
                 bad(node, f"name {node.id!r} is not one the code generator writes")
-        elif kind is ast.Constant:
+            continue
+        if kind is ast.Constant:
             assert isinstance(node, ast.Constant)
             v = node.value
             if type(v) not in _CONSTANTS or (isinstance(v, float) and not math.isfinite(v)):
                 bad(node, f"constant {v!r} is not a finite number, a bool or a string")
-        elif kind is ast.Attribute:
+            continue
+        if kind is ast.Attribute:  # the one allowed use is checked (and skipped) at its Call
             assert isinstance(node, ast.Attribute)
-            if not (
-                isinstance(parent, ast.Call)
-                and parent.func is node
-                and node.attr == "append"
-                and isinstance(node.value, ast.Name)
-                and node.value.id in _LISTS
-            ):
-                bad(node, f"attribute '.{node.attr}' (only fired/faults/dyn.append is emitted)")
-                continue
-        elif kind is ast.Call:
+            bad(node, f"attribute '.{node.attr}' (only fired/faults/dyn.append is emitted)")
+            continue
+        if kind is ast.Call:
             assert isinstance(node, ast.Call)
             f = node.func
             if node.keywords or any(isinstance(x, ast.Starred) for x in node.args):
                 bad(node, "keyword or starred arguments")
-            if not (
-                (isinstance(f, ast.Name) and f.id in callable_) or isinstance(f, ast.Attribute)
+            if (
+                isinstance(f, ast.Attribute)
+                and f.attr == "append"
+                and isinstance(f.value, ast.Name)
+                and f.value.id in _LISTS
             ):
+                stack.extend(node.args)
+                continue
+            if not (isinstance(f, ast.Name) and f.id in callable_):
                 bad(node, f"call of {ast.unparse(f)[:40]!r}, which is not a runtime helper")
                 continue
         elif kind is ast.Subscript:
@@ -211,7 +213,7 @@ def verify(
                 and type(node.slice.value) is str
             ):
                 bad(node, "subscript other than f['<feature>']")
-                continue
+            continue  # f and a string: nothing below to check
         elif kind is ast.AugAssign:
             assert isinstance(node, ast.AugAssign)
             if not (
@@ -241,8 +243,12 @@ def verify(
                 and node.comparators[0].id == "_U"
             ):
                 bad(node, "'is not' other than the let cache test")
-        for child in ast.iter_child_nodes(node):
-            stack.append((child, node))
+        for field in node._fields:
+            child = getattr(node, field, None)
+            if isinstance(child, list):
+                stack.extend(child)
+            elif isinstance(child, ast.AST):
+                push(child)
     return problems
 
 

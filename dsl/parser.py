@@ -25,7 +25,9 @@ from lark.visitors import Transformer_NonRecursive
 
 from dsl import nodes as n
 from dsl.errors import Diagnostic, DslSyntaxError
+from dsl.guard import bad_char
 from dsl.source import MAX_SOURCE_BYTES, Source, Span, show_size
+from dsl.suggest import keyword_hint
 
 MAX_DEPTH = 60
 """Deepest expression nesting accepted (E109); keeps the checker, compiler and CPython bounded."""
@@ -256,8 +258,12 @@ def _syntax_diagnostic(source: Source, text: str, exc: LarkError) -> tuple[Diagn
             span,
             _foreign_hint(text, offset),
         ), offset
+    expected = _expected(accepts)
     return Diagnostic(
-        "E101", f"expected {_expected(accepts)}, found {_found(token)}{ctx}", span
+        "E101",
+        f"expected {expected}, found {_found(token)}{ctx}",
+        span,
+        keyword_hint(str(token), expected) if token.type == "NAME" else None,
     ), offset
 
 
@@ -478,6 +484,17 @@ class _Build(Transformer_NonRecursive):  # type: ignore[type-arg]
                 )
             )
             raw = raw[:MAX_STRING_CHARS]
+        ch = bad_char(raw.replace("\t", " "))
+        if ch is not None:  # it would reach diagnostics, logs and terminals as it is
+            self.diags.append(
+                Diagnostic(
+                    "E106",
+                    f"string literal holds a control or non-printable character ('{ch}')",
+                    span,
+                    "write \\n or \\t for a newline or a tab; other control characters "
+                    "cannot be written",
+                )
+            )
         value = re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), raw)
         return n.String(value, span)
 

@@ -9,6 +9,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from dsl.suggest import did_you_mean
+
 
 def show(value: object) -> str:
     """A value for a message: huge integers are described, never printed in full."""
@@ -137,5 +139,8 @@ def _type_problem(spec: FeatureSpec, value: object) -> str | None:
     if not isinstance(value, str):
         return f"feature '{spec.name}' must be a string, found {shown}"
     if spec.type == "enum" and value not in spec.values:
-        return f"feature '{spec.name}' must be one of {', '.join(spec.values)}, found {shown}"
+        hint = did_you_mean(value, spec.values)
+        return f"feature '{spec.name}' must be one of {', '.join(spec.values)}, found {shown}" + (
+            f"; {hint}" if hint else ""
+        )
     return None

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from s3 import model_cli, ops_cli, replay_cli, rules_cli
+from s3 import __version__, model_cli, ops_cli, replay_cli, rules_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,6 +21,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="s3", description="S3 strategy engine")
+    parser.add_argument("--version", action="version", version=f"s3 {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     rules = sub.add_parser("rules", help="author, lint, format, explain and test rule bundles")
     rsub = rules.add_subparsers(dest="rules_command", required=True, parser_class=_Parser)
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--rule", action="append", metavar="RULE_ID", help="show only these rules in the trace"
     )
+    explain.add_argument(
+        "--strict", action="store_true", help="an unknown feature key is an error (exit 1)"
+    )
     explain.set_defaults(func=rules_cli.explain)
 
     test = rsub.add_parser(
@@ -72,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
         "stable JSON snapshot (syrupy's format; - for stdout)",
     )
     test.add_argument("--format", choices=("human", "json"), default="human")
+    test.add_argument(
+        "--run",
+        metavar="PATTERN",
+        help="only the cases whose 'file: name' matches (a glob with * ? [], else a "
+        "case-insensitive substring)",
+    )
+    test.add_argument(
+        "--update",
+        action="store_true",
+        help="rewrite the failing expectations of the cases in place (comments and order kept)",
+    )
+    test.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
+    test.add_argument("--strict", action="store_true", help="unknown feature keys fail their case")
     test.set_defaults(func=rules_cli.test)
     ops_cli.add_commands(sub, _Parser)
     replay_cli.add_commands(sub, _Parser)

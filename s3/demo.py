@@ -21,6 +21,7 @@ from s3.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "samples" / "features_real.jsonl"
+EXAMPLE = ROOT / "rulesets" / "default" / "examples" / "btc_buy_real.json"
 CLOSE_AFTER_EVENTS = 4
 
 
@@ -183,17 +184,75 @@ def _summary(
     )
     decides = service.store.events_by_kind("DECIDE", limit=10_000)
     console.print(f"store: {len(decides)} DECIDE events in {service.settings.sqlite_path}")
-    console.print(
-        "where to look:\n"
-        f"  sqlite3 {service.settings.sqlite_path} "
-        "\"select signal_id, json_extract(decision, '$.action'), json_extract(decision, '$.reason') "
-        'from signals limit 5"\n'
-        "  run the service:  S3_AUTH_DISABLED=1 s3 serve --port 8080\n"
-        "  curl -s localhost:8080/health\n"
-        "  curl -s -X POST localhost:8080/decide -H 'content-type: application/json' "
-        '-d \'{"symbol":"BTCUSDT","sideHint":"BUY","dry_run":true}\'\n'
-        "  curl -s localhost:8080/metrics | grep s3_"
+    console.print("where to look (each command works as printed, from this directory):")
+    for line in next_commands(service.settings.sqlite_path):
+        console.print("  " + line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is inside it, else absolute."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path.absolute())
+
+
+def s3_command() -> str:
+    """How to run this `s3` again: `s3` when that is what PATH finds, else the path it was run
+    by (`.venv/bin/s3`), or the one next to this Python (`python -m s3.cli`)."""
+    import os
+    import sys
+
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    mine = argv0 if argv0 is not None and argv0.name == "s3" else Path(sys.executable).parent / "s3"
+    if not mine.exists():
+        return "s3"
+    found = shutil.which("s3")
+    if found and os.path.samefile(found, mine):
+        return "s3"
+    return _shown(mine)
+
+
+def decide_curl(port: int = 8080) -> str:
+    """A `/decide` that a fresh `s3 serve` answers: the features of examples/btc_buy_real.json
+    in the request (a fresh server has no `feat:last:BTCUSDT`), stamped now by the shell."""
+    example = json.loads(EXAMPLE.read_text())
+    feats = {k: v for k, v in example.items() if k not in ("symbol", "side", "ts")}
+    body = json.dumps(
+        {"symbol": "BTCUSDT", "sideHint": "BUY", "dry_run": True, "features": feats},
+        separators=(",", ":"),
     )
+    # the features' ts must be fresh (the staleness gate): POSIX shell arithmetic, any OS
+    body = body[:-2] + ',"ts":\'"$(($(date +%s)*1000))"\'}}'
+    return (
+        f"curl -s -X POST localhost:{port}/decide -H 'content-type: application/json' -d '{body}'"
+    )
+
+
+def next_commands(sqlite_path: str, port: int = 8080) -> list[str]:
+    """The commands `s3 demo` prints at the end (tests/test_first_minutes.py runs them)."""
+    s3 = s3_command()
+    query = (
+        "select signal_id, json_extract(decision, '$.action'), "
+        "json_extract(decision, '$.reason_detail') from signals limit 5"
+    )
+    db = _shown(Path(sqlite_path))
+    look = (
+        f'sqlite3 {db} "{query}"'
+        if shutil.which("sqlite3")
+        else f"python3 -c \"import sqlite3; [print(*r) for r in sqlite3.connect('{db}')"
+        f'.execute(\\"{query}\\")]"'
+    )
+    bundle = _shown(ROOT / "rulesets" / "default")
+    return [
+        look,
+        "# the service on embedded defaults; leave it running and, in another terminal:",
+        f"S3_AUTH_DISABLED=1 {s3} serve --port {port}",
+        f"curl -s localhost:{port}/health",
+        decide_curl(port),
+        f"curl -s localhost:{port}/metrics | grep '^s3_decisions_total'",
+        f"{s3} rules explain {bundle} --features {_shown(EXAMPLE)}",
+    ]
 
 
 __all__ = ["run_demo"]

@@ -55,6 +55,22 @@ IDEM_TTL_MS = 24 * 3600 * 1000
 CLAIM_TTL_MS = 30_000
 """Default life of an in-progress idempotency claim (the service derives it from the S4 budget)."""
 NUMERIC_FIELDS_SKIP = ("symbol", "side", "side_hint", "regime")
+# What an event or a request may carry besides the bundle's features: the engine reads these.
+ENGINE_FIELDS = frozenset({"ts", "symbol", "side", "side_hint", "high", "low", "close", "payload"})
+
+
+_KNOWN: dict[tuple[str, int], frozenset[str]] = {}
+
+
+def known_keys(snap: BundleSnapshot) -> frozenset[str]:
+    """The keys a decision on ``snap`` reads: its features and the engine's own fields."""
+    key = (snap.bundle_id, snap.rev)  # a revision is immutable
+    found = _KNOWN.get(key)
+    if found is None:
+        if len(_KNOWN) > 64:
+            _KNOWN.clear()
+        found = _KNOWN[key] = ENGINE_FIELDS | frozenset(snap.ruleset.schema.features)
+    return found
 
 
 def features_from_hash(raw: Mapping[str, str]) -> dict[str, Any]:
@@ -189,6 +205,9 @@ class Engine:
         state, last, claim = yield from self._read(symbol, iid)
         try:
             feats = dict(features) if features is not None else features_from_hash(last)
+            unknown = feats.keys() - known_keys(snap)
+            if unknown:  # accepted (producers send more), but counted by name
+                self.metrics.count_unknown(trigger, sorted(unknown))
             if not feats:
                 raise InputError(
                     "MISSING_FEATURES",

@@ -12,6 +12,9 @@ import msgspec
 
 
 class HealthResponse(msgspec.Struct, frozen=True):
+    """`store` names the store in use and `store_status` its state; `arango` (the spec's field)
+    is that state with ArangoDB and "not used" with SQLite."""
+
     status: Literal["OK", "DEGRADED"]
     redis: str
     arango: str
@@ -22,3 +25,5 @@ class HealthResponse(msgspec.Struct, frozen=True):
     config: str = "ok"
     """"ok", or "fallback: ..." when a start serves a revision other than the active one."""
     degraded: list[str] = []
+    store: Literal["sqlite", "arango"] = "sqlite"
+    store_status: str = "ok"

@@ -94,6 +94,14 @@ class Metrics:
             ["code", "status"],
             registry=r,
         )
+        self.unknown_feature_keys = Counter(
+            "s3_unknown_feature_keys_total",
+            "Feature keys a decision received that neither the bundle's [features] nor the "
+            "engine reads (accepted and ignored: a typo in a producer shows here), by name",
+            ["source", "key"],
+            registry=r,
+        )
+        self._unknown_names: set[str] = set()
         self.same_ms_events = Counter(
             "s3_same_ms_events_total",
             "Stream events in the same millisecond as the previous event of their symbol; "
@@ -122,6 +130,21 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*values)
         return found
+
+    UNKNOWN_NAMES_MAX = 100
+    UNKNOWN_NAME_CHARS = 64
+
+    def count_unknown(self, source: str, names: Any) -> None:
+        """Count unknown feature keys by name. Names are untrusted text: each is cut to 64
+        characters, and past 100 distinct names the rest count as "(other)"."""
+        for raw in names:
+            name = str(raw)[: self.UNKNOWN_NAME_CHARS]
+            if name not in self._unknown_names:
+                if len(self._unknown_names) >= self.UNKNOWN_NAMES_MAX:
+                    name = "(other)"
+                else:
+                    self._unknown_names.add(name)
+            self.child(self.unknown_feature_keys, source, name).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

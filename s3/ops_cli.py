@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
 from typing import Any
 
-from s3.config.settings import Settings
+from s3.config.settings import Settings, SettingsError, load
 
 
 class UsageError(Exception):
@@ -22,8 +21,8 @@ class Unavailable(Exception):
 
 def _settings() -> Settings:
     try:
-        return Settings()
-    except Exception as exc:  # pydantic's message names the variable and the problem
+        return load()
+    except SettingsError as exc:  # names each variable, its value and the problem
         raise UsageError(f"invalid S3_* settings:\n{exc}") from None
 
 
@@ -88,12 +87,49 @@ def _fatal_exit(service: Any, stop: Any) -> None:
     service.on_fatal.append(on_fatal)
 
 
+def _listen(host: str, port: int) -> Any:
+    """The listening socket, bound before anything starts: a port in use is a clear error, not
+    a "serving on" line followed by a failure."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _logging() -> None:
+    """The process's logs on stderr: `s3.*` at INFO (reloads applied or rejected, errors)."""
+    import logging
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    logging.getLogger("s3").setLevel(logging.INFO)
+
+
 def serve(args: argparse.Namespace) -> int:
     from s3.http.app import create_app
     from s3.http.server import server_config
     from s3.worker import Runner
 
-    service = _service()
+    settings = _settings()  # bad settings first: they name the variable
+    _logging()
+    if not settings.api_token and not settings.auth_disabled:
+        raise UsageError("S3_API_TOKEN is not set: set it, or set S3_AUTH_DISABLED=1 for local use")
+    sock = _listen(args.host, args.port)
+    try:
+        service = _service()
+    except BaseException:
+        sock.close()
+        raise
     runner = Runner(service)
     with _dependencies():
         runner.start()
@@ -124,7 +160,7 @@ def serve(args: argparse.Namespace) -> int:
         signal.signal(sig, on_signal)
     _fatal_exit(service, lambda: setattr(server, "should_exit", True))
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:  # then the stream worker finishes its in-flight entry and acks what it handled
         runner.stop()
         service.close()
@@ -137,6 +173,7 @@ def serve(args: argparse.Namespace) -> int:
 def worker(args: argparse.Namespace) -> int:
     from s3.worker import Runner
 
+    _logging()
     service = _service()
     runner = Runner(service)
     stop = threading.Event()
@@ -165,7 +202,10 @@ def _store_and_redis() -> tuple[Any, Any, Any]:
     from s3.service import open_store
 
     s = _settings()
-    store = open_store(s)
+    try:
+        store = open_store(s)
+    except RuntimeError as exc:  # e.g. the ArangoDB extra missing
+        raise UsageError(str(exc)) from None
     client = keys = None
     if s.redis_addresses:
         client, keys = connect(s.redis_addresses)
@@ -173,40 +213,69 @@ def _store_and_redis() -> tuple[Any, Any, Any]:
 
 
 def bundle_publish(args: argparse.Namespace) -> int:
+    from s3 import bundle_cli
     from s3.config.bundle import load_dir
     from s3.service import publish
 
-    result = load_dir(args.dir, _settings())
+    settings = _settings()
+    result = load_dir(args.dir, settings)
     for d in result.diagnostics:
         print(d.render(result.texts))
     if result.snapshot is None:
         print(f"{args.dir}: not published (errors above)")
         return 1
-    store, client, keys = _store_and_redis()
-    try:
-        bundle_id, rev, checksum = publish(
-            store, client, keys, args.dir, reason=args.reason or "publish"
+    ran, failing = bundle_cli.run_cases(result.snapshot, args.dir)
+    for line in failing:
+        print(line)
+    if failing and not args.force:
+        print(
+            f"{args.dir}: not published: {len(failing)} of its cases fail or do not load "
+            "(above; `s3 rules test` shows more). Fix them, or publish anyway with --force "
+            "(recorded as forced)"
         )
+        return 1
+    reason = args.reason or "publish"
+    if failing:
+        reason += f" (FORCED with {len(failing)} failing cases)"
+    store, client, keys = _store_and_redis()
+    by = bundle_cli.who()
+    try:
+        bundle_id, rev, checksum = publish(store, client, keys, args.dir, reason=reason, by=by)
     except ValueError as exc:
         print(f"{args.dir}: not published: {exc}")
         return 1
+    bundle_cli.record(
+        store,
+        bundle_id,
+        rev,
+        {
+            "reason": reason,
+            "by": by,
+            "forced": bool(failing),
+            "forced_failures": f"{len(failing)} failing cases" if failing else "",
+            "cases": {"ran": ran, "failing": failing[:50]},
+        },
+    )
     announced = (
         "announced on cfg:events"
         if client is not None
-        else "not announced (S3_REDIS_ADDRESSES unset)"
+        else "not announced (S3_REDIS_ADDRESSES unset: this command reaches no Redis); "
+        f"running servers poll the store and pick it up within S3_CONFIG_POLL_SEC "
+        f"({settings.config_poll_sec:g} s)"
     )
-    print(f"published {bundle_id} rev {rev} ({checksum[:12]}), now active; {announced}")
+    cases = f"{ran} cases pass" if not failing else f"FORCED: {len(failing)} cases fail"
+    print(f"published {bundle_id} rev {rev} ({checksum[:12]}), now active; {cases}; {announced}")
     return 0
 
 
 def bundle_list(args: argparse.Namespace) -> int:
+    from s3 import bundle_cli
+
     store, _, _ = _store_and_redis()
-    active = store.get_active()
-    for b in store.list_bundles(args.bundle_id):
-        mark = "*" if active and (active.bundle_id, active.rev) == (b.bundle_id, b.rev) else " "
-        print(
-            f"{mark} {b.bundle_id} rev {b.rev}  {b.checksum[:12]}  {len(b.files)} files  {b.description[:60]}"
-        )
+    s = _settings()
+    where = f"ArangoDB {s.db_arango_uri}" if s.db_arango_uri else f"SQLite {s.sqlite_path}"
+    for line in bundle_cli.list_lines(store, args.bundle_id, where):
+        print(line)
     return 0
 
 
@@ -215,7 +284,7 @@ def bundle_show(args: argparse.Namespace) -> int:
     active = store.get_active()
     if args.rev is None:
         if active is None:
-            print("no active bundle")
+            print("no active bundle: the store is empty; publish one with: s3 bundle publish DIR")
             return 1
         bundle_id, rev = active.bundle_id, active.rev
     else:
@@ -225,18 +294,9 @@ def bundle_show(args: argparse.Namespace) -> int:
     if b is None:
         print(f"no bundle {bundle_id} rev {rev}")
         return 1
-    print(
-        json.dumps(
-            {
-                "bundle_id": b.bundle_id,
-                "rev": b.rev,
-                "checksum": b.checksum,
-                "files": sorted(b.files),
-                "active": bool(active and active.rev == b.rev and active.bundle_id == b.bundle_id),
-            },
-            indent=2,
-        )
-    )
+    from s3 import bundle_cli
+
+    print(bundle_cli.show_doc(store, b))
     return 0
 
 
@@ -285,7 +345,12 @@ def add_commands(sub: Any, parser_class: Any) -> None:
     bsub = b.add_subparsers(dest="bundle_command", required=True, parser_class=parser_class)
     p = bsub.add_parser("publish", help="validate, compile, store, activate and announce a bundle")
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("--reason", default="")
+    p.add_argument("--reason", default="", help="why (shown by list and show)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="publish even when the bundle's cases fail (recorded as forced)",
+    )
     p.set_defaults(func=bundle_publish)
     ls = bsub.add_parser("list", help="the stored revisions (* = active)")
     ls.add_argument("--bundle-id", default=None)

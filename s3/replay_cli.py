@@ -150,6 +150,40 @@ def _write(path: str, text: str) -> None:
     Path(path).write_text(text, encoding="utf-8")
 
 
+def _unknown_keys(tape: Any, snap: Any, *, strict: bool) -> bool:
+    """Warn about feature keys the bundle does not read (an error under --strict)."""
+    from s3.unknown_keys import warnings_for
+
+    found = warnings_for(
+        (e.features for e in tape.events if e.features), snap.ruleset.schema.features
+    )
+    for w in found:
+        _err(f"{'error' if strict else 'warning'}: {w}")
+    return bool(found) and strict
+
+
+def _snapshot_check(args: argparse.Namespace, data: dict[str, Any], to_stdout: bool) -> int:
+    """--check: a decision-level diff against the stored snapshot, exit 1 when a decision
+    changed; --update: rewrite it (and show what changed)."""
+    from s3.replay import output, snapshot_check
+
+    if args.snapshot == "-":
+        raise UsageError("--check/--update need a snapshot file, not '-'")
+    stored = snapshot_check.load(args.snapshot)
+    if stored is None and args.check:
+        raise UsageError(f"no snapshot at {args.snapshot}: create it with --update")
+    fresh = snapshot_check.parse(output.snapshot_text(data))  # what the file would hold
+    diff = snapshot_check.compare(stored or {}, fresh) if stored is not None else None
+    stream = sys.stderr if to_stdout else sys.stdout
+    if diff is not None:
+        stream.write(snapshot_check.render(diff, path=args.snapshot, limit=args.max_list) + "\n")
+    if args.update:
+        _write(args.snapshot, output.snapshot_text(data))
+        stream.write(f"snapshot {args.snapshot}: written\n")
+        return 0
+    return 1 if diff is not None and diff.decisions_changed else 0
+
+
 def replay_cmd(args: argparse.Namespace) -> int:
     from s3.replay import output, report
     from s3.replay.diff import diff as ab_diff
@@ -157,6 +191,8 @@ def replay_cmd(args: argparse.Namespace) -> int:
     from s3.replay.outcomes import OutcomeError
     from s3.replay.replay import ReplayConfig, check_live, replay
 
+    if getattr(args, "check", False) and args.snapshot and not Path(args.snapshot).is_file():
+        raise UsageError(f"no snapshot at {args.snapshot}: create it with --update")
     if args.hold_events is not None and args.hold_events < 1:
         raise UsageError("--hold-events must be at least 1")
     if (args.hold_ms is not None or args.hold_events is not None) and (
@@ -172,6 +208,8 @@ def replay_cmd(args: argparse.Namespace) -> int:
     snap_a = _bundle(args.bundle)
     snap_b = _bundle(args.against) if args.against else None
     if snap_a is None or (args.against and snap_b is None):
+        return 1
+    if _unknown_keys(tape, snap_a, strict=getattr(args, "strict", False)):
         return 1
     fixed_hold = args.hold_ms is not None or args.hold_events is not None
     cfg = ReplayConfig(
@@ -236,6 +274,8 @@ def replay_cmd(args: argparse.Namespace) -> int:
         _write(args.html, page)
         if not to_stdout:
             _out(f"HTML report: {args.html}\n")
+    if args.snapshot and (getattr(args, "check", False) or getattr(args, "update", False)):
+        return _snapshot_check(args, output.snapshot_data(a), to_stdout)
     if args.snapshot:
         _write(args.snapshot, output.snapshot_text(output.snapshot_data(a)))
         if args.snapshot_b and b is not None:
@@ -476,6 +516,16 @@ def add_commands(sub: Any, parser_class: Any) -> None:
         help="A's full decision records, stable and diff-friendly (the syrupy format)",
     )
     p.add_argument("--snapshot-b", default=None, metavar="FILE", help="the same for B")
+    snap = p.add_mutually_exclusive_group()
+    snap.add_argument(
+        "--check",
+        action="store_true",
+        help="with --snapshot F: compare with F decision by decision (event, field, "
+        "before -> after); exit 1 when a decision changed",
+    )
+    snap.add_argument(
+        "--update", action="store_true", help="with --snapshot F: rewrite F (showing what changed)"
+    )
     p.add_argument(
         "--check-live",
         action="store_true",
@@ -499,6 +549,9 @@ def add_commands(sub: Any, parser_class: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument(
+        "--strict", action="store_true", help="a feature key the bundle does not read is an error"
+    )
     p.set_defaults(func=replay_cmd)
 
     t = sub.add_parser("tape", help="make and inspect tapes: sample, synth, info")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,19 +211,80 @@ def explain(args: argparse.Namespace) -> int:
     if result.ruleset is None:
         return _fail_build(result)
     rs = result.ruleset
+    from s3.unknown_keys import warnings_for
+
+    unknown = warnings_for([features], rs.schema.features)
+    for w in unknown:
+        print(f"features: {'error' if args.strict else 'warning'}: {w}", file=sys.stderr)
     snapshot, problems = rs.schema.validate(features)
     if problems:
         for p in problems:
             _out(f"features: {p.code} {p.message}")
         return 1
+    if unknown and args.strict:
+        return 1
     outcome = rs.evaluate(snapshot, trace=True)
+    only = set(args.rule or ())
+    unknown_rules = only - set(rs.rule_ids)
+    if unknown_rules:
+        raise UsageError(f"--rule: no rule {', '.join(sorted(unknown_rules))} in the bundle")
+    why = explain_why(rs, snapshot, outcome, only)
     if args.format == "json":
-        _out(msgspec.json.encode(outcome).decode())
+        doc = msgspec.to_builtins(outcome)
+        if only:
+            doc["trace"] = [t for t in doc["trace"] or () if t["rule_id"] in only]
+        doc["params"] = {k: v for w in why.values() for k, v in w["params"].items()}
+        doc["why"] = why
+        _out(json.dumps(doc))
         return 0
-    render_outcome(
-        rs.bundle_id, outcome, rs.clamp, only=set(args.rule or ()), titles=_titles(result)
-    )
+    render_outcome(rs.bundle_id, outcome, rs.clamp, only=only, titles=_titles(result), why=why)
     return 0
+
+
+def explain_why(
+    rs: Any, snapshot: dict[str, Any], outcome: Outcome, only: set[str]
+) -> dict[str, Any]:
+    """Per rule (``only``, else all): the params it reads with their values, every comparison's
+    margin, and for a rule that did not fire the smallest single-feature change that fires it."""
+    from dsl import whynot
+
+    lets = rs.checked.lets
+    fired = set(outcome.fired)
+    out: dict[str, Any] = {}
+    for rule in rs.checked.rules:
+        if only and rule.rule_id not in only:
+            continue
+        change = (
+            None
+            if rule.rule_id in fired
+            else whynot.nearest_change(rule, snapshot, rs.schema, lets)
+        )
+        out[rule.rule_id] = {
+            "params": whynot.params_of(rule.when, lets),
+            "margins": [
+                {
+                    "text": m.text,
+                    "left": m.left,
+                    "op": m.op,
+                    "right": m.right,
+                    "held": m.held,
+                    "margin": m.margin,
+                    "via": m.via,
+                    "shown": m.render(),
+                }
+                for m in whynot.margins(rule, snapshot, lets)
+            ],
+            "nearest_change": None
+            if change is None
+            else {
+                "feature": change.feature,
+                "from": change.old,
+                "to": change.new,
+                "relative": change.size,
+                "shown": change.render(),
+            },
+        }
+    return out
 
 
 def _titles(result: BuildResult) -> dict[str, tuple[str | None, int, str]]:
@@ -233,7 +295,13 @@ def _titles(result: BuildResult) -> dict[str, tuple[str | None, int, str]]:
 
 
 def render_outcome(
-    bundle_id: str, o: Outcome, clamp: Any, *, only: set[str], titles: dict[str, Any]
+    bundle_id: str,
+    o: Outcome,
+    clamp: Any,
+    *,
+    only: set[str],
+    titles: dict[str, Any],
+    why: dict[str, Any] | None = None,
 ) -> None:
     _out(f"bundle {bundle_id} rev {o.revision}")
     if o.veto:
@@ -253,11 +321,14 @@ def render_outcome(
     _out("")
     _out("trace:")
     fired, faulted = set(o.fired), {f.rule_id: f for f in o.faults}
+    why = why or {}
     current = None
     for step in o.trace or ():
         if only and step.rule_id not in only:
             continue
         if step.rule_id != current:
+            if current is not None:
+                _why_lines(why.get(current))
             current = step.rule_id
             title, priority, where = titles[current]
             if current in faulted:
@@ -277,10 +348,33 @@ def render_outcome(
                 + (f" priority {priority}" if priority else "")
             )
             _out(f"  {head}  [{where}]  {state}")
-        text = step.text if len(step.text) <= 70 else step.text[:67] + "..."
+        text = _with_params(step.text, why.get(step.rule_id, {}).get("params", {}))
+        text = text if len(text) <= 100 else text[:97] + "..."
         value = _value(step.value) if step.evaluated else "(not evaluated)"
         indent = "    " + "  " * step.depth
         _out(f"{indent}{text:<{max(8, 76 - len(indent))}} {value}")
+    if current is not None:
+        _why_lines(why.get(current))
+
+
+def _with_params(text: str, params: dict[str, Any]) -> str:
+    """`funding_elevated` -> `funding_elevated (0.0001)` for each param the text names."""
+    for name, value in params.items():
+        text = re.sub(rf"(?<![\w.]){re.escape(name)}(?![\w(])", f"{name} ({_value(value)})", text)
+    return text
+
+
+def _why_lines(w: dict[str, Any] | None) -> None:
+    if not w:
+        return
+    if w["margins"]:
+        _out("    margins:")
+        for m in w["margins"]:
+            via = f"  [via {m['via']}]" if m["via"] else ""
+            _out(f"      {m['shown']}{via}")
+    change = w["nearest_change"]
+    if change is not None:
+        _out(f"    would fire with: {change['shown']}")
 
 
 TAPE_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -392,6 +486,32 @@ def _outcome_doc(o: Outcome) -> dict[str, Any]:
     }
 
 
+def _warn_at(case: Any, why: str) -> str:
+    """Where an unknown-feature warning points: the key's line, else the case's."""
+    m = re.search(r"unknown feature '([^']+)'", why)
+    span = case.key_spans.get(m.group(1)) if m else None
+    return str(span or case.where)
+
+
+def _update(rs: Any, results: list[Any], strict: bool) -> list[Any]:
+    """`--update`: rewrite failing expectations in place, then run the cases again."""
+    from dsl.cases import update_files
+
+    done = update_files(results)
+    for path, names in done.files.items():
+        _out(f"updated {path}: {_plural(len(names), 'case')} ({', '.join(names)})")
+    for what in done.by_hand:
+        _out(f"not updated (a partial expectation states intent; edit it by hand): {what}")
+    if not done.files:
+        return results
+    again, _ = load_cases(sorted({r.case.path for r in results if r.case.path is not None}))
+    by_key = {(c.path, c.index): c for c in again}
+    return [
+        run_case(rs, by_key.get((r.case.path, r.case.index), r.case), strict=strict)
+        for r in results
+    ]
+
+
 def test(args: argparse.Namespace) -> int:
     result = _build(args.bundle)
     if result.ruleset is None:
@@ -403,7 +523,18 @@ def test(args: argparse.Namespace) -> int:
         _out(d.render())
     if not cases and not diags and not tape_paths:
         raise UsageError(f"no case files or tapes found for {args.bundle}")
-    results = [run_case(rs, c) for c in cases]
+    pattern = getattr(args, "run", None)
+    if pattern:
+        from s3.case_report import matches
+
+        cases = [c for c in cases if matches(c, pattern)]
+        tape_paths = [p for p in tape_paths if pattern.lower() in p.name.lower()]
+        if not cases and not tape_paths:
+            raise UsageError(f"--run {pattern!r} matches no case")
+    strict = bool(getattr(args, "strict", False))
+    results = [run_case(rs, c, strict=strict) for c in cases]
+    if getattr(args, "update", False):
+        results = _update(rs, results, strict)
     tapes: list[TapeRun] = []
     if tape_paths:  # the whole pipeline: the bundle's engine parameters too
         from s3.replay_cli import _bundle
@@ -418,6 +549,10 @@ def test(args: argparse.Namespace) -> int:
     never = [rid for rid in rs.rule_ids if rid not in hit]
     failed = [r for r in results if not r.passed]
     tapes_failed = [t for t in tapes if not t.passed]
+    if getattr(args, "junit", None):
+        from s3.case_report import junit
+
+        junit(args.junit, results, diags, tapes, bundle=rs.bundle_id)
     if args.snapshot:
         from s3.replay import output
 
@@ -437,6 +572,7 @@ def test(args: argparse.Namespace) -> int:
                             "where": str(r.case.where),
                             "passed": r.passed,
                             "failures": list(r.failures),
+                            "warnings": list(r.warnings),
                         }
                         for r in results
                     ],
@@ -464,23 +600,31 @@ def test(args: argparse.Namespace) -> int:
             )
         )
         return 1 if failed or diags or tapes_failed else 0
+    for r in results:
+        if r.warnings and r.passed:
+            for why in r.warnings:
+                _out(f"{_warn_at(r.case, why)}: warning: {why} (case {r.case.name!r})")
     for r in failed:
         _out(f"FAIL {r.case.where} {r.case.name}")
         for why in r.failures:
             _out(f"     {why}")
+        if not strict:
+            for why in r.warnings:
+                _out(f"     warning: {why}")
     for t in tapes:
         _out(_tape_line(t))
         for why in t.failures[:20]:
             _out(f"     {why}")
     covered = len(rs.rule_ids) - len(never)
     _out(
-        f"{len(results)} cases: {len(results) - len(failed)} passed, {len(failed)} failed"
+        f"{_plural(len(results), 'case')}: {len(results) - len(failed)} passed, {len(failed)} failed"
         + (f", {len(diags)} case file error{'s' * (len(diags) != 1)}" if diags else "")
         + (f"; {len(tapes)} tapes: {len(tapes) - len(tapes_failed)} passed" if tapes else "")
     )
     by = "case or tape event" if tapes else "case"
-    _out(f"rule coverage: {covered}/{len(rs.rule_ids)} rules fired by at least one {by}")
-    if never:
+    selected = " selected by --run" if getattr(args, "run", None) else ""
+    _out(f"rule coverage: {covered}/{len(rs.rule_ids)} rules fired by at least one {by}{selected}")
+    if never and not selected:
         _out("never fired: " + ", ".join(never))
     if args.snapshot and args.snapshot != "-":
         _out(f"snapshot: {args.snapshot}")

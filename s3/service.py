@@ -4,6 +4,7 @@ registry with hot reload, the S4 client, the stream worker and the scheduled job
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import threading
@@ -87,12 +88,14 @@ def publish(
     import tomllib
 
     files = read_bundle_files(root)
+    if "bundle.toml" not in files:
+        raise ValueError(f"{root}: no bundle.toml here (not a bundle directory; S3_BUNDLE_DIR?)")
     try:
         manifest = tomllib.loads(files.get("bundle.toml", ""))
         bundle_id, rev = str(manifest["bundle_id"]), int(manifest["rev"])
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(
-            f"{root}: not a bundle (its bundle.toml is missing or names no bundle_id and rev: "
+            f"{root}: not a bundle (its bundle.toml names no bundle_id and rev: "
             f"{type(exc).__name__}: {exc})"
         ) from None
     checksum = checksum_files(files)
@@ -137,11 +140,42 @@ def open_store(settings: Settings) -> Any:
     if settings.db_arango_uri:
         from s3.adapters.arango_store import ArangoStore
 
-        return ArangoStore.from_settings(settings)
+        try:  # python-arango is imported when the store is opened
+            return ArangoStore.from_settings(settings)
+        except ModuleNotFoundError as exc:  # an optional extra: say how to get it
+            if (exc.name or "").split(".")[0] != "arango":
+                raise
+            raise RuntimeError(
+                "S3_DB_ARANGO_URI is set but the ArangoDB client is not installed: "
+                "pip install 's3-strategy-engine[arango]' (or unset S3_DB_ARANGO_URI for SQLite)"
+            ) from None
     from s3.adapters.sqlite_store import SqliteStore
 
     Path(settings.sqlite_path).parent.mkdir(parents=True, exist_ok=True)
     return SqliteStore(settings.sqlite_path)
+
+
+_reload_log = logging.getLogger("s3.reload")
+
+
+def log_reload(result: ReloadResult, trigger: str) -> None:
+    """Every reload that did something is logged: applied or rejected (with why), or the source
+    unavailable; an unchanged poll only at DEBUG."""
+    why = "; ".join(result.reasons) or "-"
+    level = {
+        "applied": logging.INFO,
+        "rejected": logging.WARNING,
+        "unavailable": logging.WARNING,
+    }.get(result.status, logging.DEBUG)
+    _reload_log.log(
+        level,
+        "reload %s: %s rev %s (trigger %s; reasons: %s)",
+        result.status,
+        result.bundle_id or "?",
+        result.rev if result.rev is not None else "?",
+        trigger,
+        why,
+    )
 
 
 @dataclass
@@ -179,6 +213,7 @@ class Service:
             addresses = settings.redis_addresses
         else:
             server = RedisServer().start()
+            atexit.register(server.stop)  # a start that fails below must not leave it running
             addresses = server.address
         client, keys = connect(addresses, timeout_s=settings.redis_timeout_s)
         keys = Keys(prefix=settings.redis_prefix, risk_tag=keys.risk_tag)
@@ -322,7 +357,9 @@ class Service:
         return HealthResponse(
             status="OK" if not degraded else "DEGRADED",
             redis=redis_state,
-            arango=store_state,
+            arango=store_state if self.settings.db_arango_uri else "not used",
+            store="arango" if self.settings.db_arango_uri else "sqlite",
+            store_status=store_state,
             config_rev=snap.rev,
             rules_loaded=len(snap.ruleset.rules),
             bundle_id=snap.bundle_id,
@@ -334,6 +371,7 @@ class Service:
     def reload(self, reason: str) -> ReloadResult:
         result = self.reloader.check_once(reason)
         self.engine.metrics.config_reloads.labels(result.status).inc()
+        log_reload(result, reason)
         return result
 
     def trace(

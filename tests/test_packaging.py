@@ -65,6 +65,17 @@ def test_wheel_contains_the_grammar(wheel: Path) -> None:
     assert "dsl/grammar/rules.lark" in names
     assert "s3/cli.py" in names and "dsl/parser.py" in names
     assert not any(n.startswith(("tests/", "rulesets/")) for n in names)
+    # typed for the users' mypy; the proprietary notice travels with it
+    assert "s3/py.typed" in names and "dsl/py.typed" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    (meta_name,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    meta = zipfile.ZipFile(wheel).read(meta_name).decode()
+    # the ArangoDB client is an extra (`.[arango]`), not something every install pulls in
+    assert "Provides-Extra: arango" in meta
+    requires = [
+        line for line in meta.splitlines() if line.startswith("Requires-Dist: python-arango")
+    ]
+    assert requires and all('extra == "arango"' in line for line in requires), requires
 
 
 def test_installed_wheel_lints_the_default_bundle(wheel: Path, tmp_path: Path) -> None:
@@ -98,6 +109,22 @@ def test_installed_wheel_lints_the_default_bundle(wheel: Path, tmp_path: Path) -
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert "31 rules" in lint.stdout
+    version = subprocess.run(
+        [str(bin_dir / "s3"), "--version"], cwd=work, capture_output=True, text=True, check=True
+    )
+    assert version.stdout.strip() == "s3 0.1.0"
+    # installed without the extra: asking for ArangoDB says what to install, no traceback
+    arango = subprocess.run(
+        [str(bin_dir / "s3"), "bundle", "list"],
+        cwd=work,
+        env={"PATH": "/usr/bin:/bin", "S3_DB_ARANGO_URI": "http://127.0.0.1:1/s3"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert arango.returncode == 2, arango.stdout + arango.stderr
+    assert "pip install 's3-strategy-engine[arango]'" in arango.stderr
+    assert "Traceback" not in arango.stderr
     probe = subprocess.run(
         [
             str(bin_dir / "python"),

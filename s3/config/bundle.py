@@ -140,7 +140,7 @@ def load_model_file(
     root: Path, manifest: Manifest, spec: ModelSpec
 ) -> tuple[Any, ModelSpec, list[Diagnostic]]:
     """The ONNX model named by ``[model] file``, built and verified against the bundle's
-    features: (the model, the spec with its default id, diagnostics). Each problem is an E310
+    features: (the model, the spec with its default id, diagnostics). Each problem is an E314
     at the manifest key it concerns, naming what the file has and what the bundle declares."""
     from s3.adapters.onnx_model import OnnxUnavailable, load_onnx
 
@@ -149,7 +149,7 @@ def load_model_file(
 
     def diag(key: str, message: str, hint: str | None = None) -> Diagnostic:
         return Diagnostic(
-            "E310", f"model.{key}: {message}", key_span(path, text, ("model", key)), hint
+            "E314", f"model.{key}: {message}", key_span(path, text, ("model", key)), hint
         )
 
     target = root / spec.file

@@ -5,16 +5,22 @@ Only the edges (CLI, service) read the environment; the decision core receives p
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "S3_"
+DEFAULT_BUNDLE_DIR = "rulesets/default"
+# the source checkout this module runs from (an editable install); a wheel has no rulesets/
+_CHECKOUT_BUNDLE = Path(__file__).resolve().parents[2] / DEFAULT_BUNDLE_DIR
 
 
 class Settings(BaseSettings):
     """Process settings. Bundle values win over these; these are the spec's defaults."""
 
-    model_config = SettingsConfigDict(env_prefix="S3_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     symbols: str = "BTCUSDT,ETHUSDT"
     """Comma-separated symbols the worker consumes."""
@@ -50,8 +56,10 @@ class Settings(BaseSettings):
     db_arango_pass: str = ""
     sqlite_path: str = "var/s3.db"
     """The embedded store's file."""
-    bundle_dir: str = "rulesets/default"
-    """The bundle published into an empty store at start (the embedded default)."""
+    bundle_dir: str = DEFAULT_BUNDLE_DIR
+    """The bundle published into an empty store at start (the embedded default). The default,
+    `rulesets/default`, is looked up in the working directory, then in the source checkout the
+    package runs from, so `s3 serve` works from any directory of a clone."""
     cache_dir: str = "var/bundle-cache"
     """Where the last good bundle is kept for restarts while the store is down."""
     api_token: str | None = None
@@ -89,6 +97,13 @@ class Settings(BaseSettings):
     selfheal_sec: float = Field(60.0, gt=0)
     pending_max_age_ms: int = Field(120_000, gt=0)
 
+    @field_validator("bundle_dir")
+    @classmethod
+    def _default_bundle_anywhere(cls, v: str) -> str:
+        if v == DEFAULT_BUNDLE_DIR and not Path(v).is_dir() and _CHECKOUT_BUNDLE.is_dir():
+            return str(_CHECKOUT_BUNDLE)
+        return v
+
     def decides_on_loop(self) -> bool:
         return self.decide_on_loop == "on" or (
             self.decide_on_loop == "auto" and not self.db_arango_uri
@@ -96,3 +111,28 @@ class Settings(BaseSettings):
 
     def symbol_list(self) -> tuple[str, ...]:
         return tuple(s.strip().upper() for s in self.symbols.split(",") if s.strip())
+
+
+class SettingsError(ValueError):
+    """Invalid `S3_*` environment: the message names each variable, its value and the problem."""
+
+
+def describe(exc: ValidationError) -> str:
+    """One line per problem, naming the environment variable (`S3_CONFIG_POLL_SEC='abc': ...`)."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in err["loc"]) or "?"
+        var = ENV_PREFIX + field.upper()
+        given = err.get("input")
+        shown = f"={given!r}" if isinstance(given, str | int | float) else ""
+        msg = err["msg"][0].lower() + err["msg"][1:]
+        lines.append(f"{var}{shown}: {msg}")
+    return "\n".join(lines)
+
+
+def load() -> Settings:
+    """Settings from the environment; `SettingsError` names every bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe(exc)) from None

@@ -23,16 +23,18 @@ from litestar.concurrency import sync_to_thread
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
+from s3 import __version__
 from s3.adapters.feature_events import MAX_DEPTH, nesting_depth
 from s3.adapters.redis_batch import PipelineBatcher, run_steps_async
 from s3.core.types import Decision, OcoLeg
 from s3.engine import Submission
 from s3.errors import InputError, S3Error
 from s3.health import HealthResponse
+from s3.http import openapi
 
 T = TypeVar("T")
 
@@ -208,7 +210,17 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
         if not given or not hmac.compare_digest(given.encode(), token.encode()):
             raise NotAuthorizedException("a valid bearer token is required")
 
-    @get("/health", sync_to_thread=True, summary="Service health (spec §3)")
+    @get(
+        "/health",
+        sync_to_thread=True,
+        summary="Service health",
+        responses={
+            200: ResponseSpec(HealthResponse, description="OK", generate_examples=False),
+            503: ResponseSpec(
+                HealthResponse, description="DEGRADED: `degraded` names what is down"
+            ),
+        },
+    )
     def health() -> Response[bytes]:
         h = service.health()
         return _json(h, HTTP_200_OK if h.status == "OK" else HTTP_503_SERVICE_UNAVAILABLE)
@@ -234,8 +246,10 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
     @post(
         "/decide",
         guards=[auth_guard],
-        summary="Decide one entry (spec §3)",
+        summary="Decide one entry",
         status_code=HTTP_200_OK,
+        security=openapi.SECURITY,
+        responses=openapi.responses(DecideResponse, ErrorBody, 400, 401, 422, 503),
     )
     async def decide_route(data: JSONBody[DecideRequest]) -> Response[bytes]:
         check_features(data.features)
@@ -266,7 +280,19 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
         )
         return _json(resp)
 
-    @get("/metrics", sync_to_thread=False, summary="Prometheus metrics (spec §9)")
+    @get(
+        "/metrics",
+        sync_to_thread=False,
+        summary="Prometheus metrics",
+        responses={
+            200: ResponseSpec(
+                str,
+                description="Prometheus text exposition",
+                media_type="text/plain",
+                generate_examples=False,
+            )
+        },
+    )
     def metrics() -> Response[bytes]:
         return Response(service.engine.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
@@ -275,6 +301,9 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
         guards=[auth_guard],
         sync_to_thread=True,
         summary="Check the bundle source now",
+        status_code=HTTP_200_OK,
+        security=openapi.SECURITY,
+        responses=openapi.responses(openapi.ReloadResponse, ErrorBody, 401),
     )
     def admin_reload() -> Response[bytes]:
         r = service.reload("admin")
@@ -282,7 +311,14 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
             {"status": r.status, "rev": r.rev, "bundle_id": r.bundle_id, "reasons": r.reasons}
         )
 
-    @get("/admin/bundle", guards=[auth_guard], sync_to_thread=False, summary="The bundle in force")
+    @get(
+        "/admin/bundle",
+        guards=[auth_guard],
+        sync_to_thread=False,
+        summary="The bundle in force",
+        security=openapi.SECURITY,
+        responses=openapi.responses(openapi.BundleResponse, ErrorBody, 401),
+    )
     def admin_bundle() -> Response[bytes]:
         snap = service.engine.registry.current
         return _json(
@@ -333,7 +369,14 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
             await mine.aclose()
 
     return Litestar(
-        route_handlers=[health, decide_route, metrics, admin_reload, admin_bundle],
+        route_handlers=[
+            health,
+            decide_route,
+            metrics,
+            admin_reload,
+            admin_bundle,
+            openapi.assets_router(),
+        ],
         exception_handlers={
             S3Error: on_s3_error,
             redis.ConnectionError: on_redis,
@@ -342,7 +385,8 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
             HTTPException: on_http,
             Exception: on_unexpected,
         },
-        openapi_config=OpenAPIConfig(title="S3 strategy engine", version="1.0.0"),
+        openapi_config=openapi.config(__version__),
+        plugins=[openapi.DecimalAsNumber()],
         logging_config=None,  # the process configures logging, not the app
         request_class=_Request,
         on_shutdown=[on_stop],

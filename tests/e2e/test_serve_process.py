@@ -111,7 +111,7 @@ def test_happy_path_and_idempotent_retry(served: Served) -> None:
     assert first.status_code == 200
     a = first.json()
     assert (a["decision"], a["reason"], a["submitted"]) == ("open", "OK", "accepted")
-    assert a["intent"]["qty"] == 0.004 and a["intent"]["tp_px"] == 62072.0
+    assert a["intent"]["qty"] == 0.004 and a["intent"]["tp_px"] == 62071.9
     again = served.post("/decide", body).json()
     assert again["replayed"] is True and again["intent"] == a["intent"]
     assert list(served.s4.orders) == [a["intent"]["intent_id"]]  # one order for two requests

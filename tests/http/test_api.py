@@ -116,8 +116,8 @@ def test_happy_path_opens_with_a_legal_intent(
         "FUT",
         "BUY",
         0.004,
-        62072.0,
-        61540.1,
+        62071.9,  # ask 61778.3 (mid 61778.25, spread 0.1) + the TP distance
+        61540.0,
     )
     assert isinstance(i["qty"], float)  # JSON numbers, as in spec §3
     assert (body["submitted"], body["reservation"], body["replayed"]) == (
@@ -310,7 +310,9 @@ def test_health_and_metrics_and_openapi(client: TestClient[Any]) -> None:
     assert h == {
         "status": "OK",
         "redis": "ok",
-        "arango": "ok",
+        "arango": "not used",  # the store in use is named, not a service that is not there
+        "store": "sqlite",
+        "store_status": "ok",
         "config_rev": 1,
         "rules_loaded": 31,
         "bundle_id": "default",

@@ -101,3 +101,29 @@ def test_a_case_file_with_a_huge_integer_is_a_diagnostic(make_bundle: BundleFact
     (root / "cases" / "c.toml").write_text("x = " + "9" * 5000 + "\n")
     cases, diags = load_cases([root / "cases" / "c.toml"])
     assert cases == [] and [d.code for d in diags] == ["E307"]
+
+
+@pytest.mark.parametrize("ch", ["\x01", "\x1b", "\x7f", "\u202e", "\u2028", "\x85"])
+def test_strings_and_diagnostics_never_carry_control_characters(
+    make_bundle: BundleFactory, ch: str
+) -> None:
+    # A string with a terminal escape (or a bidi override) would reach messages such as
+    # "... cannot both hold" and the terminal; a comment with one would reach the excerpt.
+    rules = (
+        f'rule R-1 "ti{ch}tle" when symbol == "a{ch}b" and symbol == "x" then skip_entry # {ch}\n'
+        f"rule R-2 when mid > 0 then skip_entry # {ch}\n"
+        "rule R-3 when mid > 0 and mid > 0 then skip_entry\n"
+    )
+    result = build_bundle(make_bundle(rules))
+    assert result.ruleset is None
+    assert {c for c, _ in errors(result)} == {"E106"}
+    for d in result.diagnostics:
+        for line in d.render(result.texts).splitlines():
+            assert line.isprintable(), line
+
+
+def test_enum_values_are_printable(make_bundle: BundleFactory) -> None:
+    features = BASE_FEATURES + 'venue = { type = "enum", values = ["a", "b\\u001b[2J"] }\n'
+    result = build_bundle(make_bundle(RULE, features=features))
+    [(code, message)] = errors(result)
+    assert code == "E303" and message.isprintable() and "\\x1b" in message

@@ -322,6 +322,19 @@ def test_the_oco_stop_limit_leg_is_held_to_the_band_too() -> None:
             {"brackets": (Bracket(D(0), D(10), 5, D(0), D(-1)),)},
             "bracket 1 cum must be >= 0, got -1",
         ),
+        ({"min_price": D(-1)}, "min_price must be >= 0, got -1"),
+        ({"min_notional": D(-1)}, "min_notional must be >= 0, got -1"),
+        ({"max_price": D(-1)}, "max_price must be >= 0, got -1"),
+        ({"percent_price_up": D(-1)}, "percent_price_up must be >= 0, got -1"),
+        ({"percent_price_down": D(-1)}, "percent_price_down must be >= 0, got -1"),
+        (
+            {"brackets": (Bracket(D(-1), D(10), 5, D(0)),)},
+            "bracket 1 notional_floor must be >= 0, got -1",
+        ),
+        (
+            {"brackets": (Bracket(D(0), D("NaN"), 5, D(0)),)},
+            "bracket 1 notional_cap must be a finite number, got NaN",
+        ),
     ],
 )
 def test_bad_bands_and_brackets_are_a_skip_with_a_sentence(
@@ -389,3 +402,29 @@ def test_the_guards_behind_the_exact_solving_hold(monkeypatch: pytest.MonkeyPatc
     assert skip("SIZING.LOSS_CAP", params=params(max_loss_usdt=D(4))) == ("loss at SL 5 above 4")
     # the ATR stop 90 holds; the TP solved to 95 is moved to 101: net 1 below the target 10
     assert skip("SIZING.TP_INVALID") == "net at TP 1 below 10"
+
+
+def test_a_quantity_of_nothing_skips_even_with_min_qty_0() -> None:
+    assert skip("SIZING.BELOW_MIN_NOTIONAL", size_mult=0.5, filters=filters(min_qty=D(0))) == (
+        "qty 0 below min_qty 0 (notional 50 USDT at 100, budget margin 50 x leverage 1)"
+    )
+
+
+def test_the_lowest_legal_price_may_be_1() -> None:
+    # min_price 1 on a 1-tick grid: 1 is legal (an entry there sizes; its stop cannot be below)
+    assert skip("SIZING.SL_TOO_TIGHT", entry_px=D(1), filters=filters(min_price=D(1))).startswith(
+        "SL distance under one tick 1"
+    )
+
+
+def test_bands_of_exactly_one_are_legal_and_bind() -> None:
+    assert skip("SIZING.PRICE_BAND", filters=filters(percent_price_up=D(1))) == (
+        "TP 110 is above the PERCENT_PRICE band: entry 100 x multiplierUp 1 = 100"
+    )
+    assert skip("SIZING.PRICE_BAND", filters=filters(percent_price_down=D(1))) == (
+        "SL 90 is below the PERCENT_PRICE band: entry 100 x multiplierDown 1 = 100"
+    )
+    # max_price on the lowest legal price: one legal price, 1
+    assert skip("SIZING.SL_TOO_TIGHT", entry_px=D(1), filters=filters(max_price=D(1))).startswith(
+        "SL distance under one tick 1"
+    )

@@ -135,7 +135,7 @@ def test_loading_a_model_that_hangs_is_bounded(tmp_path: Path) -> None:
     result = load_dir(make_bundle(tmp_path, slow_model()))
     assert result.snapshot is None and time.perf_counter() - started < 10
     assert any(
-        "E310" in d.code and "gave no answer on a probe row of zeros within 1 s" in d.message
+        "E314" in d.code and "gave no answer on a probe row of zeros within 1 s" in d.message
         for d in result.diagnostics
     ), [d.render() for d in result.diagnostics]
 

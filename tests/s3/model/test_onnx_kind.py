@@ -213,7 +213,7 @@ def test_output_must_be_one_probability(tmp_path: Path) -> None:
 def test_unloadable_or_missing_file(tmp_path: Path) -> None:
     errs = _errors(make_bundle(tmp_path, b"not a model at all"))
     assert any(
-        "E310 model.file: 'model/p.onnx' is not a model onnxruntime can load" in e for e in errs
+        "E314 model.file: 'model/p.onnx' is not a model onnxruntime can load" in e for e in errs
     )
     errs = _errors(make_bundle(tmp_path, None))
     assert any("'model/p.onnx' is not in the bundle" in e for e in errs), errs
@@ -229,7 +229,7 @@ def test_without_onnxruntime_says_what_to_install(
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
     errs = _errors(root)
     assert any(
-        "E310 model.kind: the ONNX model kind needs onnxruntime and numpy" in e
+        "E314 model.kind: the ONNX model kind needs onnxruntime and numpy" in e
         and "pip install -e '.[model]'" in e
         for e in errs
     ), errs
@@ -304,7 +304,7 @@ def test_rules_lint_reports_model_problems(
     capsys.readouterr()
     assert main(["rules", "lint", str(bad)]) == 1
     out = capsys.readouterr().out
-    assert "E310" in out and "model.inputs lists 5 features" in out and "bundle.toml" in out
+    assert "E314" in out and "model.inputs lists 5 features" in out and "bundle.toml" in out
 
 
 def test_load_result_is_json_safe_without_the_runtime(tmp_path: Path) -> None:
