@@ -30,6 +30,7 @@ EVENT_KINDS: tuple[str, ...] = (
     "RESERVATION_HEALED",
     "STALE_SYMBOL",
     "SHADOW_DIFF",
+    "BUNDLE_PUBLISHED",
 )
 """The kinds the engine writes; the store accepts any kind matching ``^[A-Z][A-Z_]{1,40}$``."""
 

@@ -245,22 +245,37 @@ def _calls_and_kinds() -> tuple[set[str], list[str]]:
     for module, path in _modules().items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         rel = path.relative_to(ROOT)
+        consts = {  # module-level NAME = "TEXT", so `kind=PUBLISHED` is seen as its text
+            t.id: stmt.value.value
+            for stmt in tree.body
+            if isinstance(stmt, ast.Assign)
+            and isinstance(stmt.value, ast.Constant)
+            and isinstance(stmt.value.value, str)
+            for t in stmt.targets
+            if isinstance(t, ast.Name)
+        }
+
+        def text(e: ast.expr | None, consts: dict[str, str] = consts) -> str | None:
+            if isinstance(e, ast.Constant) and isinstance(e.value, str):
+                return e.value
+            return consts.get(e.id) if isinstance(e, ast.Name) else None
+
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
                 name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
-                first = node.args[0] if node.args else None
-                if name in ("event_id", "_event", "on_event") and isinstance(first, ast.Constant):
-                    kinds.add(str(first.value))
+                first = text(node.args[0]) if node.args else None
+                if name in ("event_id", "_event", "on_event") and first is not None:
+                    kinds.add(first)
             elif isinstance(node, ast.Dict):
                 for k, v in zip(node.keys, node.values, strict=True):
+                    kind = text(v) if v is not None else None
                     if (
                         isinstance(k, ast.Constant)
                         and k.value == "kind"
-                        and isinstance(v, ast.Constant)
-                        and isinstance(v.value, str)
-                        and v.value.isupper()
+                        and kind
+                        and kind.isupper()
                     ):
-                        kinds.add(v.value)
+                        kinds.add(kind)
             elif (
                 isinstance(node, ast.Constant)
                 and isinstance(node.value, str)
