@@ -15,6 +15,7 @@ from typing import Any
 
 from dsl import nodes as n
 from dsl.errors import Diagnostic, DslError, Severity, sort_and_cap
+from dsl.fold import constant_number as constant_number  # re-exported: compiler, replay
 from dsl.printer import to_source
 from dsl.runtime import RuleInfo
 from dsl.schema import OUTPUTS, Clamp, FeatureSpec, ParamTable, Schema, history_key
@@ -1002,16 +1003,6 @@ def param_literal(
         return n.String(value, span), STRING, {}
     items = tuple(param_literal(x, span)[0] for x in value)
     return n.ListLit(items, span), LIST, {}
-
-
-def constant_number(e: n.Expr) -> float | None:
-    match e:
-        case n.Number(value=v):
-            return float(v)
-        case n.Neg(operand=o):
-            c = constant_number(o)
-            return None if c is None else -c
-    return None
 
 
 def _join(a: Span, b: Span) -> Span:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsl import nodes as n
-from dsl.checker import CheckedBundle, constant_number
+from dsl.fold import constant_number
 from dsl.runtime import HELPERS, Outcome, Raw, build_outcome, factor
 from dsl.schema import history_key
+
+if TYPE_CHECKING:
+    from dsl.checker import CheckedBundle  # types only: dsl.checker calls the lints at run time
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,

@@ -10,15 +10,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dsl import nodes as n
-from dsl.checker import CheckedRule, constant_number
 from dsl.errors import Diagnostic, Severity
+from dsl.fold import constant_number
 from dsl.interpreter import eval_expr
 from dsl.printer import to_source
 from dsl.runtime import fault_of
 from dsl.schema import OUTPUTS, Clamp, history_key
 from dsl.source import Span
+
+if TYPE_CHECKING:
+    from dsl.checker import CheckedRule  # types only: dsl.checker calls the lints at run time
 
 _FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 

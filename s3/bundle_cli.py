@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from s3.adapters import store_docs
+
 PUBLISHED = "BUNDLE_PUBLISHED"
 
 
@@ -39,7 +41,7 @@ def record(store: Any, bundle_id: str, rev: int, detail: dict[str, Any]) -> None
     now = int(time.time() * 1000)
     store.put_event(
         {
-            "event_id": f"EVT-{PUBLISHED}-{bundle_id}-{rev}-{time.time_ns()}",
+            "event_id": store_docs.event_id(PUBLISHED, bundle_id, rev, time.time_ns()),
             "kind": PUBLISHED,
             "symbol": "",
             "ts": now,

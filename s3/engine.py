@@ -22,17 +22,15 @@ asks S4 again with the same idempotency key and commits or releases.
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import time
-import uuid
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import msgspec
 
-from s3 import shadow
+from s3 import ports
 from s3.adapters import store_docs
 from s3.adapters.model_runner import DeadlineModel, TimedModel
 from s3.adapters.redis_client import (
@@ -49,7 +47,9 @@ from s3.core.decide import BundleSnapshot, decide, intent_id
 from s3.core.model import Model, model_of
 from s3.core.types import AtrState, Decision, DecisionInput, MarketState
 from s3.errors import DependencyUnavailable, InputError, Rejected
-from s3.metrics import Metrics
+from s3.metrics import Metrics, swallowed
+from s3.shadow import Shadow
+from s3.steps import Steps, run_steps
 
 IDEM_TTL_MS = 24 * 3600 * 1000
 CLAIM_TTL_MS = 30_000
@@ -71,31 +71,6 @@ def known_keys(snap: BundleSnapshot) -> frozenset[str]:
             _KNOWN.clear()
         found = _KNOWN[key] = ENGINE_FIELDS | frozenset(snap.ruleset.schema.features)
     return found
-
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-Steps = Generator[Any, list[Any], T]
-"""A decision's work as a generator: it yields each Redis pipeline it needs run (queued, not
-executed) and is sent the pipeline's replies (``execute(raise_on_error=False)``), or thrown the
-error that executing it raised. `run_steps` runs each pipeline at once; the HTTP app's
-`s3.adapters.redis_batch.PipelineBatcher` runs those of concurrent requests as one."""
-
-
-def run_steps(steps: Steps[T]) -> T:
-    """Drive ``steps`` here and now: each pipeline it yields is executed as it comes."""
-    try:
-        pipe = next(steps)
-        while True:
-            try:
-                replies = pipe.execute(raise_on_error=False)
-            except BaseException as exc:  # into the step that asked, at its `yield`
-                pipe = steps.throw(exc)
-            else:
-                pipe = steps.send(replies)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
 
 
 def features_from_hash(raw: Mapping[str, str]) -> dict[str, Any]:
@@ -149,36 +124,15 @@ class Submission:
         )
 
 
-def _run_each(steps: Callable[P, Steps[T]]) -> Callable[P, T]:
-    """``steps`` driven by `run_steps`: the same arguments, the result."""
-
-    def run(*args: P.args, **kwargs: P.kwargs) -> T:
-        return run_steps(steps(*args, **kwargs))
-
-    return run
-
-
-def _then_submit(
-    until_submit: Callable[P, DecideResult | Submission],
-) -> Callable[P, DecideResult]:
-    """``until_submit``, then the submission it returns, if any."""
-
-    def decide(*args: P.args, **kwargs: P.kwargs) -> DecideResult:
-        step = until_submit(*args, **kwargs)
-        return step.submit() if isinstance(step, Submission) else step
-
-    return decide
-
-
 @dataclass
 class Engine:
     registry: Registry
     redis: Client
     keys: Keys
-    ledger: Any
-    idem: Any
-    store: Any
-    emitter: Any
+    ledger: ports.RiskLedger
+    idem: ports.Idempotency
+    store: ports.Store
+    emitter: ports.Emitter
     s4: S4Client | None = None
     dual_track: bool = True
     metrics: Metrics = field(default_factory=Metrics)
@@ -190,6 +144,8 @@ class Engine:
     latencies_ms: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=100_000)
     )
+    shadow: Shadow | None = None
+    """A second bundle deciding beside this one, without side effects (`s3.shadow`)."""
     _models: dict[tuple[str, int], Model] = field(default_factory=dict)
 
     def model_for(self, snap: BundleSnapshot) -> Model:
@@ -308,15 +264,56 @@ class Engine:
             return (yield from self._finish(live, iid, token, trigger, started, emit=True))
         return Submission(self, live, iid, token, trigger, started)
 
-    decide_until_submit = _run_each(decide_steps)
-    """`decide_steps`, each pipeline run as it comes (blocking)."""
+    def decide_until_submit(
+        self,
+        *,
+        symbol: str,
+        side_hint: str | None,
+        t0_ms: int | None,
+        trigger: str,
+        dry_run: bool = False,
+        features: Mapping[str, Any] | None = None,
+        features_ts_ms: int | None = None,
+    ) -> DecideResult | Submission:
+        """`decide_steps`, each pipeline run as it comes (blocking)."""
+        return run_steps(
+            self.decide_steps(
+                symbol=symbol,
+                side_hint=side_hint,
+                t0_ms=t0_ms,
+                trigger=trigger,
+                dry_run=dry_run,
+                features=features,
+                features_ts_ms=features_ts_ms,
+            )
+        )
 
-    decide = _then_submit(decide_until_submit)
-    """One decision with every side effect, S4 included (blocks up to S4's budget); the
-    arguments of `decide_until_submit`.
+    def decide(
+        self,
+        *,
+        symbol: str,
+        side_hint: str | None,
+        t0_ms: int | None,
+        trigger: str,
+        dry_run: bool = False,
+        features: Mapping[str, Any] | None = None,
+        features_ts_ms: int | None = None,
+    ) -> DecideResult:
+        """One decision with every side effect, S4 included (blocks up to S4's budget): claim and
+        state, core decision, reserve, persist, emit (`decide_until_submit`), then submit.
 
-    Round trips to Redis for a fresh skip (standalone): one for the state and the idempotency
-    claim, one for `sig:events` and the result (a cluster: one more for each)."""
+        Round trips to Redis for a fresh skip (standalone): one for the state and the idempotency
+        claim, one for `sig:events` and the result (a cluster: one more for each)."""
+        step = self.decide_until_submit(
+            symbol=symbol,
+            side_hint=side_hint,
+            t0_ms=t0_ms,
+            trigger=trigger,
+            dry_run=dry_run,
+            features=features,
+            features_ts_ms=features_ts_ms,
+        )
+        return step.submit() if isinstance(step, Submission) else step
 
     def _finish(
         self,
@@ -361,8 +358,11 @@ class Engine:
         try:
             pipe = self.redis.pipeline(transaction=False)
             n = queue_state(pipe, self.keys, symbol)
-            queued = iid is not None and self._pipelined
-            token = self.idem.queue_begin(pipe, iid, self.claim_ttl_ms) if queued else None
+            token = (
+                self.idem.queue_begin(pipe, iid, self.claim_ttl_ms)
+                if iid is not None and self._pipelined
+                else None
+            )
             replies = yield pipe
             if iid is not None:
                 claim = (
@@ -376,7 +376,7 @@ class Engine:
             state, last = parse_state(replies[:n])
         except Exception as exc:
             if iid is not None and claim is not None and claim.status == "first":
-                with contextlib.suppress(Exception):
+                with swallowed(self.metrics, "idem.abandon"):  # the read's error is the one raised
                     self.idem.abandon(iid, token=claim.token)
             raise DependencyUnavailable(
                 "REDIS_DOWN", f"cannot read the state from Redis: {exc}"
@@ -428,8 +428,8 @@ class Engine:
         `Decision`, to be submitted (a skip's result is returned, its `sig:events` entry goes
         with the result, in `_finish`)."""
         d = prior if prior is not None else decide(inp, snap, self.model_for(snap))
-        if prior is None:  # a shadow bundle (S3_SHADOW_BUNDLE) decides the same input, no effects
-            shadow.observe(self, inp, d)
+        if prior is None and self.shadow is not None:  # a shadow bundle (S3_SHADOW_BUNDLE)
+            self.shadow.observe(inp, d)  # decides the same input, without effects
         reservation_state = None
         if d.decision == "open" and d.reservation is not None and d.intent is not None:
             r = d.reservation
@@ -474,28 +474,12 @@ class Engine:
         return d
 
     def _persist(self, d: Decision, inp: DecisionInput, *, emit: bool) -> None:
-        signal_id = store_docs.signal_id(inp.symbol, d.side, inp.t0_ms, d.config_rev)
+        signal = store_docs.signal_from_decision(d, inp.features, created_at=inp.now_ms)
+        signal_id = signal["signal_id"]
         self.store.put_decision(
+            signal,
             {
-                "signal_id": signal_id,
-                "t0": inp.t0_ms,
-                "symbol": inp.symbol,
-                "features": inp.features,
-                "decision": {
-                    "action": d.decision,
-                    "size_mult": d.size_mult,
-                    "tp_mult": d.tp_mult,
-                    "sl_mult": d.sl_mult,
-                    "reason": d.reason,
-                    "reason_detail": d.reason_detail,
-                    "model_p": d.model_p,
-                    "record": msgspec.to_builtins(d),
-                },
-                "config_rev": d.config_rev,
-                "created_at": inp.now_ms,
-            },
-            {
-                "event_id": f"EVT-DECIDE-{signal_id}",
+                "event_id": store_docs.event_id("DECIDE", signal_id),
                 "kind": "DECIDE",
                 "symbol": inp.symbol,
                 "ts": inp.now_ms,
@@ -583,7 +567,7 @@ class Engine:
         out: list[dict[str, Any]] = []
         for raw in ids:
             iid = raw.decode() if isinstance(raw, bytes) else str(raw)
-            submitted = self.store.get_event(f"EVT-ENTRY_SUBMITTED-{iid}")
+            submitted = self.store.get_event(store_docs.event_id("ENTRY_SUBMITTED", iid))
             if submitted is None or not isinstance(submitted.detail.get("order"), dict):
                 continue
             order = msgspec.convert(submitted.detail["order"], OrderCmdRequest)
@@ -601,9 +585,10 @@ class Engine:
         return out
 
     def _event(self, kind: str, symbol: str, detail: dict[str, Any]) -> None:
+        key = detail.get("intent_id")  # stable: a retry writes the same event once
         self.store.put_event(
             {
-                "event_id": f"EVT-{kind}-{detail.get('intent_id') or uuid.uuid4().hex}",
+                "event_id": store_docs.event_id(kind, key) if key else store_docs.event_id(kind),
                 "kind": kind,
                 "symbol": symbol,
                 "ts": self.clock_ms(),

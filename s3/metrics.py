@@ -3,6 +3,12 @@ several engines in one test process do not collide)."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -109,6 +115,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.swallowed = Counter(
+            "s3_swallowed_errors_total",
+            "Errors a background job or a clean-up caught, logged and carried on after, by where",
+            ["where"],
+            registry=r,
+        )
 
     def child(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, remembered: prometheus_client checks the values and takes a
@@ -149,3 +161,37 @@ class Metrics:
             out |= {family.name + s for s in suffixes.get(family.type, ("",))}
             out |= {sample.name for sample in family.samples}
         return out
+
+
+# -- errors a job survives --------------------------------------------------------------------------
+_log = logging.getLogger("s3.swallowed")
+SWALLOWED: collections.Counter[str] = collections.Counter()
+"""Every error `swallowed` caught in this process, by ``where`` (also when no `Metrics` is at hand)."""
+LOG_EVERY_S = 30.0
+_last_logged: dict[str, float] = {}
+_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def swallowed(metrics: Metrics | None, where: str) -> Iterator[None]:
+    """Run the block; an `Exception` from it is counted (`SWALLOWED`, and
+    ``s3_swallowed_errors_total{where}`` when ``metrics`` is given) and logged with its traceback
+    (the first time, then at most once per `LOG_EVERY_S` per ``where``, so an outage retried
+    every 0.2 s does not flood the log) instead of raised. For jobs that must go on and clean-ups
+    that must not mask the error being handled; never for the decision itself."""
+    try:
+        yield
+    except Exception:
+        now = time.monotonic()
+        with _lock:
+            SWALLOWED[where] += 1
+            count = SWALLOWED[where]
+            due = now - _last_logged.get(where, -LOG_EVERY_S) >= LOG_EVERY_S
+            if due:
+                _last_logged[where] = now
+        if metrics is not None:
+            metrics.swallowed.labels(where).inc()
+        if due:
+            _log.warning(
+                "%s failed (%d so far in this process); carrying on", where, count, exc_info=True
+            )

@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 import msgspec
 
+from s3.core.types import Decision
+
 # -- store (spec §5, Part B7, B10) ----------------------------------------------------------------
 # Documents keep the spec's field names; every time (`t0`, `ts`, `created_at`, `published_at`,
 # `activated_at`) is epoch milliseconds. Time ranges are half-open: `t_from` <= t < `t_to`, either
@@ -22,11 +24,13 @@ EVENT_KINDS: tuple[str, ...] = (
     "ENTRY_SUBMITTED",
     "ENTRY_ACCEPTED",
     "ENTRY_REJECTED",
+    "ENTRY_RECONCILED",
     "CONFIG_APPLIED",
     "CONFIG_REJECTED",
     "RESERVATION_HEALED",
     "STALE_SYMBOL",
     "SHADOW_DIFF",
+    "BUNDLE_PUBLISHED",
 )
 """The kinds the engine writes; the store accepts any kind matching ``^[A-Z][A-Z_]{1,40}$``."""
 
@@ -178,3 +182,77 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# -- the engine's other collaborators (spec §8, Part B5/B6) ---------------------------------------
+# Results whose types live with their adapter (`s3.adapters.redis_risk`, `s3.adapters.redis_idem`)
+# are `Any` here: a port names the calls and their arguments; nothing here imports an adapter.
+
+
+class RiskLedger(Protocol):
+    """The atomic risk budget: reserve before persisting, commit or release after S4."""
+
+    def reserve(
+        self,
+        intent_id: str,
+        market: str,
+        symbol: str,
+        amount_usdt: Any,
+        budget_max_usdt: Any,
+        concurrency_limit: int,
+        now_ms: int,
+    ) -> Any: ...
+
+    def commit(self, intent_id: str, *, now_ms: int | None = None) -> Any: ...
+
+    def release(
+        self,
+        intent_id: str,
+        reason: str,
+        *,
+        now_ms: int | None = None,
+        symbol: str | None = None,
+    ) -> Any: ...
+
+    def self_heal(
+        self,
+        now_ms: int,
+        pending_max_age_ms: int,
+        *,
+        released_retention_ms: int | None = ...,
+        symbols: Any = (),
+    ) -> list[Any]: ...
+
+    def snapshot(self) -> Any: ...
+
+
+class Idempotency(Protocol):
+    """One result per intent id: claim, store the result, or abandon the claim after a failure."""
+
+    def begin(self, intent_id: str, ttl_ms: int) -> Any: ...
+
+    def queue_begin(self, pipe: Any, intent_id: str, ttl_ms: int) -> str: ...
+
+    def begin_reply(self, intent_id: str, token: str, ttl_ms: int, reply: Any) -> Any: ...
+
+    def complete(
+        self, intent_id: str, result: bytes, ttl_ms: int, *, token: str | None = None
+    ) -> str: ...
+
+    def queue_complete(
+        self, pipe: Any, intent_id: str, result: bytes, ttl_ms: int, *, token: str | None = None
+    ) -> str: ...
+
+    def complete_reply(
+        self, intent_id: str, result: bytes, ttl_ms: int, token: str, reply: Any
+    ) -> str: ...
+
+    def abandon(self, intent_id: str, *, token: str | None = None) -> bool: ...
+
+
+class Emitter(Protocol):
+    """The stream producers: `sig:events` (queued on ``pipe`` when given) and `ord:cmd:{SYMBOL}`."""
+
+    def emit_signal(self, d: Decision, pipe: Any = None) -> None: ...
+
+    def emit_order_cmd(self, order: Any) -> None: ...

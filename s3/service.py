@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import redis
 
 from s3 import shadow
+from s3.adapters import store_docs
 from s3.adapters.redis_client import Client, connect
 from s3.adapters.redis_keys import Keys
+from s3.adapters.redis_producers import Emitter
 from s3.adapters.redis_server import RedisServer
-from s3.adapters.redis_streams import emit_order_cmd, emit_signal, read_cfg_events
-from s3.adapters.s4_client import OrderCmdRequest, S4Client
+from s3.adapters.redis_streams import read_cfg_events
+from s3.adapters.s4_client import S4Client
 from s3.config.bundle import checksum_files, read_bundle_files
 from s3.config.reload import (
     ActivePointer,
@@ -32,9 +35,9 @@ from s3.config.reload import (
     check_files,
 )
 from s3.config.settings import Settings
-from s3.core.types import Decision
 from s3.engine import Engine
-from s3.http.app import HealthResponse
+from s3.health import HealthResponse
+from s3.metrics import swallowed
 
 log = logging.getLogger(__name__)
 
@@ -122,52 +125,6 @@ def publish(
             approximate=True,
         )
     return bundle_id, rev, checksum
-
-
-class Emitter:
-    """The engine's stream producers: `sig:events` and the dual-track `ord:cmd:{SYMBOL}`."""
-
-    def __init__(self, redis: Client, keys: Keys, maxlen: int):
-        self.redis, self.keys, self.maxlen = redis, keys, maxlen
-
-    def emit_signal(self, d: Decision, pipe: Any = None) -> None:
-        """XADD the decision to `sig:events`, or queue it on ``pipe`` (the engine's last round
-        trip, with the idempotency result)."""
-        emit_signal(
-            self.redis if pipe is None else pipe,
-            self.keys,
-            {
-                "ts": d.now_ms,
-                "symbol": d.symbol,
-                "decision": d.decision,
-                "rules_fired": list(d.rules_fired),
-                "model_p": d.model_p,
-                "config_rev": d.config_rev,
-                "reason": d.reason,
-                "reason_detail": d.reason_detail,
-                "side": d.side or "",
-                "intent_id": d.intent.intent_id if d.intent else "",
-            },
-            maxlen=self.maxlen,
-        )
-
-    def emit_order_cmd(self, order: OrderCmdRequest) -> None:
-        emit_order_cmd(
-            self.redis,
-            self.keys,
-            order.symbol,
-            {
-                "intent_id": order.intent_id,
-                "market": order.market,
-                "side": order.side,
-                "qty": order.qty,
-                "px": order.px,
-                "sl_px": order.sl_px,
-                "tp_px": order.tp_px,
-                "policy": order.policy,
-            },
-            maxlen=self.maxlen,
-        )
 
 
 def claim_ttl_ms(settings: Settings) -> int:
@@ -273,11 +230,12 @@ class Service:
 
         def on_event(kind: str, detail: dict[str, Any]) -> None:
             events.append((kind, detail))
-            with contextlib.suppress(Exception):
+            with swallowed(None, "config_event.store"):  # the store down must not stop a reload
                 store.put_event(
                     {
-                        "event_id": f"EVT-{kind}-{detail.get('bundle_id')}-{detail.get('rev')}-"
-                        f"{time.time_ns()}",
+                        "event_id": store_docs.event_id(
+                            kind, detail.get("bundle_id"), detail.get("rev"), time.time_ns()
+                        ),
                         "kind": kind,
                         "symbol": "",
                         "ts": int(time.time() * 1000),
@@ -295,7 +253,7 @@ class Service:
                 return build_off_path(doc, s, timeout_s=timeout_s, cold="in_process")
 
         cfg_events_from = "$"
-        with contextlib.suppress(Exception):  # Redis down: from when the watch starts, as before
+        with contextlib.suppress(redis.RedisError):  # Redis down: from when the watch starts
             newest = client.xrevrange(keys.cfg_events, "+", "-", count=1)
             cfg_events_from = str(newest[0][0]) if newest else "0-0"
         reloader = Reloader(
@@ -333,7 +291,7 @@ class Service:
             engine.metrics.config_rev.set(snap.rev)
             # Redis down at this moment must not undo the swap (already made) nor stop the
             # reload watch; the watch writes cfg:rcu:rev again at its next poll.
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(redis.RedisError):
                 client.set(keys.cfg_rcu_rev, str(snap.rev))
 
         reloader.on_applied = applied
@@ -367,7 +325,7 @@ class Service:
             "background thread %s is dead (%s); the process must be restarted", name, reason
         )
         for callback in list(self.on_fatal):
-            with contextlib.suppress(Exception):
+            with swallowed(self.engine.metrics, "on_fatal.callback"):
                 callback(f"background thread {name} died: {reason}")
 
     # -- health and admin -----------------------------------------------------------------------------
@@ -464,7 +422,7 @@ class Service:
                             max(0.0, time.time() - published / 1000)
                         )
                 if time.monotonic() >= next_poll:
-                    with contextlib.suppress(Exception):  # see `applied`
+                    with swallowed(self.engine.metrics, "reload.poll"):  # see `applied`
                         self.reload("poll")
                         self.engine.redis.set(
                             self.engine.keys.cfg_rcu_rev, str(self.engine.registry.current.rev)
@@ -477,9 +435,9 @@ class Service:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=5)
-        with contextlib.suppress(Exception):
+        with swallowed(None, "close.redis"):
             self.engine.redis.close()
-        with contextlib.suppress(Exception):
+        with swallowed(None, "close.store"):
             self.store.close()
         if self.engine.s4 is not None:
             self.engine.s4.close()

@@ -9,9 +9,9 @@ reaches the live path.
 
 The hook is one call in `Engine._decide_live`, right after the live `decide()`:
 
-    shadow.observe(self, inp, d)
+    if self.shadow is not None: self.shadow.observe(inp, d)
 
-which costs one dict lookup when no shadow is installed. `install_from_env(engine, store)` (one
+(`Engine.shadow`, a field of the engine: None when no shadow is installed). `install_from_env(engine, store)` (one
 call in `Service.from_settings`) installs the bundle named by `S3_SHADOW_BUNDLE`: a bundle
 directory, or ``store:<bundle_id>:<rev>`` for a revision already in the store.
 
@@ -22,17 +22,16 @@ different reasons), ``size`` (both open, another quantity or size multiplier), `
 
 from __future__ import annotations
 
-import contextlib
 import os
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from s3.adapters import store_docs
 from s3.core.decide import BundleSnapshot, decide
 from s3.core.model import Model, model_of
 from s3.core.types import Decision, DecisionInput
-from s3.metrics import Metrics
+from s3.metrics import Metrics, swallowed
 
 SHADOW_ENV = "S3_SHADOW_BUNDLE"
 KINDS = ("open_to_skip", "skip_to_open", "reason", "size", "tp_sl", "rules")
@@ -124,7 +123,7 @@ class Shadow:
             return diff
         except Exception:  # the shadow must never disturb the live decision
             self.errors += 1
-            with contextlib.suppress(Exception):
+            with swallowed(None, "shadow.metrics"):
                 self.metrics.shadow_diffs.labels("error").inc()
             return None
 
@@ -133,7 +132,7 @@ class Shadow:
 
         sid = signal_id(inp.symbol, live.side, inp.t0_ms, live.config_rev)
         return {
-            "event_id": f"EVT-SHADOW_DIFF-{sid}-s{self.snap.rev}",
+            "event_id": store_docs.event_id("SHADOW_DIFF", sid, f"s{self.snap.rev}"),
             "kind": "SHADOW_DIFF",
             "symbol": inp.symbol,
             "ts": inp.now_ms,
@@ -149,30 +148,29 @@ class Shadow:
         }
 
 
-# -- the registry: one shadow per engine -----------------------------------------------------------
-_REGISTRY: dict[int, Shadow] = {}
+# -- one shadow per engine: a field of the engine (`Engine.shadow`) ------------------------------
 
 
 def install(engine: Any, shadow: Shadow) -> Shadow:
     """Make ``shadow`` decide beside ``engine`` (replaces a previous one)."""
-    key = id(engine)
-    if key not in _REGISTRY:
-        weakref.finalize(engine, _REGISTRY.pop, key, None)
-    _REGISTRY[key] = shadow
+    engine.shadow = shadow
     return shadow
 
 
 def uninstall(engine: Any) -> Shadow | None:
-    return _REGISTRY.pop(id(engine), None)
+    old: Shadow | None = getattr(engine, "shadow", None)
+    engine.shadow = None
+    return old
 
 
 def current(engine: Any) -> Shadow | None:
-    return _REGISTRY.get(id(engine))
+    return getattr(engine, "shadow", None)
 
 
 def observe(engine: Any, inp: DecisionInput, live: Decision) -> None:
-    """The hook in `Engine._decide_live`: a no-op unless a shadow is installed for ``engine``."""
-    s = _REGISTRY.get(id(engine))
+    """A no-op unless a shadow is installed for ``engine`` (`Engine._decide_live` calls
+    ``self.shadow.observe`` directly)."""
+    s = current(engine)
     if s is not None:
         s.observe(inp, live)
 

@@ -15,6 +15,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
+from s3.adapters import store_docs
 from s3.adapters.redis_streams import (
     EntryLost,
     ParseError,
@@ -25,6 +28,7 @@ from s3.adapters.redis_streams import (
 from s3.core import atr as atr_mod
 from s3.core.types import AtrState
 from s3.errors import InputError, Rejected
+from s3.metrics import swallowed
 from s3.service import Service
 
 _RELEASE_LEASE = """
@@ -54,7 +58,7 @@ class Lease:
         return bool(self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]))
 
     def release(self) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(redis.RedisError):  # Redis gone at shutdown: the lease lapses
             self._release(keys=[self.key], args=[self.owner])
 
 
@@ -99,7 +103,7 @@ class Jobs:
             if symbol not in self.stale_symbols:
                 engine.store.put_event(
                     {
-                        "event_id": f"EVT-STALE_SYMBOL-{symbol}-{now}",
+                        "event_id": store_docs.event_id("STALE_SYMBOL", symbol, now),
                         "kind": "STALE_SYMBOL",
                         "symbol": symbol,
                         "ts": now,
@@ -127,13 +131,13 @@ class Jobs:
             return []
         engine = self.service.engine
         now = now_ms if now_ms is not None else engine.clock_ms()
-        with contextlib.suppress(Exception):  # S4 or the store down: self-heal still runs
-            engine.reconcile(now, engine.claim_ttl_ms)
+        with swallowed(engine.metrics, "self_heal.reconcile"):  # S4 or the store down: self-heal
+            engine.reconcile(now, engine.claim_ttl_ms)  # still runs
         corrections = engine.ledger.self_heal(now, self.service.settings.pending_max_age_ms)
         for i, c in enumerate(corrections):
             engine.store.put_event(
                 {
-                    "event_id": f"EVT-RESERVATION_HEALED-{now}-{i}",
+                    "event_id": store_docs.event_id("RESERVATION_HEALED", now, i),
                     "kind": "RESERVATION_HEALED",
                     "symbol": "",
                     "ts": now,
@@ -313,7 +317,7 @@ class Runner:
         for symbol in self.symbols:
             key = engine.keys.feat_events(symbol)
             lag = 0
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(redis.RedisError):  # no stream or group yet: no lag
                 lag = int(engine.redis.xpending(key, group)["pending"])
                 for g in engine.redis.xinfo_groups(key):
                     if g.get("name") == group and isinstance(g.get("lag"), int):
@@ -331,12 +335,15 @@ class Runner:
         next_heal = time.monotonic() + s.selfheal_sec
         while not self._stop.wait(0.2):
             now = time.monotonic()
-            with contextlib.suppress(Exception):
+            metrics = self.service.engine.metrics  # one job failing never silences another
+            with swallowed(metrics, "jobs.stream_metrics"):
                 self.update_stream_metrics()
-                if now >= next_hb:
+            if now >= next_hb:
+                with swallowed(metrics, "jobs.heartbeat"):
                     self.jobs.heartbeat()
-                    next_hb = now + s.heartbeat_sec
-                if now >= next_heal:
+                    next_hb = now + s.heartbeat_sec  # on failure: tried again at the next tick
+            if now >= next_heal:
+                with swallowed(metrics, "jobs.self_heal"):
                     self.jobs.self_heal()
                     next_heal = now + s.selfheal_sec
 

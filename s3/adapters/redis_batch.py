@@ -1,6 +1,6 @@
 """One round trip for the Redis pipelines of concurrent requests on an event loop.
 
-A decision run on the loop as `Steps` (`s3.engine`) yields each pipeline it needs: the state
+A decision run on the loop as `Steps` (`s3.steps`) yields each pipeline it needs: the state
 read with the idempotency claim, then `sig:events` with the result. The batcher gathers the
 pipelines that requests hand it in one turn of the loop and writes them as one pipeline (their
 commands in the order given) on a lean connection (`s3.adapters.redis_wire`); it does not wait
@@ -12,7 +12,7 @@ which handles it as its own failure (claims abandoned, 503).
 
 A cluster, or a connection the lean one does not speak (Unix socket, TLS, a credential
 provider), keeps the blocking client: each pipeline is then run as it comes, as
-`s3.engine.run_steps` does.
+`s3.steps.run_steps` does.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from s3.adapters.redis_client import Client
 from s3.adapters.redis_wire import Command, Wire, wire_settings
 
 if TYPE_CHECKING:
-    from s3.engine import Steps
+    from s3.steps import Steps
 
 T = TypeVar("T")
 
@@ -97,7 +97,7 @@ def _settle(fut: asyncio.Future[T], fn: Callable[..., T], *args: Any, **kwargs: 
 
 
 async def run_steps_async(steps: Steps[T], batcher: PipelineBatcher) -> T:
-    """Drive `s3.engine.Steps` on the loop, each pipeline through ``batcher``: the loop serves
+    """Drive `s3.steps.Steps` on the loop, each pipeline through ``batcher``: the loop serves
     other requests while this one waits for its batch. Cancelled while waiting, the steps are
     closed (their clean-up runs) and a pipeline not yet run is dropped; a claim that a batch
     took just before lapses after its short life, as for a process killed mid-decision."""

@@ -13,6 +13,8 @@ import msgspec
 from s3.adapters.feature_events import _number
 from s3.adapters.redis_client import Client, Pipeline
 from s3.adapters.redis_keys import Keys
+from s3.adapters.s4_client import OrderCmdRequest
+from s3.core.types import Decision
 
 SIG_FIELDS = ("ts", "symbol", "decision", "rules_fired", "model_p", "config_rev")
 ORD_FIELDS = ("intent_id", "market", "side", "qty", "policy")
@@ -130,3 +132,49 @@ def read_cfg_events(
             )
             last_id = entry_id
     return last_id, events
+
+
+class Emitter:
+    """The engine's stream producers: `sig:events` and the dual-track `ord:cmd:{SYMBOL}`."""
+
+    def __init__(self, redis: Client, keys: Keys, maxlen: int):
+        self.redis, self.keys, self.maxlen = redis, keys, maxlen
+
+    def emit_signal(self, d: Decision, pipe: Any = None) -> None:
+        """XADD the decision to `sig:events`, or queue it on ``pipe`` (the engine's last round
+        trip, with the idempotency result)."""
+        emit_signal(
+            self.redis if pipe is None else pipe,
+            self.keys,
+            {
+                "ts": d.now_ms,
+                "symbol": d.symbol,
+                "decision": d.decision,
+                "rules_fired": list(d.rules_fired),
+                "model_p": d.model_p,
+                "config_rev": d.config_rev,
+                "reason": d.reason,
+                "reason_detail": d.reason_detail,
+                "side": d.side or "",
+                "intent_id": d.intent.intent_id if d.intent else "",
+            },
+            maxlen=self.maxlen,
+        )
+
+    def emit_order_cmd(self, order: OrderCmdRequest) -> None:
+        emit_order_cmd(
+            self.redis,
+            self.keys,
+            order.symbol,
+            {
+                "intent_id": order.intent_id,
+                "market": order.market,
+                "side": order.side,
+                "qty": order.qty,
+                "px": order.px,
+                "sl_px": order.sl_px,
+                "tp_px": order.tp_px,
+                "policy": order.policy,
+            },
+            maxlen=self.maxlen,
+        )

@@ -58,12 +58,12 @@ def signal_id(symbol: str, side: str | None, t0: int, config_rev: int) -> str:
     return f"SIG-{t0}-{base}{'-' + side if side else ''}-r{config_rev}"
 
 
-def event_id(kind: str, ts: int, key: str | None = None) -> str:
-    """``EVT-<ts>-<KIND>-<key>``; pass a stable key (intent_id, signal_id) for idempotent retries,
-    or none for a fresh random one."""
+def event_id(kind: str, *key: object) -> str:
+    """``EVT-<KIND>-<key parts joined by ->``: the one builder of every event id the engine,
+    worker, service and shadow write. Pass a stable key (intent_id, signal_id, ...) so a retry
+    writes the same id (the store keeps the first); no key gives a fresh random one."""
     _kind(kind, "strategy_events.kind")
-    _int(ts, "strategy_events.ts")
-    return f"EVT-{ts}-{kind}-{key if key is not None else uuid.uuid4().hex[:16]}"
+    return f"EVT-{kind}-{'-'.join(str(k) for k in key) if key else uuid.uuid4().hex}"
 
 
 def arango_key(text: str) -> str:
@@ -77,26 +77,37 @@ def arango_key(text: str) -> str:
 
 
 def decision_doc(decision: Decision) -> dict[str, Any]:
-    """The `signals.decision` sub-document: the whole `Decision`, with ``decision`` as ``action``
-    (spec §5 names) and Decimals as strings (exact)."""
-    body: dict[str, Any] = msgspec.to_builtins(decision)
-    return {"action": body.pop("decision"), **body}
+    """The `signals.decision` sub-document (spec §5 names: ``action``, ``size_mult``, ...) and
+    under ``record`` the whole `Decision` (Decimals as strings, exact), which a retry and
+    `s3 replay record` read back."""
+    d = decision
+    return {
+        "action": d.decision,
+        "size_mult": d.size_mult,
+        "tp_mult": d.tp_mult,
+        "sl_mult": d.sl_mult,
+        "reason": d.reason,
+        "reason_detail": d.reason_detail,
+        "model_p": d.model_p,
+        "record": msgspec.to_builtins(d),
+    }
 
 
 def signal_from_decision(
     decision: Decision, features: Mapping[str, Any], *, created_at: int
-) -> SignalDoc:
-    """The `signals` document for a decision, with the deterministic `signal_id`."""
-    raw = {
-        "signal_id": signal_id(decision.symbol, decision.side, decision.t0_ms, decision.config_rev),
-        "t0": decision.t0_ms,
-        "symbol": decision.symbol,
-        "features": dict(features),
-        "decision": decision_doc(decision),
-        "config_rev": decision.config_rev,
+) -> dict[str, Any]:
+    """The `signals` document for a decision, with the deterministic `signal_id` (the store
+    validates it on write)."""
+    d = decision
+    return {
+        "signal_id": signal_id(d.symbol, d.side, d.t0_ms, d.config_rev),
+        "t0": d.t0_ms,
+        "symbol": d.symbol,
+        "features": features,
+        "decision": decision_doc(d),
+        "config_rev": d.config_rev,
         "created_at": created_at,
     }
-    return signal_doc(raw)
 
 
 def signal_doc(doc: SignalDoc | Mapping[str, Any]) -> SignalDoc:

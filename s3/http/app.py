@@ -33,6 +33,7 @@ from s3.adapters.redis_batch import PipelineBatcher, run_steps_async
 from s3.core.types import Decision, OcoLeg
 from s3.engine import Submission
 from s3.errors import InputError, S3Error
+from s3.health import HealthResponse
 from s3.http import openapi
 
 T = TypeVar("T")
@@ -142,24 +143,6 @@ class ErrorBody(msgspec.Struct, frozen=True):
     extra: dict[str, Any] = {}
 
 
-class HealthResponse(msgspec.Struct, frozen=True):
-    """`store` names the store in use and `store_status` its state; `arango` (the spec's field)
-    is that state with ArangoDB and "not used" with SQLite."""
-
-    status: Literal["OK", "DEGRADED"]
-    redis: str
-    arango: str
-    config_rev: int
-    rules_loaded: int
-    bundle_id: str
-    streams: str = "ok"
-    config: str = "ok"
-    """"ok", or "fallback: ..." when a start serves a revision other than the active one."""
-    degraded: list[str] = []
-    store: Literal["sqlite", "arango"] = "sqlite"
-    store_status: str = "ok"
-
-
 _ENCODER = msgspec.json.Encoder(decimal_format="number")
 _FLOAT_MAX = sys.float_info.max
 
@@ -208,14 +191,11 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
         settings: unused here; the service carries the settings it was built with.
         deps: the running `s3.service.Service`.
     """
+    if deps is None:
+        # the app never builds its service (s3.service imports nothing of s3.http): the caller
+        # starts a `Service` and closes it (`s3 serve` does both)
+        raise TypeError("create_app needs deps=<a running s3.service.Service>")
     service = deps
-    if service is None:
-        from s3.service import Service
-
-        service = Service.from_settings(settings)
-        own_service = True
-    else:
-        own_service = False
 
     async def auth_guard(  # async: Litestar runs a sync guard on a worker thread
         connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
@@ -387,8 +367,6 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
         mine = batchers.pop(loop, None)
         if mine is not None:
             await mine.aclose()
-        if own_service:
-            service.close()
 
     return Litestar(
         route_handlers=[
@@ -416,4 +394,4 @@ def create_app(settings: Any = None, *, deps: Any = None) -> Litestar:
     )
 
 
-__all__ = ["DecideRequest", "DecideResponse", "InputError", "create_app"]
+__all__ = ["DecideRequest", "DecideResponse", "HealthResponse", "InputError", "create_app"]

@@ -1,7 +1,7 @@
 """`s3 model train`: the L2 model fitted on the outcomes of replayed real tapes, judged honestly.
 
 1. **Labels.** The bundle, without its model (every entry the rules let through), replays each
-   tape with `s3.replay.outcomes.simulate_outcomes` and budgets off, so every candidate entry is
+   tape with `s3.replay.replay.simulate_outcomes` and budgets off, so every candidate entry is
    followed to its exit on its own: an entry whose take profit fills before its stop loss or
    time stop is a win (1), a stop or a time stop a loss (0); entries still open at the end of a
    tape or never filled have no label and are left out.
@@ -59,8 +59,8 @@ from s3.config.bundle import load_dir
 from s3.core.decide import BundleSnapshot
 from s3.core.model import Model, model_of, no_model
 from s3.model.export import to_onnx
-from s3.replay.outcomes import Trade, simulate_outcomes
-from s3.replay.replay import ReplayConfig
+from s3.replay.outcomes import Trade
+from s3.replay.replay import ReplayConfig, simulate_outcomes
 from s3.replay.tape import Tape, load
 
 Array = np.ndarray[Any, Any]

@@ -55,18 +55,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from s3.core.params import EngineParams
 from s3.core.types import Decision
 from s3.replay.tape import Tape, TapeEvent
-
-if TYPE_CHECKING:
-    from s3.core.decide import BundleSnapshot
-    from s3.core.model import Model
-    from s3.replay.replay import ReplayConfig
 
 FUNDING_TOLERANCE_MS = 60_000
 """A funding record counts for a settlement time T when it is within this of T."""
@@ -603,26 +598,3 @@ def _utc(ms: int) -> str:
     import datetime as dt
 
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def simulate_outcomes(
-    tape: Tape,
-    snap: BundleSnapshot,
-    config: ReplayConfig | None = None,
-    *,
-    model: Model | None = None,
-) -> list[Trade]:
-    """Every trade ``snap`` would have made on ``tape``, followed to its exit.
-
-    Budgets and concurrency are the engine's (the simulated ledger of `s3.replay.replay`), each
-    reservation released when its simulated position closes, so the trade set is the one
-    production would have had. Each `Trade` carries the deciding event's ``features``, its
-    ``exit_reason`` (``tp``, ``sl``, ``time``, ``end``, ``unfilled``) and `Trade.reached_tp`.
-    Raises `OutcomeError` when a position crosses a funding time the tape has no rate for.
-    """
-    import dataclasses
-
-    from s3.replay.replay import ReplayConfig, replay
-
-    cfg = dataclasses.replace(config or ReplayConfig(), exits=True)
-    return replay(tape, snap, cfg, model=model).trades

@@ -149,7 +149,7 @@ def tape(design: Design, seed: int, p0: float) -> tuple[Tape, list[tuple[bool, b
 
 def win_loss(snap: BundleSnapshot) -> tuple[Decimal, Decimal]:
     """W and L: the P&L of one entry that wins and of one that loses, as simulated."""
-    from s3.replay.outcomes import simulate_outcomes
+    from s3.replay.replay import simulate_outcomes
 
     records: list[Record] = [State(ts=T0, kill_switch="OFF", health="GREEN")]
     for k, px in enumerate((TP_AT, SL_AT)):

@@ -40,6 +40,7 @@ Deterministic: the same tape, bundle and configuration give the same outcomes, b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -474,3 +475,22 @@ def check_live(tape: Tape, result: ReplayResult) -> LiveCheck:
         f"{s} {t} {side or '-'}" for (s, t, side) in sorted(set(tape.decisions) - used)
     ]
     return check
+
+
+def simulate_outcomes(
+    tape: Tape,
+    snap: BundleSnapshot,
+    config: ReplayConfig | None = None,
+    *,
+    model: Model | None = None,
+) -> list[Trade]:
+    """Every trade ``snap`` would have made on ``tape``, followed to its exit.
+
+    Budgets and concurrency are the engine's (the simulated ledger of `replay`), each
+    reservation released when its simulated position closes, so the trade set is the one
+    production would have had. Each `Trade` carries the deciding event's ``features``, its
+    ``exit_reason`` (``tp``, ``sl``, ``time``, ``end``, ``unfilled``) and `Trade.reached_tp`.
+    Raises `OutcomeError` when a position crosses a funding time the tape has no rate for.
+    """
+    cfg = dataclasses.replace(config or ReplayConfig(), exits=True)
+    return replay(tape, snap, cfg, model=model).trades

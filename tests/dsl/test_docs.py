@@ -1,7 +1,7 @@
 """The reader-facing docs cannot rot: every example in them is run here.
 
-`docs/diagnostics.md` must have one section per diagnostic code the `dsl` sources can emit (and
-no other), and each section's examples must produce exactly that code and exactly the output shown.
+`docs/diagnostics.md` must have one section per diagnostic code the `dsl` and `s3` sources can
+emit (and no other), and each section's examples must produce exactly that code and exactly the output shown.
 `docs/dsl.md` must describe a bundle that compiles, with case files that pass, and its tables of
 functions, limits, reserved words and `Outcome` fields must match the code. The conventions the
 examples follow are described at the top of each document.
@@ -30,9 +30,11 @@ from dsl.parser import KEYWORDS
 from dsl.runtime import Outcome
 from s3.cli import build_parser
 from s3.cli import main as s3_main
+from s3.rules_cli import _build as build_with_engine_sections
 
 ROOT = Path(__file__).resolve().parents[2]
 DSL_DIR = ROOT / "dsl"
+S3_DIR = ROOT / "s3"
 DIAGNOSTICS_MD = ROOT / "docs" / "diagnostics.md"
 DSL_MD = ROOT / "docs" / "dsl.md"
 
@@ -187,7 +189,10 @@ def run_example(
         if ex.command in ("lint", "strict"):
             strict = ex.command == "strict"
             printed = _cli(["rules", "lint", "bundle", *(["--strict"] if strict else [])])
-            codes = {d.code for d in build_bundle("bundle", strict=strict).diagnostics}
+            # the rules and, when the manifest has any, the engine sections (E308, E309)
+            codes = {
+                d.code for d in build_with_engine_sections("bundle", strict=strict).diagnostics
+            }
         elif ex.command == "explain":
             printed = _cli(["rules", "explain", "bundle", "--features", json.dumps(features)])
             printed = printed.split("\n\n")[0].rstrip("\n") + "\n"  # the summary, not the trace
@@ -215,9 +220,12 @@ def run_example(
 
 
 def codes_in_sources() -> set[str]:
+    """Every code any package emits: the language's (`dsl/`) and the engine's (`s3/`, e.g. the
+    engine sections of a bundle in `s3/config`)."""
     found: set[str] = set()
-    for path in sorted(DSL_DIR.rglob("*.py")):
-        found |= set(SOURCE_CODE.findall(path.read_text(encoding="utf-8")))
+    for pkg in (DSL_DIR, S3_DIR):
+        for path in sorted(pkg.rglob("*.py")):
+            found |= set(SOURCE_CODE.findall(path.read_text(encoding="utf-8")))
     return found
 
 
@@ -225,7 +233,7 @@ def test_the_code_scan_finds_codes_of_every_family() -> None:
     # Guards the regex itself: an empty or partial scan would make the next test vacuous.
     found = codes_in_sources()
     assert {c[:2] for c in found} >= {"E1", "E2", "E3", "E4", "W2", "W3"}
-    assert {"E101", "E204", "E410", "W201"} <= found
+    assert {"E101", "E204", "E410", "W201", "E308", "E309"} <= found
 
 
 def test_every_code_in_the_sources_has_a_section_and_every_section_a_code() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +103,11 @@ def test_registry_is_per_engine_and_a_no_op_without_a_shadow(b_snap: BundleSnaps
     assert len(seen) == 1
     assert shadow.uninstall(a) is rec and shadow.current(a) is None
     shadow.install(b, rec)
-    del b
+    assert shadow.current(b) is rec and b.shadow is rec  # a field of the engine, no registry
+    held = weakref.ref(rec)
+    del b, rec
     gc.collect()
-    assert rec not in shadow._REGISTRY.values()  # dropped with its engine
+    assert held() is None  # dropped with its engine
 
 
 def test_install_from_env(

@@ -18,7 +18,7 @@ from s3.adapters.redis_batch import PipelineBatcher, run_steps_async
 from s3.adapters.redis_client import connect
 from s3.adapters.redis_server import LocalCluster, RedisServer, free_port
 from s3.adapters.redis_wire import Wire, wire_settings
-from s3.engine import run_steps
+from s3.steps import run_steps
 from tests.chaos.proxy import JitterProxy
 
 _ids = itertools.count()

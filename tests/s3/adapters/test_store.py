@@ -64,7 +64,7 @@ def evt(
     kind: str = "DECIDE", ts: int = T0, symbol: str | None = "BTCUSDT", **over: Any
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {
-        "event_id": event_id(kind, ts, f"{symbol}-{ts}"),
+        "event_id": event_id(kind, f"{symbol}-{ts}"),
         "kind": kind,
         "symbol": symbol,
         "detail": {"intent_id": "s3-btc-1", "rules": ["R-001"]},
@@ -234,7 +234,10 @@ def test_a_decision_becomes_a_signal(store: Store) -> None:
         "OK",
         1.05,
     )
-    assert got.decision["intent"]["qty"] == "0.007"  # exact, as text
+    assert got.decision["record"]["intent"]["qty"] == "0.007"  # exact, as text
+    assert (
+        got.decision["record"]["decision"] == "open"
+    )  # the whole Decision, as the engine stores it
     assert got.config_rev == 7
 
 
@@ -763,7 +766,7 @@ def test_a_bad_event_writes_no_signal(store: Store) -> None:
     assert store.get_signal(s["signal_id"]) is None
     with pytest.raises(ValueError, match=r"signals\.t0"):
         store.put_decision(sig(t0=-1), evt(ts=T0 + 9))
-    assert store.get_event(event_id("DECIDE", T0 + 9, f"BTCUSDT-{T0 + 9}")) is None
+    assert store.get_event(event_id("DECIDE", s["signal_id"])) is None
 
 
 def test_under_steady_writes_a_long_wal_is_wholly_copied(
