@@ -56,7 +56,7 @@ def test_replay_snapshot_check_and_update(
         "000001 ETHUSDT 1723161317000 SELL:\n  rule_factors.R-007.tp_mult: 1.1 -> 1.2\n  tp_mult: 1.1 -> 1.2\n"
         in out
     )
-    assert '  intent.tp_px: "2665.11" -> "2663.77"\n' in out
+    assert '  intent.tp_px: "2665.12" -> "2663.78"\n' in out  # SELL at the bid 2681.75
     assert "config_rev: 1 -> 2" not in out.split("snapshot ")[-1]
     diff_lines = [x for x in out.splitlines() if x.startswith("  ") and " -> " in x]
     assert len(diff_lines) < 60  # event, field, before -> after; not a raw JSON diff
