@@ -32,6 +32,7 @@ test: lint
 
 bench: setup
 	$(BIN)/python -m tests.bench.bench_dsl
+	$(BIN)/python -m tests.bench.bench_default_bundle --ref main
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

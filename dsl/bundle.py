@@ -27,9 +27,18 @@ from dsl.errors import Diagnostic, DslError, DslSyntaxError, Severity, sort_and_
 from dsl.guard import bad_char, escaped
 from dsl.nodes import Module, Rule
 from dsl.parser import parse
-from dsl.schema import Bounds, Clamp, FeatureSpec, Schema
+from dsl.schema import (
+    MAX_HISTORY,
+    Bounds,
+    Clamp,
+    FeatureSpec,
+    ParamTable,
+    Schema,
+    history_key,
+)
 from dsl.source import MAX_SOURCE_BYTES, Source, Span, show_size
 from dsl.suggest import did_you_mean
+from dsl.units import CONVERSIONS, parse_unit
 
 MANIFEST = "bundle.toml"
 RESERVED_WORDS = frozenset(
@@ -51,7 +60,27 @@ RESERVED_WORDS = frozenset(
         "sl_mult",
     ]
 )
-FUNCTION_NAMES = frozenset(["abs", "min", "max", "clamp", "log", "sqrt", "between", "has"])
+FUNCTION_NAMES = frozenset(
+    [
+        "abs",
+        "min",
+        "max",
+        "clamp",
+        "log",
+        "sqrt",
+        "between",
+        "has",
+        "prev",
+        "count_true",
+        "between_wrap",
+        "hour_utc",
+        "minute_of_day_utc",
+        "weekday_utc",
+        "crossed_above",
+        "crossed_below",
+        *CONVERSIONS,
+    ]
+)
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _SAFE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 """What each part of a rule file's path inside a bundle must be (E312)."""
@@ -66,6 +95,48 @@ MAX_PARAM_INT = 2**63 - 1
 
 ParamScalar = int | float | bool | str
 ParamValue = ParamScalar | list[ParamScalar]
+
+
+class TableParamModel(BaseModel):
+    """``name = { by = "symbol", values = { BTCUSDT = 0.1, ETHUSDT = 0.01 }, unit = "..." }``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    by: str
+    values: dict[str, int | float]
+    unit: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> TableParamModel:
+        if not self.values:
+            raise ValueError("a param table needs at least one entry in 'values'")
+        for key, x in self.values.items():
+            if isinstance(x, bool):
+                raise ValueError(f"param table entry {escaped(key)} must be a number")
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ValueError(f"param table entry {escaped(key)} must be finite, found {x}")
+            if isinstance(x, int) and abs(x) > MAX_PARAM_INT:
+                raise ValueError(f"param table entry {escaped(key)} is out of range")
+        if self.unit:
+            parse_unit(self.unit)
+        return self
+
+
+class UnitParamModel(BaseModel):
+    """``name = { value = 1.5, unit = "bps" }``: a number (or a list of numbers) with its unit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    value: int | float | list[int | float]
+    unit: str
+
+    @model_validator(mode="after")
+    def _check(self) -> UnitParamModel:
+        for x in self.value if isinstance(self.value, list) else [self.value]:
+            if isinstance(x, bool):
+                raise ValueError("a unit is only for numbers")
+        parse_unit(self.unit)
+        return self
 
 
 class _Strict(BaseModel):
@@ -95,6 +166,17 @@ class FeatureModel(_Strict):
     values: list[Annotated[str, Field(min_length=1)]] | None = None
     doc: str = ""
     unit: str = ""
+    history: Annotated[int, Field(ge=0, le=MAX_HISTORY)] = 0
+
+    @model_validator(mode="after")
+    def _unit(self) -> FeatureModel:
+        if self.history and self.type not in ("number", "int"):
+            raise ValueError(f"history is only for number and int features, not {self.type}")
+        if self.unit and self.type not in ("number", "int"):
+            raise ValueError(f"a unit is only for number and int features, not {self.type}")
+        if self.unit:
+            parse_unit(self.unit)
+        return self
 
     @model_validator(mode="after")
     def _enum_values(self) -> FeatureModel:
@@ -122,7 +204,7 @@ class ManifestModel(BaseModel):
     description: str = ""
     clamp: ClampModel = ClampModel()
     features: dict[str, FeatureModel]
-    params: dict[str, ParamValue] = {}
+    params: dict[str, TableParamModel | UnitParamModel | ParamValue] = {}
 
     @field_validator("features", mode="before")
     @classmethod
@@ -139,6 +221,14 @@ class ManifestModel(BaseModel):
             _check_name(name, "feature")
         if not v:
             raise ValueError("a bundle declares at least one feature")
+        for name, spec in v.items():
+            for lag in range(1, spec.history + 1):
+                if history_key(name, lag) in v:
+                    raise ValueError(
+                        f"feature '{history_key(name, lag)}' is the key of '{name}' {lag} "
+                        f"snapshot{'s' * (lag > 1)} back (history = {spec.history}): "
+                        "drop it, prev() reads it"
+                    )
         return v
 
     @field_validator("params")
@@ -146,6 +236,10 @@ class ManifestModel(BaseModel):
     def _param_values(cls, v: dict[str, Any]) -> dict[str, Any]:
         for name, value in v.items():
             _check_name(name, "param")
+            if isinstance(value, TableParamModel):
+                continue
+            if isinstance(value, UnitParamModel):
+                value = value.value
             for x in value if isinstance(value, list) else [value]:
                 if isinstance(x, float) and not math.isfinite(x):
                     raise ValueError(f"param {escaped(name)} must be finite, found {x}")
@@ -178,6 +272,10 @@ class Manifest:
     path: str = MANIFEST
     """Where the manifest is reported (the bundle directory's bundle.toml)."""
     text: str = ""
+    param_units: dict[str, str] = field(default_factory=dict)
+    """The declared unit of each number param that has one."""
+    param_tables: dict[str, ParamTable] = field(default_factory=dict)
+    """The params keyed by an enum feature."""
 
 
 @dataclass(frozen=True)
@@ -266,7 +364,20 @@ def parse_manifest(
             )
     features: dict[str, FeatureSpec] = {}
     for name, fm in model.features.items():
-        features[name] = FeatureSpec(name, fm.type, fm.optional, tuple(fm.values or ()), fm.doc)
+        features[name] = FeatureSpec(
+            name, fm.type, fm.optional, tuple(fm.values or ()), fm.doc, fm.unit, fm.history
+        )
+    params: dict[str, Any] = {}
+    param_units: dict[str, str] = {}
+    tables: dict[str, ParamTable] = {}
+    for name, value in model.params.items():
+        if isinstance(value, TableParamModel):
+            tables[name] = ParamTable(value.by, tuple(value.values.items()), value.unit)
+            diags.extend(_table_problems(name, tables[name], features, path, text))
+        elif isinstance(value, UnitParamModel):
+            params[name], param_units[name] = value.value, value.unit
+        else:
+            params[name] = value
     for name in model.params:
         if name in features:
             diags.append(
@@ -294,13 +405,59 @@ def parse_manifest(
         model.description,
         Schema(features),
         clamp,
-        dict(model.params),
+        params,
         extra,
         raw,
         path,
         text,
+        param_units,
+        tables,
     )
     return manifest, diags
+
+
+def _table_problems(
+    name: str, table: ParamTable, features: dict[str, FeatureSpec], path: str, text: str
+) -> list[Diagnostic]:
+    """E306 unless the table is keyed by an enum feature and has exactly one entry per value."""
+    spec = features.get(table.by)
+    where = key_span(path, text, ("params", name))
+    if spec is None or spec.type != "enum":
+        found = "not a declared feature" if spec is None else f"a {spec.type} feature"
+        return [
+            Diagnostic(
+                "E306",
+                f"param table '{name}' is keyed by '{table.by}', {found}; a table is keyed "
+                "by an enum feature",
+                where,
+                did_you_mean(table.by, [f for f, s in features.items() if s.type == "enum"]),
+            )
+        ]
+    keys = [k for k, _ in table.entries]
+    missing = [v for v in spec.values if v not in keys]
+    extra = [k for k in keys if k not in spec.values]
+    out = []
+    if missing:
+        out.append(
+            Diagnostic(
+                "E306",
+                f"param table '{name}' has no entry for {', '.join(map(repr, missing))} of "
+                f"{table.by} (enum: {', '.join(spec.values)})",
+                where,
+                "every value of the enum needs its entry",
+            )
+        )
+    if extra:
+        out.append(
+            Diagnostic(
+                "E306",
+                f"param table '{name}' has entries for {', '.join(map(repr, extra))}, not "
+                f"values of {table.by} (enum: {', '.join(spec.values)})",
+                where,
+                did_you_mean(extra[0], spec.values) or "drop them, or add them to the enum",
+            )
+        )
+    return out
 
 
 @dataclass
@@ -527,11 +684,67 @@ class BuildResult:
         return self.ruleset is not None and not any(d.is_error for d in self.diagnostics)
 
 
-def build_bundle(path: str | Path, *, known_sections: Iterable[str] = ()) -> BuildResult:
-    """Load, check and compile a bundle directory, collecting every diagnostic on the way."""
+def missing_units(manifest: Manifest) -> list[Diagnostic]:
+    """W302 for every number feature and number param declared without a unit (`--strict`)."""
+    out = []
+    mpath, text = manifest.path, manifest.text
+    for name, spec in manifest.schema.features.items():
+        if spec.type in ("number", "int") and not spec.unit:
+            out.append(
+                Diagnostic(
+                    "W302",
+                    f"feature '{name}' has no unit, so its uses are not unit-checked",
+                    key_span(mpath, text, ("features", name)),
+                    'declare it, e.g. { type = "number", unit = "bps" }',
+                    Severity.WARNING,
+                )
+            )
+    for name in manifest.param_tables:
+        if not manifest.param_tables[name].unit:
+            out.append(
+                Diagnostic(
+                    "W302",
+                    f"param table '{name}' has no unit, so its uses are not unit-checked",
+                    key_span(mpath, text, ("params", name)),
+                    'declare it: { by = ..., values = { ... }, unit = "bps" }',
+                    Severity.WARNING,
+                )
+            )
+    for name, value in manifest.params.items():
+        items = value if isinstance(value, list) else [value]
+        numeric = items and all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in items
+        )
+        if numeric and name not in manifest.param_units:
+            out.append(
+                Diagnostic(
+                    "W302",
+                    f"param '{name}' has no unit, so its uses are not unit-checked",
+                    key_span(mpath, text, ("params", name)),
+                    f'declare it, e.g. {name} = {{ value = {value!r}, unit = "bps" }}'
+                    if not isinstance(value, list)
+                    else 'declare it, e.g. { value = [...], unit = "bps" }',
+                    Severity.WARNING,
+                )
+            )
+    return out
+
+
+def build_bundle(
+    path: str | Path, *, known_sections: Iterable[str] = (), strict: bool = False
+) -> BuildResult:
+    """Load, check and compile a bundle directory, collecting every diagnostic on the way.
+
+    Args:
+        path: the bundle directory.
+        known_sections: top-level manifest tables owned by the caller (no W301 for them).
+        strict: also warn about number features and params without a unit (W302).
+    """
     loaded = load_bundle(path, known_sections=known_sections)
     diags = list(loaded.diagnostics)
     manifest = loaded.manifest
+    if manifest is not None and strict:
+        diags.extend(missing_units(manifest))
     if manifest is None:
         # Without a schema every name is unknown; report syntax problems only.
         return BuildResult(None, None, tuple(sort_and_cap(diags)), loaded.texts)
@@ -540,6 +753,8 @@ def build_bundle(path: str | Path, *, known_sections: Iterable[str] = ()) -> Bui
             loaded.modules,
             schema=manifest.schema,
             params=manifest.params,
+            param_units=manifest.param_units,
+            tables=manifest.param_tables,
             clamp=manifest.clamp,
             texts=loaded.texts,
         )

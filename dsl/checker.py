@@ -9,7 +9,8 @@ factors that always hit the clamp) come from `dsl.lints`. Imports nothing outsid
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Any
 
 from dsl import nodes as n
@@ -17,9 +18,21 @@ from dsl.errors import Diagnostic, DslError, Severity, sort_and_cap
 from dsl.fold import constant_number as constant_number  # re-exported: compiler, replay
 from dsl.printer import to_source
 from dsl.runtime import RuleInfo
-from dsl.schema import OUTPUTS, Clamp, FeatureSpec, Schema
+from dsl.schema import OUTPUTS, Clamp, FeatureSpec, ParamTable, Schema, history_key
 from dsl.source import Span
 from dsl.suggest import did_you_mean
+from dsl.units import (
+    CONVERSIONS,
+    LITERAL,
+    ONE,
+    UNKNOWN,
+    Unit,
+    conversion,
+    conversion_hint,
+    first_mismatch,
+    parse_unit,
+    unify,
+)
 
 MAX_INLINED_DEPTH = 80
 """Deepest an expression may get once lets are substituted (E109). The traced evaluator nests two
@@ -32,9 +45,14 @@ MAX_INLINED_NODES = 20_000
 class Type:
     kind: str  # number | int | string | bool | enum | list | error
     values: tuple[str, ...] = ()
+    unit: Unit = field(default=UNKNOWN, compare=False, hash=False)
+    """Of a number: its unit (`dsl.units`); never part of type equality."""
 
     def __str__(self) -> str:
         return self.kind
+
+    def with_unit(self, unit: Unit) -> Type:
+        return Type(self.kind, self.values, unit)
 
     @property
     def is_numeric(self) -> bool:
@@ -59,6 +77,15 @@ FUNCTIONS: Mapping[str, tuple[int, int | None]] = {
     "sqrt": (1, 1),
     "between": (3, 3),
     "has": (1, 1),
+    "prev": (1, 2),
+    "count_true": (1, None),
+    "between_wrap": (3, 3),
+    "hour_utc": (1, 1),
+    "minute_of_day_utc": (1, 1),
+    "weekday_utc": (1, 1),
+    "crossed_above": (2, 2),
+    "crossed_below": (2, 2),
+    **{name: (1, 1) for name in CONVERSIONS},
 }
 ACTIONS = ("size_mult", "tp_mult", "sl_mult", "skip_entry")
 
@@ -132,9 +159,20 @@ _Unguarded = dict[str, tuple[Span, str | None]]  # feature -> (where, through wh
 
 
 class _Checker:
-    def __init__(self, schema: Schema, params: Mapping[str, Any]):
+    def __init__(
+        self,
+        schema: Schema,
+        params: Mapping[str, Any],
+        param_units: Mapping[str, str] | None = None,
+        tables: Mapping[str, ParamTable] | None = None,
+    ):
         self.schema = schema
         self.params = params
+        self.tables = dict(tables or {})
+        self.param_units = {k: parse_unit(u) for k, u in (param_units or {}).items()}
+        self.feature_units = {
+            name: parse_unit(spec.unit) for name, spec in schema.features.items() if spec.unit
+        }
         self.diags: list[Diagnostic] = []
         self.let_defs: dict[str, n.LetDef] = {}
         self.lets: dict[str, _LetInfo] = {}
@@ -154,6 +192,47 @@ class _Checker:
         if len(text) > 40:
             text = text[:37] + "..."
         return f"{text} ({t})"
+
+    def describe_unit(self, e: n.Expr, t: Type) -> str:
+        text = to_source(e)
+        if len(text) > 40:
+            text = text[:37] + "..."
+        shown = "no unit" if t.unit.kind == "unknown" else str(t.unit)
+        return f"{text} ({shown})"
+
+    # -- units -----------------------------------------------------------------------------------
+
+    def same_units(
+        self, what: str, parts: list[tuple[n.Expr, Type]], span: Span | None = None
+    ) -> Unit:
+        """The one unit of values that must agree (E218 naming both sides when they do not)."""
+        units = [t.unit for _, t in parts]
+        mismatch = first_mismatch(units)
+        if mismatch is None:
+            return unify(units) or UNKNOWN
+        (a, at), (b, bt) = parts[mismatch[0]], parts[mismatch[1]]
+        self.error(
+            "E218",
+            f"{what} {self.describe_unit(a, at)} and {self.describe_unit(b, bt)}: the units differ",
+            span or _join(a.span, b.span),
+            conversion_hint(at.unit, _short(a), bt.unit, _short(b)),
+        )
+        return UNKNOWN
+
+    def need_pure(self, what: str, e: n.Expr, t: Type, hint: str) -> None:
+        """E219 unless ``e`` is a pure number (a ratio at scale 1: fraction, or unit-less)."""
+        if t.unit.checked and not t.unit.same(ONE):
+            self.error(
+                "E219",
+                f"{what} must be a pure number, found {self.describe_unit(e, t)}",
+                e.span,
+                hint,
+            )
+
+    def pure_hint(self, t: Type) -> str:
+        if t.unit.dimensionless:
+            return "convert it with to_fraction(...)"
+        return f"divide it by a reference value in {t.unit} (a param declared with that unit)"
 
     # -- facts for has() guards ------------------------------------------------------------------
 
@@ -190,7 +269,7 @@ class _Checker:
     def expr(self, e: n.Expr, facts: frozenset[str]) -> tuple[n.Expr, Type, _Unguarded]:
         match e:
             case n.Number(value=v):
-                return e, INT if isinstance(v, int) else NUMBER, {}
+                return e, (INT if isinstance(v, int) else NUMBER).with_unit(LITERAL), {}
             case n.String():
                 return e, STRING, {}
             case n.Bool():
@@ -210,7 +289,7 @@ class _Checker:
                         "'-' applies to numbers",
                     )
                     t = ERROR
-                return n.Neg(o2, e.span), t, ug
+                return n.Neg(o2, e.span), t, ug  # a unit passes through
             case n.Not(operand=o):
                 o2, t, ug = self.expr(o, facts)
                 self.need_bool(o2, t, "'not'")
@@ -232,7 +311,58 @@ class _Checker:
                 return self.member(e, facts)
             case n.Call():
                 return self.call(e, facts)
+            case n.Index():
+                return self.index(e, facts)
         raise TypeError(f"unexpected node {e!r}")
+
+    def index(self, e: n.Index, facts: frozenset[str]) -> tuple[n.Expr, Type, _Unguarded]:
+        """``table[key]``: a param table looked up by a value of the enum it is keyed by."""
+        key, kt, ug = self.expr(e.key, facts)
+        table = self.tables.get(e.name)
+        if table is None:
+            what = (
+                f"param {e.name} is a {_param_kind(self.params[e.name])}"
+                if e.name in self.params and not isinstance(self.params[e.name], list)
+                else f"param {e.name} is a list"
+                if e.name in self.params
+                else f"'{e.name}' is not a param"
+            )
+            self.error(
+                "E105",
+                f"indexing with '[' works on param tables only; {what}",
+                e.span,
+                did_you_mean(e.name, self.tables)
+                or 'declare a table: name = { by = "symbol", values = { BTCUSDT = 1.0, ... } }',
+            )
+            return e, ERROR, ug
+        if kt.kind == "error":
+            return e, ERROR, ug
+        keys = tuple(k for k, _ in table.entries)
+        if kt.kind != "enum":
+            self.error(
+                "E221",
+                f"{e.name} is keyed by the enum {table.by}, found {self.describe(key, kt)}",
+                key.span,
+                f"write {e.name}[{table.by}]",
+            )
+            return e, ERROR, ug
+        missing = [v for v in kt.values if v not in keys]
+        if missing:
+            self.error(
+                "E221",
+                f"{e.name} has no entry for {', '.join(map(repr, missing))}: "
+                f"{'a value' if len(missing) == 1 else 'values'} of {to_source(key)} "
+                f"(enum: {', '.join(kt.values)})",
+                key.span,
+                f"{e.name} is keyed by {table.by}; add the entries in bundle.toml",
+            )
+            return e, ERROR, ug
+        order = [k for k in kt.values]  # the key's own values, in the enum's order
+        values = tuple(dict(table.entries)[k] for k in order)
+        t = (INT if all(type(v) is int for v in values) else NUMBER).with_unit(
+            parse_unit(table.unit) if table.unit else UNKNOWN
+        )
+        return n.Lookup(e.name, key, tuple(order), values, e.span), t, ug
 
     def need_bool(self, e: n.Expr, t: Type, what: str) -> None:
         if t.kind not in ("bool", "error"):
@@ -249,7 +379,8 @@ class _Checker:
         if spec is not None:
             ref = n.FeatureRef(name, spec.optional, e.span)
             ug: _Unguarded = {name: (e.span, None)} if spec.optional and name not in facts else {}
-            return ref, feature_type(spec), ug
+            t = feature_type(spec).with_unit(self.feature_units.get(name, UNKNOWN))
+            return ref, t, ug
         if name in self.let_defs:
             self.used_lets.add(name)
             info = self.lets.get(name)
@@ -258,7 +389,8 @@ class _Checker:
             ug = {f: (e.span, name) for f in info.unguarded if f not in facts}
             return n.LetRef(name, e.span), info.type, ug
         if name in self.params:
-            return param_literal(self.params[name], e.span, name)
+            lit, t, ug = param_literal(self.params[name], e.span, name)
+            return lit, t.with_unit(self.param_units.get(name, UNKNOWN)), ug
         if name in FUNCTIONS:
             self.error(
                 "E201",
@@ -275,7 +407,16 @@ class _Checker:
                 f"outputs are set in 'then', e.g. {name} *= 1.2",
             )
             return e, ERROR, {}
-        known = [*self.schema.features, *self.let_defs, *self.params]
+        if name in self.tables:
+            by = self.tables[name].by
+            self.error(
+                "E221",
+                f"{name} is a param table keyed by {by}: it is read with a key",
+                e.span,
+                f"write {name}[{by}]",
+            )
+            return e, ERROR, {}
+        known = [*self.schema.features, *self.let_defs, *self.params, *self.tables]
         self.error(
             "E201",
             f"unknown name '{name}'",
@@ -298,6 +439,13 @@ class _Checker:
                     "arithmetic applies to numbers",
                 )
                 t = ERROR
+        if t != ERROR:
+            if e.op in ("+", "-"):
+                verb = "cannot add" if e.op == "+" else "cannot subtract"
+                unit = self.same_units(verb, [(left, lt), (right, rt)], e.span)
+            else:
+                unit = lt.unit * rt.unit if e.op == "*" else lt.unit / rt.unit
+            t = t.with_unit(unit)
         return n.BinOp(e.op, left, right, e.span), t, {**lug, **rug}
 
     def compare(self, e: n.Compare, facts: frozenset[str]) -> tuple[n.Expr, Type, _Unguarded]:
@@ -333,6 +481,8 @@ class _Checker:
                 hint,
             )
             return
+        if at.is_numeric and bt.is_numeric:
+            self.same_units("cannot compare", [(a, at), (b, bt)], where)
         for x, xt, y in ((a, at, b), (b, bt, a)):
             if xt.kind == "enum" and isinstance(y, n.String):
                 self.enum_member(x, xt, y)
@@ -357,6 +507,11 @@ class _Checker:
     def member(self, e: n.Member, facts: frozenset[str]) -> tuple[n.Expr, Type, _Unguarded]:
         value, vt, ug = self.expr(e.value, facts)
         container = e.container
+        item_unit = LITERAL
+        if isinstance(container, n.Name) and container.name in self.param_units and vt.is_numeric:
+            lt = NUMBER.with_unit(self.param_units[container.name])
+            self.same_units("cannot compare", [(value, vt), (container, lt)], e.span)
+            item_unit = UNKNOWN  # reported once for the list, not per item
         if isinstance(container, n.Name) and container.name in self.params:
             param = self.params[container.name]
             if not isinstance(param, list):
@@ -394,7 +549,10 @@ class _Checker:
                 if isinstance(lit, n.String)
                 else BOOL
             )
-            self.compare_pair("==", value, vt, lit, lt, lit.span)
+            unit = item_unit
+            if isinstance(item, n.Name):  # a scalar param in a list literal
+                unit = self.param_units.get(item.name, UNKNOWN)
+            self.compare_pair("==", value, vt, lit, lt.with_unit(unit), lit.span)
             items.append(lit)
         return n.Member(value, n.ListLit(tuple(items), container.span), e.negated, e.span), BOOL, ug
 
@@ -418,7 +576,10 @@ class _Checker:
                 "E202",
                 f"unknown function '{e.func}'",
                 e.func_span,
-                did_you_mean(e.func, FUNCTIONS) or "the functions are " + ", ".join(FUNCTIONS),
+                did_you_mean(e.func, FUNCTIONS)
+                or "the functions are "
+                + ", ".join(f for f in FUNCTIONS if f not in CONVERSIONS)
+                + " and the unit conversions to_<unit>()",
             )
             for a in e.args:  # still check the arguments, for their own errors
                 self.expr(a, facts)
@@ -462,23 +623,198 @@ class _Checker:
                 BOOL,
                 {},
             )
+        if e.func == "prev":
+            return self.prev(e, facts)
+        if e.func == "count_true":
+            conds, ug = [], {}
+            for a in e.args:
+                a2, t, u = self.expr(a, facts)
+                ug.update(u)
+                self.need_bool(a2, t, "count_true()")
+                conds.append(a2)
+            return n.Call(e.func, tuple(conds), e.span, e.func_span), INT.with_unit(ONE), ug
         args, ug = [], {}
+        typed: list[tuple[n.Expr, Type]] = []
         all_int = True
+        numeric = True
         for a in e.args:
             a2, t, u = self.expr(a, facts)
             ug.update(u)
             args.append(a2)
+            typed.append((a2, t))
             if not t.is_numeric:
                 self.error(
                     "E205", f"{e.func}() takes numbers, found {self.describe(a2, t)}", a2.span
                 )
+                numeric = False
             all_int = all_int and t == INT
         call = n.Call(e.func, tuple(args), e.span, e.func_span)
+        if e.func in ("crossed_above", "crossed_below"):
+            if numeric:
+                self.same_units(f"{e.func}() takes values of one unit, found", typed)
+            left, right = args
+            crossed = n.Crossed(
+                e.func.removeprefix("crossed_"),
+                left,
+                right,
+                self.shift(left, 1, e.func),
+                self.shift(right, 1, e.func),
+                e.span,
+            )
+            return crossed, BOOL, ug
+        if e.func in TIME_FUNCTIONS:
+            if not numeric:
+                return call, ERROR, ug
+            return self.time_of(e, typed[0]), INT.with_unit(TIME_FUNCTIONS[e.func]), ug
+        unit = self.call_unit(e, typed) if numeric else UNKNOWN
+        if e.func == "between_wrap":
+            return call, BOOL, ug
+        if e.func in CONVERSIONS:
+            if not numeric:
+                return call, ERROR, ug
+            conv, t = self.convert(e, typed[0], unit)
+            return conv, t, ug
         if e.func == "between":
             return call, BOOL, ug
         if e.func in ("abs", "min", "max", "clamp") and all_int:
-            return call, INT, ug
-        return call, NUMBER, ug
+            return call, INT.with_unit(unit), ug
+        return call, NUMBER.with_unit(unit), ug
+
+    def prev(self, e: n.Call, facts: frozenset[str]) -> tuple[n.Expr, Type, _Unguarded]:
+        """``prev(x)`` / ``prev(x, k)``: ``x`` with every feature read ``k`` snapshots back."""
+        arg, t, ug = self.expr(e.args[0], facts)
+        lag = 1
+        if len(e.args) == 2:
+            k = e.args[1]
+            if not (isinstance(k, n.Number) and type(k.value) is int and 1 <= k.value <= 8):
+                self.error(
+                    "E220",
+                    f"the second argument of prev() is how many snapshots back, an integer "
+                    f"literal from 1 to 8, found {to_source(k)}",
+                    k.span,
+                )
+                return arg, ERROR, ug
+            lag = k.value
+        return self.shift(arg, lag, "prev"), t, ug
+
+    def shift(self, e: n.Expr, k: int, what: str) -> n.Expr:
+        """``e`` read ``k`` snapshots back: lets substituted, features at lag + k (E220 for a
+        feature that does not carry that much history)."""
+        missing: dict[str, int] = {}
+
+        def go(x: n.Expr) -> n.Expr:
+            match x:
+                case n.FeatureRef(name=name, lag=lag):
+                    spec = self.schema.features[name]
+                    if spec.history < lag + k:
+                        missing[name] = max(missing.get(name, 0), lag + k)
+                    return replace(x, lag=lag + k)
+                case n.LetRef(name=name):
+                    info = self.lets.get(name)
+                    return go(info.expr) if info is not None else x
+                case n.Neg() | n.Not() | n.Convert():
+                    return replace(x, operand=go(x.operand))
+                case n.BinOp():
+                    return replace(x, left=go(x.left), right=go(x.right))
+                case n.BoolOp() | n.Compare():
+                    return replace(x, operands=tuple(go(o) for o in x.operands))
+                case n.Member():
+                    return replace(x, value=go(x.value))
+                case n.Lookup():
+                    return replace(x, key=go(x.key))  # the key's previous value
+                case n.Call(func="has"):
+                    return x  # a feature and its history are present together
+                case n.Call():
+                    return replace(x, args=tuple(go(a) for a in x.args))
+                case n.Crossed():
+                    return replace(
+                        x,
+                        left=go(x.left),
+                        right=go(x.right),
+                        left_prev=go(x.left_prev),
+                        right_prev=go(x.right_prev),
+                    )
+            return x
+
+        out = go(e)
+        for name, need in missing.items():
+            have = self.schema.features[name].history
+            self.error(
+                "E220",
+                f"{what}() reads '{name}' {need} snapshot{'s' * (need > 1)} back, but it "
+                f"carries {'no history' if not have else f'history {have}'}",
+                e.span,
+                f"declare history = {need} on feature {name} in bundle.toml "
+                f"(the snapshot then carries {history_key(name, 1)!r}"
+                + (f" ... {history_key(name, need)!r})" if need > 1 else ")"),
+            )
+        return out
+
+    def time_of(self, e: n.Call, arg: tuple[n.Expr, Type]) -> n.Expr:
+        """``hour_utc(ts)`` and friends: ``ts`` must be a timestamp in ms or s (E219); one in
+        seconds is converted to ms, which the helpers take."""
+        a, t = arg
+        ms, s = parse_unit("ms"), parse_unit("s")
+        if not (t.unit.checked and (t.unit.same(ms) or t.unit.same(s))):
+            found = {"unknown": "no unit", "literal": "a literal"}.get(t.unit.kind, str(t.unit))
+            self.error(
+                "E219",
+                f"{e.func}() takes a timestamp in ms or s since the Unix epoch, found "
+                f"{_short(a)} ({found})",
+                a.span,
+                'declare the timestamp feature with unit = "ms" (or "s")',
+            )
+            return n.Call(e.func, (a,), e.span, e.func_span)
+        if t.unit.same(s):
+            a = n.Convert("to_ms", a, 1000.0, 1.0, a.span)
+        return n.Call(e.func, (a,), e.span, e.func_span)
+
+    def call_unit(self, e: n.Call, typed: list[tuple[n.Expr, Type]]) -> Unit:
+        """The unit of a numeric function's result; E218/E219 when its arguments do not fit."""
+        func = e.func
+        if func in ("min", "max", "clamp", "between", "between_wrap"):
+            return self.same_units(f"{func}() takes values of one unit, found", typed)
+        if func == "log":
+            self.need_pure("the argument of log()", *typed[0], self.pure_hint(typed[0][1]))
+            return typed[0][1].unit if not typed[0][1].unit.checked else ONE
+        if func == "sqrt":
+            u = typed[0][1].unit
+            return u.power(Fraction(1, 2)) if u.checked else u
+        if func in CONVERSIONS:
+            return typed[0][1].unit
+        return typed[0][1].unit  # abs
+
+    def convert(self, e: n.Call, arg: tuple[n.Expr, Type], unit: Unit) -> tuple[n.Expr, Type]:
+        """``to_bps(x)``: a `Convert` node scaling ``x`` into the target unit (E219 if it cannot)."""
+        target = CONVERSIONS[e.func]
+        a, t = arg
+        target_unit = parse_unit(target)
+        if not unit.checked:
+            what = "a number literal" if unit.kind == "literal" else "a value with no unit"
+            self.error(
+                "E219",
+                f"{e.func}() converts a value with a unit, found {what}: "
+                f"{self.describe_unit(a, t)}",
+                a.span,
+                "declare the unit of the feature or param in bundle.toml"
+                if unit.kind == "unknown"
+                else "a literal takes the unit of what it is compared with: drop the conversion",
+            )
+            return n.Convert(e.func, a, span=e.span), NUMBER.with_unit(target_unit)
+        if not unit.same_dims(target_unit):
+            family = [
+                name for name in CONVERSIONS.values() if parse_unit(name).same_dims(target_unit)
+            ]
+            self.error(
+                "E219",
+                f"{e.func}() converts {', '.join(family)}, found {self.describe_unit(a, t)}",
+                a.span,
+                "a conversion changes the scale, never what is measured",
+            )
+            return n.Convert(e.func, a, span=e.span), NUMBER.with_unit(target_unit)
+        factor = conversion(target, unit)
+        mul, div = (_nice(factor), 1.0) if factor >= 1 else (1.0, _nice(1 / factor))
+        return n.Convert(e.func, a, mul, div, e.span), NUMBER.with_unit(target_unit)
 
     # -- items ------------------------------------------------------------------------------------
 
@@ -515,7 +851,7 @@ class _Checker:
                 info = self.lets[node.name]
                 depth_max, nodes = max(depth_max, d - 1 + info.depth), nodes + info.nodes
                 continue
-            depth_max, nodes = max(depth_max, d), nodes + 1
+            depth_max, nodes = max(depth_max, d), nodes + n.cost(node)
             stack.extend((c, d + 1) for c in n.children(node))
         return depth_max, nodes
 
@@ -575,6 +911,12 @@ class _Checker:
                     factor.span,
                 )
                 continue
+            self.need_pure(
+                f"the factor of {a.target}",
+                factor,
+                ft,
+                self.pure_hint(ft),
+            )
             const = constant_number(factor)
             if const is not None and not (0 < const < float("inf")):
                 self.error(
@@ -606,6 +948,25 @@ class _Checker:
         for _, f in scales:
             feats |= self.features_of(f)
         return CheckedRule(r, when, tuple(scales), skip, index, feats, nodes)
+
+
+TIME_FUNCTIONS: Mapping[str, Unit] = {
+    "hour_utc": parse_unit("hours"),
+    "minute_of_day_utc": parse_unit("minutes"),
+    "weekday_utc": ONE,
+}
+"""The time functions and the unit of what they return."""
+
+
+def _nice(x: float) -> float:
+    """A conversion factor, made exact where it is an integer up to rounding (1 / 1e-4)."""
+    r = round(x)
+    return float(r) if r and abs(x - r) <= 1e-9 * abs(x) else x
+
+
+def _short(e: n.Expr) -> str:
+    text = to_source(e)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def feature_type(spec: FeatureSpec) -> Type:
@@ -693,6 +1054,8 @@ def check(
     *,
     schema: Schema,
     params: Mapping[str, Any] | None = None,
+    param_units: Mapping[str, str] | None = None,
+    tables: Mapping[str, ParamTable] | None = None,
     clamp: Clamp | None = None,
     texts: Mapping[str, str] | None = None,
 ) -> CheckedBundle:
@@ -702,6 +1065,8 @@ def check(
         modules: the parsed rule files, in file order.
         schema: the declared features.
         params: named constants usable in rules.
+        param_units: the declared unit of each param that has one (`dsl.units`).
+        tables: the params keyed by an enum feature (``name[key]`` in rules).
         clamp: output bounds (for the clamp warnings and the compiled ruleset).
         texts: source texts by path, for rendering diagnostics.
 
@@ -713,7 +1078,7 @@ def check(
     """
     from dsl.lints import lint_bundle  # lints read CheckedRule; imported here to keep one direction
 
-    c = _Checker(schema, params or {})
+    c = _Checker(schema, params or {}, param_units, tables)
     clamp = clamp or Clamp()
     for m in modules:
         for item in m.items:
@@ -730,6 +1095,7 @@ def check(
                 if (
                     item.name in schema.features
                     or item.name in c.params
+                    or item.name in c.tables
                     or item.name in FUNCTIONS
                     or item.name in ACTIONS
                 ):
@@ -737,7 +1103,7 @@ def check(
                         "feature"
                         if item.name in schema.features
                         else "param"
-                        if item.name in c.params
+                        if item.name in c.params or item.name in c.tables
                         else "function"
                         if item.name in FUNCTIONS
                         else "action"

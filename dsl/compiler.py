@@ -24,8 +24,17 @@ from dsl import nodes as n
 from dsl.checker import CheckedBundle, CheckedRule, constant_number
 from dsl.errors import Diagnostic, DslError
 from dsl.printer import to_source
-from dsl.runtime import HELPERS, Outcome, Raw, RuleInfo, TraceStep, build_outcome
-from dsl.schema import OUTPUTS, Clamp, Schema, show
+from dsl.runtime import (
+    HELPERS,
+    Fault,
+    Outcome,
+    Raw,
+    RuleInfo,
+    TraceStep,
+    build_outcome,
+    fault_of,
+)
+from dsl.schema import OUTPUTS, Clamp, Schema, history_key, show
 
 _ACC = {"size_mult": "_sm", "tp_mult": "_tm", "sl_mult": "_lm"}
 # Fixed tables: an operator or function the checker let through but that is not here is a
@@ -74,7 +83,7 @@ class _Gen:
             return body(depth)
         k = len(self.table)
         self.table.append(TraceNode(self.rule_index, depth, e, label))
-        return f"_w({k}, {body(depth + 1)})"
+        return f"_w(_s({k}), {body(depth + 1)})"  # _s runs first: the clause has started
 
     def expr(self, e: n.Expr, d: int = 0, label: str = "") -> str:
         """Python text of ``e``; traced nodes are registered in pre-order, ``label`` on the top one."""
@@ -88,8 +97,34 @@ class _Gen:
                 return repr(v)
             case n.Bool(value=v):
                 return "True" if v else "False"
-            case n.FeatureRef(name=name):
-                return w(e, d, lambda _: f"f[{name!r}]")
+            case n.FeatureRef(name=name, lag=lag):
+                key = history_key(name, lag)
+                return w(e, d, lambda _: f"f[{key!r}]")
+            case n.Lookup(key=k, keys=keys, values=table):
+                for v in table:
+                    if type(v) not in (int, float) or not math.isfinite(v):
+                        raise TypeError(f"cannot compile the table entry {v!r}")
+
+                def lookup(dd: int) -> str:
+                    # complete over the key's enum (checked), so the last entry needs no test
+                    t = self.temp()
+                    parts = [f"{table[0]!r} if ({t} := {self.expr(k, dd)}) == {keys[0]!r}"]
+                    parts += [
+                        f"{v!r} if {t} == {key!r}"
+                        for key, v in zip(keys[1:-1], table[1:-1], strict=True)
+                    ]
+                    return "(" + " else ".join(parts) + f" else {table[-1]!r})"
+
+                return w(e, d, lookup)
+            case n.Crossed(op=op, left=a, right=b, left_prev=pa, right_prev=pb):
+                helper = _FUNCS[f"crossed_{op}"]
+                return w(
+                    e,
+                    d,
+                    lambda dd: (
+                        f"{helper}(" + ", ".join(self.expr(x, dd) for x in (a, b, pa, pb)) + ")"
+                    ),
+                )
             case n.LetRef(name=name) if name in self.cached and not self.traced:
                 var = self.let_var(name)
                 return f"({var} if {var} is not _U else ({var} := {self.expr(self.lets[name])}))"
@@ -127,6 +162,21 @@ class _Gen:
                 test = "> 0" if func == "log" else ">= 0"
                 m = {"log": "_mlog", "sqrt": "_msqrt"}[func]
                 return f"({m}({t}) if ({t} := {self.expr(arg)}) {test} else {_FUNCS[func]}({t}))"
+            case n.Convert(operand=o, mul=mul, div=div):
+                for scale_by in (mul, div):
+                    if type(scale_by) is not float or not math.isfinite(scale_by) or scale_by <= 0:
+                        raise TypeError(f"cannot compile the conversion factor {scale_by!r}")
+                if mul == div == 1.0:
+                    return w(e, d, lambda dd: self.expr(o, dd))
+                scale = f"* {mul!r}" if div == 1.0 else f"/ {div!r}"
+                return w(e, d, lambda dd: f"({self.expr(o, dd)} {scale})")
+            case n.Call(func="count_true", args=args):
+                # every condition is evaluated (no short circuit); True + True == 2
+                return w(
+                    e,
+                    d,
+                    lambda dd: "(" + " + ".join(["0", *(self.expr(a, dd) for a in args)]) + ")",
+                )
             case n.Call(func=func, args=args):
                 helper = _FUNCS[func]
                 return w(
@@ -228,11 +278,11 @@ class CompiledRuleset:
     def _tracer(self) -> tuple[Callable[..., Raw], tuple[TraceNode, ...]]:
         """The traced twin, compiled on first use (only `explain` and tests need it)."""
         gen = _Gen(self.checked.lets, traced=True)
-        src, _ = _function("_evaluate_traced", self.rules, gen, "f, _w")
+        src, _ = _function("_evaluate_traced", self.rules, gen, "f, _w, _s")
         fn = exec_generated(
             src,
             "_evaluate_traced",
-            ("f", "_w"),
+            ("f", "_w", "_s"),
             f"{guard.GENERATED_PREFIX}{self.bundle_id} rev {self.revision} traced>",
         )
         return fn, tuple(gen.table)
@@ -245,6 +295,15 @@ class CompiledRuleset:
     def veto_rule_ids(self) -> frozenset[str]:
         """The ids of the rules that can veto (`skip_entry`)."""
         return frozenset(r.rule_id for r in self.rules if r.skip)
+
+    def faulted_vetoes(self, outcome: Outcome) -> tuple[Fault, ...]:
+        """The faults of veto (`skip_entry`) rules, in evaluation order: with the engine's
+        ``veto_on_rule_fault`` the first of them skips the entry (RULE.FAULT) when no rule vetoed.
+        `s3 rules explain` and the engine both decide with this."""
+        if not outcome.faults:
+            return ()
+        skip = self.veto_rule_ids
+        return tuple(f for f in outcome.faults if f.rule_id in skip)
 
     def source_of(self, rule_id: str) -> str:
         """The generated Python of one rule, for golden tests and for the curious."""
@@ -261,14 +320,34 @@ class CompiledRuleset:
             # still refuses every watched event while generated code is on the stack.
             return build_outcome(self._fast(features), self.infos, self.clamp, self.revision)
         values: dict[int, Any] = {}
+        started: list[int] = []
 
         def record(k: int, v: Any) -> Any:
             values[k] = v
             return v
 
+        def start(k: int) -> int:
+            started.append(k)
+            return k
+
         traced, table = self._tracer  # compiled (if not yet) before arming
         with guard.armed():
-            raw = traced(features, record)
+            raw = traced(features, record, start)
+        # Where each faulting rule faulted: the clause started last that never finished (its
+        # operands, started after it, all finished; its enclosing clauses are unfinished too).
+        # A factor that is not positive faults after every clause finished: then it is the
+        # factor's own clause (the last labelled one started).
+        faulted = {i: exc for i, exc in raw[1]}
+        fault_at: dict[int, str] = {}
+        placed: set[int] = set()
+        for unfinished_only in (True, False):
+            for k in reversed(started):
+                ri = table[k].rule
+                fits = k not in values if unfinished_only else bool(table[k].label)
+                if ri in faulted and ri not in placed and fits:
+                    code, message = fault_of(faulted[ri])
+                    fault_at[k] = f"{code} {message}"
+                    placed.add(ri)
         steps = []
         for k, t in enumerate(table):
             rule = self.rules[t.rule]
@@ -284,6 +363,7 @@ class CompiledRuleset:
                     str(t.node.span),
                     k in values,
                     _trace_value(value),
+                    fault_at.get(k),
                 )
             )
         order = {r.rule_id: r.index for r in self.rules}

@@ -159,7 +159,7 @@ def verify(
     ):
         bad(fn, f"the function must be plain 'def {function}({', '.join(params)})'")
     readable = _READ_ONLY | _STORED | helpers | set(params)
-    callable_ = helpers | ({"_w"} if "_w" in params else set())
+    callable_ = helpers | ({"_w", "_s"} & set(params))  # the tracer's record and start hooks
     stack: list[ast.AST] = [fn]
     push = stack.append
     while stack:

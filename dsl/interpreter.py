@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from dsl import nodes as n
 from dsl.fold import constant_number
 from dsl.runtime import HELPERS, Outcome, Raw, build_outcome, factor
+from dsl.schema import history_key
 
 if TYPE_CHECKING:
     from dsl.checker import CheckedBundle  # types only: dsl.checker calls the lints at run time
@@ -38,8 +39,15 @@ def eval_expr(e: n.Expr, features: Mapping[str, Any], lets: Mapping[str, n.Expr]
     match e:
         case n.Number(value=v) | n.String(value=v) | n.Bool(value=v):
             return v
-        case n.FeatureRef(name=name):
-            return features[name]
+        case n.FeatureRef(name=name, lag=lag):
+            return features[history_key(name, lag)]
+        case n.Lookup(key=k, keys=keys, values=table):
+            return dict(zip(keys, table, strict=True))[eval_expr(k, features, lets)]
+        case n.Crossed(op=op, left=a, right=b, left_prev=pa, right_prev=pb):
+            values = [eval_expr(x, features, lets) for x in (a, b, pa, pb)]
+            cross = HELPERS[f"_crossed_{op}"]
+            assert callable(cross)
+            return cross(*values)
         case n.LetRef(name=name):
             return eval_expr(lets[name], features, lets)
         case n.Neg(operand=o):
@@ -68,6 +76,14 @@ def eval_expr(e: n.Expr, features: Mapping[str, Any], lets: Mapping[str, n.Expr]
             return not found if neg else found
         case n.Call(func="has", args=(n.FeatureRef(name=name),)):
             return name in features
+        case n.Convert(operand=o, mul=mul, div=div):
+            x = eval_expr(o, features, lets)
+            if mul == div == 1.0:
+                return x
+            return x * mul if div == 1.0 else x / div
+        case n.Call(func="count_true", args=args):
+            values = [eval_expr(a, features, lets) for a in args]  # all of them, in order
+            return sum(1 for v in values if v)
         case n.Call(func=func, args=args):
             values = [eval_expr(a, features, lets) for a in args]
             helper = HELPERS[f"_{func}"]

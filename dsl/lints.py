@@ -18,7 +18,7 @@ from dsl.fold import constant_number
 from dsl.interpreter import eval_expr
 from dsl.printer import to_source
 from dsl.runtime import fault_of
-from dsl.schema import OUTPUTS, Clamp
+from dsl.schema import OUTPUTS, Clamp, history_key
 from dsl.source import Span
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def _contradiction(rule: CheckedRule, lets: Mapping[str, n.Expr]) -> str | None:
                     c = _const(b)
                     if not isinstance(a, n.FeatureRef) or c is None:
                         continue
-                    bd = bounds.setdefault(a.name, _Bounds())
+                    bd = bounds.setdefault(history_key(a.name, a.lag), _Bounds())
                     numeric = isinstance(c, int | float) and not isinstance(c, bool)
                     if op in ("<", "<=") and numeric:
                         bd.upper(float(c), op == "<", text)  # type: ignore[arg-type]
@@ -133,7 +133,7 @@ def _contradiction(rule: CheckedRule, lets: Mapping[str, n.Expr]) -> str | None:
                             return why
                     elif op == "!=":
                         bd.banned.add(c)
-            case n.Call(func="between", args=(n.FeatureRef(name=name), lo, hi)):
+            case n.Call(func="between", args=(n.FeatureRef(name=name, lag=0), lo, hi)):
                 lo_c, hi_c = constant_number(lo), constant_number(hi)
                 bd = bounds.setdefault(name, _Bounds())
                 if lo_c is not None:
@@ -141,7 +141,9 @@ def _contradiction(rule: CheckedRule, lets: Mapping[str, n.Expr]) -> str | None:
                 if hi_c is not None:
                     bd.upper(hi_c, False, text)
             case n.Member(
-                value=n.FeatureRef(name=name), container=n.ListLit(items=items), negated=neg
+                value=n.FeatureRef(name=name, lag=0),
+                container=n.ListLit(items=items),
+                negated=neg,
             ):
                 values = frozenset(v for i in items if (v := _const(i)) is not None)
                 bd = bounds.setdefault(name, _Bounds())

@@ -56,6 +56,8 @@ class FeatureRef:
     name: str
     optional: bool = False
     span: Span = _span()
+    lag: int = 0
+    """How many snapshots back (0: the current value; 1: ``prev(name)``, read as ``name_prev``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,51 @@ class Call:
     func_span: Span = _span()
 
 
+@dataclass(frozen=True, slots=True)
+class Convert:
+    """A checked unit conversion, ``to_bps(x)``: ``x * mul / div`` with one of the two 1.0."""
+
+    func: str
+    operand: Expr
+    mul: float = 1.0
+    div: float = 1.0
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    """``name[key]`` as written: a param table looked up by an enum value (checker: `Lookup`)."""
+
+    name: str
+    key: Expr
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """A checked param-table lookup: the entry of ``keys`` equal to ``key`` (complete over the
+    key's enum values, checked at build time)."""
+
+    name: str
+    key: Expr
+    keys: tuple[str, ...]
+    values: tuple[int | float, ...]
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class Crossed:
+    """A checked ``crossed_above(a, b)`` (op "above") or ``crossed_below``: the two values now and
+    the same expressions one snapshot back (every feature read at lag + 1)."""
+
+    op: str  # above | below
+    left: Expr
+    right: Expr
+    left_prev: Expr
+    right_prev: Expr
+    span: Span = _span()
+
+
 Expr: TypeAlias = (
     Number
     | String
@@ -131,6 +178,10 @@ Expr: TypeAlias = (
     | Compare
     | Member
     | Call
+    | Convert
+    | Crossed
+    | Index
+    | Lookup
 )
 
 
@@ -189,8 +240,10 @@ class Module:
 def children(node: object) -> tuple[object, ...]:
     """The direct sub-nodes of a node, for iterative walks (depth limits, searches)."""
     match node:
-        case Neg(operand=o) | Not(operand=o):
+        case Neg(operand=o) | Not(operand=o) | Convert(operand=o):
             return (o,)
+        case Index(key=k) | Lookup(key=k):
+            return (k,)
         case BinOp(left=a, right=b):
             return (a, b)
         case BoolOp(operands=ops) | Compare(operands=ops):
@@ -199,6 +252,8 @@ def children(node: object) -> tuple[object, ...]:
             return (v, c)
         case Call(args=args) | ListLit(items=args):
             return tuple(args)
+        case Crossed(left=a, right=b, left_prev=pa, right_prev=pb):
+            return (a, b, pa, pb)
         case Scale(factor=f):
             return (f,)
         case LetDef(expr=e):
@@ -207,6 +262,12 @@ def children(node: object) -> tuple[object, ...]:
             return (w, *acts)
         case _:
             return ()
+
+
+def cost(node: object) -> int:
+    """What one node costs to evaluate, in nodes: a table lookup compares its key with each
+    entry in turn; everything else is one."""
+    return len(node.keys) if isinstance(node, Lookup) else 1
 
 
 def depth(node: object) -> int:

@@ -178,6 +178,14 @@ def _syntax_diagnostic(source: Source, text: str, exc: LarkError) -> tuple[Diagn
                 span,
                 "names are letters, digits and '_', starting with a letter",
             ), offset
+        if char == "%":
+            return Diagnostic(
+                "E102",
+                f"there is no modulo operator '%'{ctx}",
+                span,
+                "for the time of day use hour_utc(ts) or minute_of_day_utc(ts), with "
+                "between_wrap(x, lo, hi) for a range past midnight",
+            ), offset
         if char == '"':
             return Diagnostic(
                 "E106",
@@ -512,6 +520,12 @@ class _Build(Transformer_NonRecursive):  # type: ignore[type-arg]
         assert isinstance(func, Token)
         args = tuple(a for a in c[1:] if a is not None)
         return n.Call(str(func), args, self._span(meta), self._tok_span(func))  # type: ignore[arg-type]
+
+    @v_args(meta=True)
+    def index(self, meta: object, c: list[object]) -> n.Index:
+        name, key = c
+        assert isinstance(name, Token)
+        return n.Index(str(name), key, self._span(meta))  # type: ignore[arg-type]
 
     def name(self, c: list[Token]) -> n.Name:
         return n.Name(str(c[0]), self._tok_span(c[0]))

@@ -57,8 +57,14 @@ def _bare(e: n.Expr) -> str:
             return quote(value)
         case n.Bool(value=value):
             return "true" if value else "false"
+        case n.FeatureRef(name=name, lag=lag) if lag:
+            return f"prev({name})" if lag == 1 else f"prev({name}, {lag})"
         case n.Name(name=name) | n.FeatureRef(name=name) | n.LetRef(name=name):
             return name
+        case n.Index(name=name, key=k) | n.Lookup(name=name, key=k):
+            return f"{name}[{to_source(k)}]"
+        case n.Crossed(op=op, left=a, right=b):
+            return f"crossed_{op}({to_source(a)}, {to_source(b)})"
         case n.ListLit(items=items):
             return "[" + ", ".join(to_source(i) for i in items) + "]"
         case n.Neg(operand=o):
@@ -80,6 +86,8 @@ def _bare(e: n.Expr) -> str:
             return (
                 f"{to_source(v, _PREC_SUM)} {'not in' if neg else 'in'} {to_source(c, _PREC_ATOM)}"
             )
+        case n.Convert(func=func, operand=o):
+            return f"{func}({to_source(o)})"
         case n.Call(func=func, args=args):
             return f"{func}(" + ", ".join(to_source(a) for a in args) + ")"
     raise TypeError(f"not an expression node: {e!r}")

@@ -50,6 +50,41 @@ def between(x: float, lo: float, hi: float) -> bool:
     return lo <= x <= hi
 
 
+MS_PER_MINUTE = 60_000
+MS_PER_HOUR = 3_600_000
+MS_PER_DAY = 86_400_000
+
+
+def hour_utc(ms: float) -> int:
+    """The hour of the day (0 to 23, UTC) of a timestamp in milliseconds since the epoch."""
+    return int(ms // MS_PER_HOUR) % 24
+
+
+def minute_of_day_utc(ms: float) -> int:
+    """The minute of the day (0 to 1439, UTC): 22:30 is 1350."""
+    return int(ms // MS_PER_MINUTE) % 1440
+
+
+def weekday_utc(ms: float) -> int:
+    """The day of the week (0 = Monday to 6 = Sunday, UTC); 1970-01-01 was a Thursday."""
+    return (int(ms // MS_PER_DAY) + 3) % 7
+
+
+def between_wrap(x: float, lo: float, hi: float) -> bool:
+    """``lo <= x <= hi``, or, when ``lo > hi``, the range that wraps: ``x >= lo or x <= hi``
+    (22:00 to 02:00 is ``between_wrap(hour_utc(ts), 22, 2)``)."""
+    return lo <= x <= hi if lo <= hi else (x >= lo or x <= hi)
+
+
+def crossed_above(a: float, b: float, a_prev: float, b_prev: float) -> bool:
+    """``a`` is above ``b`` now and was not one snapshot back (qtpylib's ``crossed_above``)."""
+    return a > b and a_prev <= b_prev
+
+
+def crossed_below(a: float, b: float, a_prev: float, b_prev: float) -> bool:
+    return a < b and a_prev >= b_prev
+
+
 def factor(target: str, value: float) -> float:
     """A dynamic factor as a float; a factor that is not positive and finite is a fault (E405)."""
     try:
@@ -69,6 +104,12 @@ HELPERS: dict[str, object] = {
     "_log": log,
     "_sqrt": sqrt,
     "_between": between,
+    "_between_wrap": between_wrap,
+    "_hour_utc": hour_utc,
+    "_minute_of_day_utc": minute_of_day_utc,
+    "_weekday_utc": weekday_utc,
+    "_crossed_above": crossed_above,
+    "_crossed_below": crossed_below,
     "_factor": factor,
 }
 """The whole vocabulary of generated code besides the feature snapshot ``f``."""
@@ -111,6 +152,9 @@ class TraceStep(msgspec.Struct, frozen=True):
     where: str
     evaluated: bool
     value: bool | int | float | str | None = None
+    fault: str | None = None
+    """On the clause whose own operation faulted (its operands evaluated): the fault's code and
+    message. Its enclosing clauses are not evaluated."""
 
 
 class Outcome(msgspec.Struct, frozen=True):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from dsl.suggest import did_you_mean
 
@@ -27,6 +28,16 @@ OUTPUTS = ("size_mult", "tp_mult", "sl_mult")
 """The outputs a rule may scale (spec §2 L1), in the order they are reported."""
 
 FEATURE_TYPES = ("number", "int", "string", "bool", "enum")
+MAX_HISTORY = 8
+"""Most previous values a feature may carry (``history = N``)."""
+
+
+def history_key(name: str, lag: int) -> str:
+    """The snapshot key of a feature's value ``lag`` snapshots back: ``x``, ``x_prev``,
+    ``x_prev2``, ..."""
+    if lag == 0:
+        return name
+    return f"{name}_prev" if lag == 1 else f"{name}_prev{lag}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +49,24 @@ class FeatureSpec:
     optional: bool = False
     values: tuple[str, ...] = ()
     doc: str = ""
+    unit: str = ""
+    """The declared unit (`dsl.units`), empty for none."""
+    history: int = 0
+    """How many previous values the snapshot carries (`history_key`), for prev() and crossings."""
 
     def describe(self) -> str:
         if self.type == "enum":
             return "enum: " + ", ".join(self.values)
         return self.type
+
+
+@dataclass(frozen=True, slots=True)
+class ParamTable:
+    """A number param keyed by the values of an enum feature: ``tick[symbol]`` in a rule."""
+
+    by: str
+    entries: tuple[tuple[str, int | float], ...]
+    unit: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +136,32 @@ class Schema:
                 out[name] = float(value)  # type: ignore[arg-type]
             else:
                 out[name] = value
+        for spec in self.with_history:
+            if spec.name not in out:
+                continue  # absent (optional): its history is not read either
+            for lag in range(1, spec.history + 1):
+                key = history_key(spec.name, lag)
+                value = snapshot.get(key)
+                if value is None:
+                    problems.append(
+                        SnapshotProblem(
+                            key,
+                            "E410",
+                            f"feature '{spec.name}' carries history {spec.history}: "
+                            f"'{key}' is missing",
+                        )
+                    )
+                    continue
+                problem = _type_problem(FeatureSpec(key, spec.type), value)
+                if problem:
+                    problems.append(SnapshotProblem(key, "E411", problem))
+                else:
+                    out[key] = float(value)  # type: ignore[arg-type]
         return out, problems
+
+    @cached_property
+    def with_history(self) -> tuple[FeatureSpec, ...]:
+        return tuple(s for s in self.features.values() if s.history)
 
 
 def _type_problem(spec: FeatureSpec, value: object) -> str | None:

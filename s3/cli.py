@@ -29,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     lint = rsub.add_parser("lint", help="check bundles or rule files; all diagnostics at once")
     lint.add_argument("paths", nargs="+", metavar="PATH", help="bundle directories or .rule files")
     lint.add_argument("--format", choices=("human", "json"), default="human")
-    lint.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    lint.add_argument(
+        "--strict",
+        action="store_true",
+        help="treat warnings as errors, and warn about numbers declared without a unit (W302)",
+    )
     lint.set_defaults(func=rules_cli.lint)
 
     fmt = rsub.add_parser("fmt", help="rewrite .rule files in canonical form")

@@ -36,11 +36,11 @@ def _bundle_root(path: Path) -> Path | None:
     return None
 
 
-def _build(path: str) -> BuildResult:
+def _build(path: str, strict: bool = False) -> BuildResult:
     p = Path(path)
     if not p.exists():
         raise UsageError(f"'{path}' does not exist")
-    result = build_bundle(path, known_sections=ENGINE_SECTIONS)
+    result = build_bundle(path, known_sections=ENGINE_SECTIONS, strict=strict)
     if result.manifest is None or not set(result.manifest.raw) & set(ENGINE_SECTIONS):
         return result  # a rules-only bundle: nothing of the engine's to check
     params, more = engine_params(result.manifest)  # the engine sections are checked by lint too
@@ -54,18 +54,18 @@ def _build(path: str) -> BuildResult:
     return BuildResult(None, result.manifest, diags, result.texts)
 
 
-def _lint_one(path: str) -> tuple[list[Diagnostic], dict[str, str], str]:
+def _lint_one(path: str, strict: bool = False) -> tuple[list[Diagnostic], dict[str, str], str]:
     """Diagnostics for one PATH: a whole bundle, or a lone .rule file (syntax only without a bundle)."""
     p = Path(path)
     if not p.exists():
         raise UsageError(f"'{path}' does not exist")
     root = _bundle_root(p)
     if p.is_dir() and root == p:
-        result = _build(path)
+        result = _build(path, strict)
         summary = _summary(path, result)
         return list(result.diagnostics), result.texts, summary
     if root is not None:
-        result = build_bundle(root, known_sections=ENGINE_SECTIONS)
+        result = build_bundle(root, known_sections=ENGINE_SECTIONS, strict=strict)
         target = p.resolve()
         mine = [
             d
@@ -119,7 +119,7 @@ def lint(args: argparse.Namespace) -> int:
     texts: dict[str, str] = {}
     summaries = []
     for path in args.paths:
-        diags, t, summary = _lint_one(path)
+        diags, t, summary = _lint_one(path, args.strict)
         all_diags.extend(diags)
         texts.update(t)
         summaries.append(summary)
@@ -237,8 +237,30 @@ def explain(args: argparse.Namespace) -> int:
         doc["why"] = why
         _out(json.dumps(doc))
         return 0
-    render_outcome(rs.bundle_id, outcome, rs.clamp, only=only, titles=_titles(result), why=why)
+    render_outcome(
+        rs.bundle_id,
+        outcome,
+        rs.clamp,
+        only=only,
+        titles=_titles(result),
+        why=why,
+        fault_veto=_fault_veto(result, outcome),
+    )
     return 0
+
+
+def _fault_veto(result: BuildResult, outcome: Outcome) -> Any:
+    """The faulted veto rule that makes the engine skip (RULE.FAULT), as `decide` does: only
+    when no rule vetoed and the bundle's [engine] veto_on_rule_fault is on (the default)."""
+    assert result.ruleset is not None and result.manifest is not None
+    if outcome.veto is not None:
+        return None
+    faulted = result.ruleset.faulted_vetoes(outcome)
+    if not faulted:
+        return None
+    params, _ = engine_params(result.manifest)
+    on = params.veto_on_rule_fault if params is not None else True
+    return faulted[0] if on else None
 
 
 def explain_why(
@@ -302,11 +324,18 @@ def render_outcome(
     only: set[str],
     titles: dict[str, Any],
     why: dict[str, Any] | None = None,
+    fault_veto: Any = None,
 ) -> None:
     _out(f"bundle {bundle_id} rev {o.revision}")
     if o.veto:
         title = titles[o.veto][0]
         _out(f"decision: skip_entry by {o.veto}" + (f' "{title}"' if title else ""))
+    elif fault_veto is not None:
+        _out(
+            f"decision: skip_entry, RULE.FAULT:{fault_veto.rule_id}: veto rule "
+            f"{fault_veto.rule_id} could not be evaluated ({fault_veto.code} "
+            f"{fault_veto.message}) and [engine] veto_on_rule_fault is true"
+        )
     else:
         _out("decision: no veto")
     _out("fired: " + (", ".join(o.fired) if o.fired else "(none)"))
@@ -316,8 +345,13 @@ def render_outcome(
         _out(
             f"{out}: {o.clamped[out]:.6g}  product {o.raw[out]:.6g}, bounds [{b.min:g}, {b.max:g}]{note}"
         )
+    at = {s.rule_id: s for s in o.trace or () if s.fault is not None}
     for f in o.faults:
         _out(f"fault: {f.rule_id} {f.code} {f.message} ({f.where})")
+        if f.rule_id in at:
+            step = at[f.rule_id]
+            operands = _operands(o.trace or (), step)
+            _out(f"  at {step.text} [{step.where}]" + (f": {operands}" if operands else ""))
     _out("")
     _out("trace:")
     fired, faulted = set(o.fired), {f.rule_id: f for f in o.faults}
@@ -350,7 +384,13 @@ def render_outcome(
             _out(f"  {head}  [{where}]  {state}")
         text = _with_params(step.text, why.get(step.rule_id, {}).get("params", {}))
         text = text if len(text) <= 100 else text[:97] + "..."
-        value = _value(step.value) if step.evaluated else "(not evaluated)"
+        value = (
+            _value(step.value)
+            if step.evaluated
+            else f"FAULT {step.fault}"
+            if step.fault is not None
+            else "(not evaluated)"
+        )
         indent = "    " + "  " * step.depth
         _out(f"{indent}{text:<{max(8, 76 - len(indent))}} {value}")
     if current is not None:
@@ -375,6 +415,19 @@ def _why_lines(w: dict[str, Any] | None) -> None:
     change = w["nearest_change"]
     if change is not None:
         _out(f"    would fire with: {change['shown']}")
+
+
+def _operands(trace: Any, step: Any) -> str:
+    """The evaluated clauses right below a faulting one, as ``text = value``."""
+    steps = list(trace)
+    i = steps.index(step)
+    out = []
+    for s in steps[i + 1 :]:
+        if s.rule_id != step.rule_id or s.depth <= step.depth:
+            break
+        if s.depth == step.depth + 1 and s.evaluated:
+            out.append(f"{s.text} = {_value(s.value)}")
+    return ", ".join(out)
 
 
 TAPE_SUFFIXES = (".jsonl", ".jsonl.gz")

@@ -270,6 +270,8 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
     # L1: the bundle's rules on the validated snapshot (side and symbol are features too).
     features["side"] = side
     features["symbol"] = inp.symbol
+    if features.get("ts") is None and type(ts) is int:
+        features["ts"] = ts  # the event's time (ms), for hour_utc(ts) and the other time functions
     snapshot, problems = snap.ruleset.schema.validate(features)
     if problems:
         raise InputError(
@@ -292,10 +294,7 @@ def decide(inp: DecisionInput, snap: BundleSnapshot, model: Model) -> Decision:
         return _skip(
             base, "RULE", f"RULE.SKIP:{outcome.veto}", f"rule {outcome.veto} vetoed the entry"
         )
-    skip_rules = snap.ruleset.veto_rule_ids
-    faulted_vetoes = (
-        [f for f in outcome.faults if f.rule_id in skip_rules] if outcome.faults else []
-    )
+    faulted_vetoes = snap.ruleset.faulted_vetoes(outcome)
     if faulted_vetoes and params.veto_on_rule_fault:
         f = faulted_vetoes[0]
         return _skip(

@@ -14,22 +14,40 @@ size_mult = { min = 0.25, max = 2.0 }
 tp_mult = { min = 0.5, max = 2.0 }
 sl_mult = { min = 0.5, max = 1.5 }
 [features]
-a = "number"
-b = "number"
-c = "int"
+a = { type = "number", history = 2 }
+b = { type = "number", history = 3 }
+c = { type = "int", history = 1 }
+u = { type = "number", unit = "fraction", history = 1 }
+ts = { type = "int", unit = "ms" }
 o = { type = "number", optional = true }
 s = { type = "enum", values = ["x", "y", "z"] }
 flag = "bool"
 [params]
 k = 1.5
 names = ["x", "y"]
+tbl = { by = "s", values = { x = 1.5, y = -2, z = 0 } }
 """
 
 NUMBER_LITERALS = st.sampled_from(
     ["0", "1", "2", "0.5", "1.5", "3", "1e3", "2.5e-1", "1_000", "100", "k"]
 )
 POSITIVE_LITERALS = st.sampled_from(["0.5", "0.9", "1.1", "1.2", "2", "3", "k"])
-NUM_LEAVES = st.one_of(st.sampled_from(["a", "b", "c"]), NUMBER_LITERALS)
+NUM_LEAVES = st.one_of(
+    st.sampled_from(["a", "b", "c"]),
+    NUMBER_LITERALS,
+    # the second edition: history, tables, conversions, scores
+    st.sampled_from(
+        [
+            "prev(a)",
+            "prev(b, 2)",
+            "prev(a + b)",
+            "k * 2",
+            "to_fraction(u)",
+            "to_fraction(to_percent(u))",
+            "count_true(a > b, c > 1)",
+        ]
+    ),
+)
 
 
 def _num(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
@@ -64,6 +82,15 @@ def _bool_leaves() -> st.SearchStrategy[str]:
             lambda t: f"(has(o) and o > {t[1]})" if t[0] == "and" else f"(not has(o) or o < {t[1]})"
         ),
         st.sampled_from(["c in [1, 2, 3]", "a in [0, 1.5]", "has(o)"]),
+        st.tuples(NUM, NUM).map(lambda t: f"crossed_above({t[0]}, {t[1]})"),
+        st.tuples(NUM, NUM).map(lambda t: f"crossed_below({t[0]}, {t[1]})"),
+        st.tuples(NUM, NUM, NUM).map(lambda t: f"between_wrap({t[0]}, {t[1]}, {t[2]})"),
+        st.tuples(st.integers(0, 23), st.integers(0, 23)).map(
+            lambda t: f"between_wrap(hour_utc(ts), {t[0]}, {t[1]})"
+        ),
+        st.sampled_from(["weekday_utc(ts) >= 5", "minute_of_day_utc(ts) < 600"]),
+        st.tuples(NUM, COMPARE_OPS).map(lambda t: f"tbl[s] {t[1]} {t[0]}"),
+        st.sampled_from(['count_true(flag, has(o), s == "x") >= 2']),
     )
 
 
@@ -117,7 +144,16 @@ def snapshots(draw: st.DrawFn) -> dict[str, Any]:
     num = st.one_of(SPECIAL_FLOATS, st.floats(-1e6, 1e6, allow_nan=False), st.integers(-5, 5))
     snap: dict[str, Any] = {
         "a": draw(num),
+        "a_prev": draw(num),
+        "a_prev2": draw(num),
         "b": draw(num),
+        "b_prev": draw(num),
+        "b_prev2": draw(num),
+        "b_prev3": draw(num),
+        "u": draw(num),
+        "u_prev": draw(num),
+        "c_prev": draw(st.integers(-3, 1000)),
+        "ts": draw(st.integers(0, 2**42)),
         "c": draw(st.integers(-3, 1000)),
         "s": draw(st.sampled_from(["x", "y", "z"])),
         "flag": draw(st.booleans()),

@@ -43,7 +43,7 @@ CODE_HEADING = re.compile(r"^## ([EW][1-4]\d\d) — \S.*$", re.M)
 ANY_H2 = re.compile(r"^## .*$", re.M)
 FENCE = re.compile(r"^```(?P<info>[^\n`]*)\n(?P<body>.*?)^```[ \t]*$", re.M | re.S)
 CODE_IN_TEXT = re.compile(r"\b([EW][1-4]\d\d)\b")
-COMMANDS = ("lint", "explain", "test", "python")
+COMMANDS = ("lint", "strict", "explain", "test", "python")
 
 
 # -- reading the documents ---------------------------------------------------------------------
@@ -186,10 +186,13 @@ def run_example(
         (root / "cases" / "main.toml").write_text(ex.case, encoding="utf-8")
     features = {**shared_features, **ex.features}
     with contextlib.chdir(workdir):
-        if ex.command == "lint":
-            printed = _cli(["rules", "lint", "bundle"])
+        if ex.command in ("lint", "strict"):
+            strict = ex.command == "strict"
+            printed = _cli(["rules", "lint", "bundle", *(["--strict"] if strict else [])])
             # the rules and, when the manifest has any, the engine sections (E308, E309)
-            codes = {d.code for d in build_with_engine_sections("bundle").diagnostics}
+            codes = {
+                d.code for d in build_with_engine_sections("bundle", strict=strict).diagnostics
+            }
         elif ex.command == "explain":
             printed = _cli(["rules", "explain", "bundle", "--features", json.dumps(features)])
             printed = printed.split("\n\n")[0].rstrip("\n") + "\n"  # the summary, not the trace
@@ -402,18 +405,19 @@ def test_dsl_md_console_commands_are_valid_s3_commands() -> None:
 
 def test_dsl_md_function_table_matches_the_whitelist() -> None:
     table = _section(dsl_doc(), "Functions")
-    documented = set(re.findall(r"^\| `([a-z]+)\(", table, re.M))
+    documented = set(re.findall(r"^\| `([a-z_0-9]+)\(", table, re.M))
     assert documented == set(FUNCTIONS) == set(FUNCTION_NAMES)
 
 
 def test_dsl_md_reserved_words_match_the_code() -> None:
     section = _section(dsl_doc(), "Reserved words")
-    lists = [
-        set(re.findall(r"`([a-z_]+)`", line))
-        for line in section.splitlines()
-        if re.fullmatch(r"(`[a-z_]+` ?)+", line.strip())
+    paragraphs = [
+        set(re.findall(r"`([a-z_0-9]+)`", para))
+        for para in section.split("\n\n")
+        if para.strip()
+        and all(re.fullmatch(r"(`[a-z_0-9]+` ?)+", line.strip()) for line in para.splitlines())
     ]
-    assert lists == [set(KEYWORDS), (RESERVED_WORDS | FUNCTION_NAMES) - KEYWORDS]
+    assert paragraphs == [set(KEYWORDS), (RESERVED_WORDS | FUNCTION_NAMES) - KEYWORDS]
 
 
 def test_dsl_md_limits_table_matches_the_constants() -> None:

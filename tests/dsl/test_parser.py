@@ -126,9 +126,14 @@ def test_every_broken_rule_is_reported_not_just_the_first() -> None:
             "attribute access with '.' is not part of the language in rule R-1",
         ),
         (
-            "rule R-1 when x[0] > 1 then skip_entry",
+            "rule R-1 when abs(x)[0] > 1 then skip_entry",
             "E105",
             "indexing with '[' is not part of the language in rule R-1",
+        ),
+        (
+            "rule R-1 when minute_of_day_utc(ts) % 60 > 1 then skip_entry",
+            "E102",
+            "there is no modulo operator '%' in rule R-1",
         ),
         (
             "rule R-1 when __import__ > 1 then skip_entry",

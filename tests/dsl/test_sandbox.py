@@ -94,6 +94,12 @@ def test_generated_namespace_has_only_the_helpers(make_bundle: BundleFactory) ->
         "_log",
         "_sqrt",
         "_between",
+        "_between_wrap",
+        "_hour_utc",
+        "_minute_of_day_utc",
+        "_weekday_utc",
+        "_crossed_above",
+        "_crossed_below",
         "_factor",
         "__dsl_generated__",  # the mark the audit hook knows generated frames by
     }

@@ -37,8 +37,8 @@ def test_every_generated_module_of_the_default_bundle_passes() -> None:
     assert rs is not None
     assert guard.verify(ast.parse(rs.source), "_evaluate", ("f",), HELPERS) == []
     gen = compiler._Gen(rs.checked.lets, traced=True)
-    traced, _ = compiler._function("_evaluate_traced", rs.rules, gen, "f, _w")
-    assert guard.verify(ast.parse(traced), "_evaluate_traced", ("f", "_w"), HELPERS) == []
+    traced, _ = compiler._function("_evaluate_traced", rs.rules, gen, "f, _w, _s")
+    assert guard.verify(ast.parse(traced), "_evaluate_traced", ("f", "_w", "_s"), HELPERS) == []
 
 
 @pytest.mark.parametrize(

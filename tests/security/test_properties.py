@@ -137,8 +137,8 @@ def test_any_bundle_is_built_or_diagnosed_and_its_code_stays_inside(
     helpers = compiler._HELPER_NAMES
     assert guard.verify(ast.parse(rs.source), "_evaluate", ("f",), helpers) == []
     gen = compiler._Gen(rs.checked.lets, traced=True)
-    traced, _ = compiler._function("_evaluate_traced", rs.rules, gen, "f, _w")
-    assert guard.verify(ast.parse(traced), "_evaluate_traced", ("f", "_w"), helpers) == []
+    traced, _ = compiler._function("_evaluate_traced", rs.rules, gen, "f, _w, _s")
+    assert guard.verify(ast.parse(traced), "_evaluate_traced", ("f", "_w", "_s"), helpers) == []
     rs.evaluate(SNAPSHOT, trace=True)  # compiles the traced twin outside the recording
     with recording() as eval_events:
         rs.evaluate(SNAPSHOT)
