@@ -71,7 +71,7 @@ def bundle_b(tmp: Path) -> BundleSnapshot:
     shutil.copytree(DEFAULT, b)
     text = (b / "bundle.toml").read_text()
     text = text.replace("rev = 1\n", "rev = 2\n", 1).replace(
-        "flow_strong = 0.5 ", "flow_strong = 0.4 ", 1
+        "flow_strong = { value = 0.5,", "flow_strong = { value = 0.4,", 1
     )
     (b / "bundle.toml").write_text(text)
     return snapshot_of(b)

@@ -35,9 +35,9 @@ def make_bundle_b(root: Path) -> Path:
     b = root / "bundle_b"
     shutil.copytree(DEFAULT, b)
     text = (b / "bundle.toml").read_text()
-    assert "flow_strong = 0.5 " in text and "\nrev = 1\n" in text
+    assert "flow_strong = { value = 0.5," in text and "\nrev = 1\n" in text
     text = text.replace("\nrev = 1\n", "\nrev = 2\n", 1).replace(
-        "flow_strong = 0.5 ", "flow_strong = 0.4 ", 1
+        "flow_strong = { value = 0.5,", "flow_strong = { value = 0.4,", 1
     )
     (b / "bundle.toml").write_text(text)
     return b
