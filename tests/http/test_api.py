@@ -179,7 +179,7 @@ def test_model_timeout_degrades(tmp_path: Path, redis_server: RedisServer, s4: S
         svc.close()
     assert (
         body["decision"] == "open"
-        and body["model_degraded"] == "model_timeout: no answer within 20 ms"
+        and body["model_degraded"] == "MODEL.TIMEOUT: no answer within 20 ms"
     )
     assert body["model_p"] is None
 
@@ -310,7 +310,10 @@ def test_health_and_metrics_and_openapi(client: TestClient[Any]) -> None:
     assert h == {
         "status": "OK",
         "redis": "ok",
-        "arango": "ok",
+        "arango": "not used",  # the store in use is SQLite
+        "store": "sqlite",
+        "store_status": "ok",
+        "config": "ok",
         "config_rev": 1,
         "rules_loaded": 31,
         "bundle_id": "default",
